@@ -1,0 +1,3 @@
+from iatros.cli import app
+
+app()

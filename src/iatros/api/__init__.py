@@ -1,0 +1,1 @@
+"""HTTP transport: parse, validate, authenticate, stream, map errors. No domain logic here."""

@@ -1,0 +1,540 @@
+"""The ASGI application: OpenAI-compatible endpoints over the :class:`Gateway`.
+
+Handlers read the body themselves (size-limited), parse it with pydantic in
+strict JSON mode and answer every failure in the OpenAI error format, so a
+client SDK sees the exception type it expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import re
+import time
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
+
+from iatros import __version__
+from iatros.api import schemas
+from iatros.api.sse import DONE, error_event, event
+from iatros.auth import AdminKeyAuthenticator, Authenticator, Principal
+from iatros.config import Settings, load_settings
+from iatros.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
+from iatros.gateway import Deployment, Gateway, RequestContext
+from iatros.observability.logging import configure_logging, flush_logging
+from iatros.providers.base import ChatCall, StreamDelta
+
+log = logging.getLogger("iatros.api")
+M = TypeVar("M", bound=BaseModel)
+_JSON = "application/json"
+_STARTED = int(time.time())
+# pydantic names the union member that failed inside ``loc`` (``input.list[str].0``); clients
+# only care about the field path.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*|dict\[.*|function-.*|[A-Z][A-Za-z]+)$")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the answer was ready."""
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=_JSON)
+
+
+def error_response(exc: GatewayError, request_id: str | None = None) -> Response:
+    headers = dict(exc.headers)
+    if request_id:
+        headers["x-iatros-request-id"] = request_id
+    return _json(exc.body(), exc.status, headers)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Validate a JSON body; every failure names the field (OpenAI's ``param``)."""
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return model.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        if err["type"] in ("json_invalid", "json_type"):
+            raise InvalidRequest(
+                f"The request body is not valid JSON: {err['msg']}", code="invalid_json"
+            ) from None
+        if err["type"] == "model_type" or not err["loc"]:
+            raise InvalidRequest(
+                "The request body must be a JSON object.", code="invalid_json"
+            ) from None
+        param = ".".join(str(p) for p in err["loc"] if not _UNION_TAG.match(str(p)))
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = "Field required"
+        elif err["type"] == "extra_forbidden":
+            msg = "Unknown parameter"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
+        raise InvalidRequest(f"Invalid '{param}': {msg}{more}", param=param) from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; larger bodies get 413 before they are buffered."""
+    declared = request.headers.get("content-length")
+    too_large = PayloadTooLarge(
+        f"The request body is larger than the limit of {limit} bytes.",
+    )
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise too_large
+        except ValueError:
+            raise InvalidRequest("Invalid Content-Length header.") from None
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise too_large
+    return bytes(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (frees the model)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientDisconnected
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    return request.headers.get("api-key")
+
+
+def _chat_call(req: schemas.ChatCompletionRequest, principal: Principal) -> ChatCall:
+    if req.n is not None and req.n != 1:
+        raise InvalidRequest(
+            "Only n=1 is supported: ask several times for several answers.",
+            param="n",
+            code="unsupported_parameter",
+        )
+    if req.max_tokens is not None and req.max_completion_tokens is not None:
+        raise InvalidRequest(
+            "Send max_tokens or max_completion_tokens, not both.", param="max_tokens"
+        )
+    extra = dict(req.model_extra or {})
+    return ChatCall(
+        messages=[m.model_dump(exclude_none=True) for m in req.messages],
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_tokens or req.max_completion_tokens,
+        stop=req.stop_list(),
+        seed=req.seed,
+        user=req.user,
+        extra=extra,
+        fairness_key=f"{principal.tenant}/{req.user or principal.key_id}",
+    )
+
+
+def _completion_body(
+    ctx: RequestContext, completion_id: str, message: dict[str, Any], finish: str
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": ctx.deployment,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": ctx.usage.as_dict(),
+    }
+
+
+def _openapi_body(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs.update(schema.pop("$defs", {}))
+    defs[model.__name__] = schema
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
+
+
+def _error_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        code: {"model": schemas.ErrorResponse, "description": text}
+        for code, text in (
+            (400, "Invalid request"),
+            (401, "Missing or invalid API key"),
+            (404, "Unknown model"),
+            (413, "Body too large"),
+            (429, "Overloaded; see Retry-After"),
+            (502, "Upstream failure"),
+        )
+    }
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    gateway: Gateway | None = None,
+    authenticator: Authenticator | None = None,
+) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+    gw = gateway or Gateway.from_settings(settings)
+    auth: Authenticator = authenticator or AdminKeyAuthenticator(
+        settings.admin_key.get_secret_value() if settings.admin_key else None,
+        allow_anonymous=settings.allow_anonymous_loopback and settings.is_loopback,
+    )
+    limit = settings.server.max_body_bytes
+    metrics = gw.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.admin_key is None and settings.allow_anonymous_loopback:
+            log.warning("no IATROS_ADMIN_KEY set: accepting unauthenticated requests on loopback")
+        await gw.start()
+        log.info("iatros started", extra={"version": __version__, "pid": os.getpid()})
+        try:
+            yield
+        finally:
+            await gw.close()
+            log.info("iatros stopped", extra={"pid": os.getpid()})
+            flush_logging()
+
+    app = FastAPI(
+        title="Iatros",
+        version=__version__,
+        description="OpenAI-compatible gateway for clinical assistants.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    app.state.settings = settings
+    schema_defs: dict[str, Any] = {}
+
+    # -- errors ---------------------------------------------------------------
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"Unknown path {request.url.path}"))
+        err = GatewayError(str(exc.detail), code="http_error")
+        err.status = exc.status_code
+        err.type = "invalid_request_error"
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return error_response(GatewayError("The gateway failed unexpectedly."))
+
+    # -- shared request handling ----------------------------------------------
+
+    async def begin(request: Request, endpoint: str) -> RequestContext:
+        principal = await auth.authenticate(_bearer(request))
+        return RequestContext(principal=principal, endpoint=endpoint)
+
+    async def handle(
+        request: Request,
+        endpoint: str,
+        work: Callable[[RequestContext], Awaitable[Response]],
+    ) -> Response:
+        """Authenticate, run, account for the request; map failures to OpenAI errors."""
+        gauge = metrics.in_flight_gauge(endpoint)
+        gauge.inc()
+        ctx: RequestContext | None = None
+        handed_off = False
+        try:
+            ctx = await begin(request, endpoint)
+            response = await work(ctx)
+            handed_off = isinstance(response, StreamingResponse)
+            return response
+        except GatewayError as exc:
+            if ctx is not None:
+                ctx.status = exc.status
+            return error_response(exc, ctx.request_id if ctx else None)
+        except ClientDisconnected:
+            if ctx is not None:
+                ctx.status = 499
+            return Response(status_code=499)
+        finally:
+            if not handed_off:
+                gauge.dec()
+                if ctx is not None:
+                    gw.finish(ctx)
+
+    # -- chat -----------------------------------------------------------------
+
+    @app.post(
+        "/v1/chat/completions",
+        tags=["OpenAI"],
+        summary="Create a chat completion (streaming with stream=true)",
+        response_model=schemas.ChatCompletionResponse,
+        responses=_error_responses(),
+        openapi_extra=_openapi_body(schemas.ChatCompletionRequest, schema_defs),
+    )
+    async def chat_completions(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            req = parse_body(schemas.ChatCompletionRequest, await read_body(request, limit))
+            ext = req.iatros
+            if ext is not None:
+                ctx.patient_id = ext.patient_id
+            deployment = gw.resolve(ctx, req.model, pin=ext.deployment if ext else None)
+            call = _chat_call(req, ctx.principal)
+            completion_id = "chatcmpl-" + ctx.request_id.removeprefix("req_")
+            if req.stream:
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                return await stream_response(
+                    request, ctx, deployment, call, completion_id, include_usage
+                )
+            result = await unless_disconnected(request, gw.chat(ctx, deployment, call))
+            body = _completion_body(ctx, completion_id, result.message, result.finish_reason)
+            return _json(body, headers=ctx.headers())
+
+        return await handle(request, "chat", work)
+
+    async def stream_response(
+        request: Request,
+        ctx: RequestContext,
+        deployment: Deployment,
+        call: ChatCall,
+        completion_id: str,
+        include_usage: bool,
+    ) -> Response:
+        deltas = gw.stream(ctx, deployment, call)
+        # Wait for the first delta before sending headers: a failure now is a proper HTTP error.
+        try:
+            first: StreamDelta | None = await unless_disconnected(request, anext(deltas))
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await deltas.aclose()
+            raise
+        headers = ctx.headers()
+        headers["cache-control"] = "no-cache"
+        headers["x-accel-buffering"] = "no"
+        created = int(time.time())
+        base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": ctx.deployment,
+        }
+
+        def chunk(delta: StreamDelta) -> bytes:
+            return event(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": delta.delta,
+                            "logprobs": None,
+                            "finish_reason": delta.finish_reason,
+                        }
+                    ],
+                }
+            )
+
+        async def body() -> AsyncIterator[bytes]:
+            gauge = metrics.in_flight_gauge(ctx.endpoint)
+            finished = False
+            try:
+                if first is not None and (first.delta or first.finish_reason):
+                    yield chunk(first)
+                async for delta in deltas:
+                    if delta.delta or delta.finish_reason:
+                        finished = finished or delta.finish_reason is not None
+                        yield chunk(delta)
+                if first is not None and first.finish_reason is not None:
+                    finished = True
+                if not finished:
+                    raise GatewayError("The model stream ended without a finish reason.")
+                if include_usage:
+                    yield event({**base, "choices": [], "usage": ctx.usage.as_dict()})
+                yield DONE
+                ctx.status = 200
+            except GatewayError as exc:
+                ctx.status = exc.status
+                yield error_event(exc)
+            except asyncio.CancelledError:
+                ctx.status = 499
+                raise
+            finally:
+                # Account first: under anyio's cancellation every await here raises again.
+                gauge.dec()
+                gw.finish(ctx)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(deltas.aclose())
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+    # -- embeddings -------------------------------------------------------------
+
+    @app.post(
+        "/v1/embeddings",
+        tags=["OpenAI"],
+        summary="Create embeddings (local all-MiniLM-L6-v2 by default)",
+        response_model=schemas.EmbeddingResponse,
+        responses=_error_responses(),
+        openapi_extra=_openapi_body(schemas.EmbeddingRequest, schema_defs),
+    )
+    async def embeddings(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            req = parse_body(schemas.EmbeddingRequest, await read_body(request, limit))
+            name = req.model or gw.default_embedding_model()
+            if name is None:
+                raise InvalidRequest("No embedding model is configured; name one.", param="model")
+            deployment = gw.resolve(ctx, name, kind="embedding")
+            inputs = [req.input] if isinstance(req.input, str) else req.input
+            result = await unless_disconnected(request, gw.embed(ctx, deployment, inputs))
+            if (
+                req.dimensions is not None
+                and result.vectors
+                and req.dimensions != len(result.vectors[0])
+            ):
+                raise InvalidRequest(
+                    f"dimensions={req.dimensions} is not supported by {deployment.name!r}: "
+                    f"its vectors have {len(result.vectors[0])} dimensions.",
+                    param="dimensions",
+                )
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": (
+                        base64.b64encode(array("f", vec).tobytes()).decode()
+                        if req.encoding_format == "base64"
+                        else vec
+                    ),
+                }
+                for i, vec in enumerate(result.vectors)
+            ]
+            tokens = ctx.usage.prompt_tokens
+            body = {
+                "object": "list",
+                "data": data,
+                "model": deployment.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+            return _json(body, headers=ctx.headers())
+
+        return await handle(request, "embeddings", work)
+
+    # -- models -----------------------------------------------------------------
+
+    def _model_out(info: Any) -> dict[str, Any]:
+        return {"id": info.id, "object": "model", "created": _STARTED, "owned_by": info.owned_by}
+
+    @app.get(
+        "/v1/models",
+        tags=["OpenAI"],
+        response_model=schemas.ModelList,
+        responses=_error_responses(),
+    )
+    async def list_models(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            return _json({"object": "list", "data": [_model_out(m) for m in gw.models()]})
+
+        return await handle(request, "models", work)
+
+    @app.get(
+        "/v1/models/{model_id:path}",
+        tags=["OpenAI"],
+        response_model=schemas.ModelOut,
+        responses=_error_responses(),
+    )
+    async def get_model(request: Request, model_id: str) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            for info in gw.models():
+                if info.id == model_id:
+                    return _json(_model_out(info))
+            raise NotFound(
+                f"The model {model_id!r} does not exist.", param="model", code="model_not_found"
+            )
+
+        return await handle(request, "models", work)
+
+    # -- operations ---------------------------------------------------------------
+
+    @app.get("/healthz", tags=["Operations"], summary="Liveness: the process answers")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", tags=["Operations"], summary="Readiness: models loaded, stores reachable")
+    async def readyz() -> Response:
+        checks = {f"provider:{name}": ok for name, ok in gw.readiness().items()}
+        ready = all(checks.values())
+        return _json(
+            {"status": "ready" if ready else "starting", "checks": checks}, 200 if ready else 503
+        )
+
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(schema_defs)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used by ``iatros serve``, also with several workers)."""
+    return create_app(load_settings())

@@ -1,0 +1,228 @@
+"""One typed settings object: embedded defaults, a YAML file, then ``IATROS_*`` overrides.
+
+Precedence (highest first): environment variables, the YAML file, the embedded
+``defaults.yaml``, the field defaults below. A YAML file replaces whole top-level
+sections of the defaults (so a file that lists ``providers`` gets exactly those).
+Nested settings are reachable from the environment with ``__``:
+``IATROS_SERVER__PORT=9000``. Strings in the YAML may reference the environment
+as ``${NAME}`` so secrets stay out of files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(300.0, gt=0)
+
+
+class ProviderConfig(BaseModel):
+    """A provider instance: ``type`` picks the registered factory; the rest are its options."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DeploymentConfig(_Strict):
+    """A concrete model served by one provider (what answers a request)."""
+
+    provider: str
+    model: str = Field(min_length=1)
+    kind: Literal["chat", "embedding"] = "chat"
+    region: str | None = None
+    context_window: int = Field(8192, ge=16)
+    max_output_tokens: int = Field(1024, ge=1)
+    price_per_1k_input: float = Field(0.0, ge=0)
+    price_per_1k_output: float = Field(0.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Extra request parameters sent with every call (e.g. Azure deployment quirks)."""
+
+
+class ModelRouteConfig(_Strict):
+    """A logical model name clients ask for, and the deployments behind it (first wins)."""
+
+    description: str = ""
+    deployments: list[str] = Field(min_length=1)
+
+
+class EmbeddingSettings(_Strict):
+    default_model: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IATROS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("./data")
+    admin_key: SecretStr | None = None
+    allow_anonymous_loopback: bool = True
+    """With no key configured, accept unauthenticated requests, but only on a loopback bind."""
+    redis_url: str | None = None
+    database_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_content: bool = False
+    """Log prompts and answers. Off by default: they may hold patient data."""
+    preload: bool = True
+    """Load local models at start (``/readyz`` reports when they are ready)."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    deployments: dict[str, DeploymentConfig] = Field(default_factory=dict)
+    models: dict[str, ModelRouteConfig] = Field(default_factory=dict)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        for name, dep in self.deployments.items():
+            if dep.provider not in self.providers:
+                raise ValueError(
+                    f"deployments.{name}.provider: unknown provider {dep.provider!r} "
+                    f"(configured: {', '.join(sorted(self.providers)) or 'none'})"
+                )
+        for name, route in self.models.items():
+            if name in self.deployments:
+                raise ValueError(f"models.{name}: name is already used by a deployment")
+            for dep_name in route.deployments:
+                dep_cfg = self.deployments.get(dep_name)
+                if dep_cfg is None:
+                    raise ValueError(f"models.{name}.deployments: unknown deployment {dep_name!r}")
+                if dep_cfg.kind != "chat":
+                    raise ValueError(
+                        f"models.{name}.deployments: {dep_name!r} is an embedding deployment"
+                    )
+        default_embed = self.embeddings.default_model
+        if default_embed is not None:
+            dep_cfg = self.deployments.get(default_embed)
+            if dep_cfg is None or dep_cfg.kind != "embedding":
+                raise ValueError(
+                    f"embeddings.default_model: {default_embed!r} is not an embedding deployment"
+                )
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.server.host in {"127.0.0.1", "localhost", "::1"} or self.server.host.startswith(
+            "127."
+        )
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, where: str, env: dict[str, str] | os._Environ[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _expand_env(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return env[name]
+
+        return _ENV_REF.sub(sub, value)
+    return value
+
+
+def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of settings")
+    return data
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        if msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+            lines.append(msg if not loc else f"{loc}: {msg}")
+            continue
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, an optional YAML file and the environment."""
+    data = _read_yaml(files("iatros").joinpath("defaults.yaml").read_text(), "defaults.yaml")
+    config_path = path if path is not None else os.environ.get("IATROS_CONFIG")
+    if config_path:
+        file = Path(config_path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
+        data.update(_read_yaml(file.read_text(encoding="utf-8"), str(file)))
+    if overrides:
+        data.update(overrides)
+    data = _expand_env(data, "", os.environ)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    if (
+        settings.admin_key is None
+        and not settings.is_loopback
+        and settings.allow_anonymous_loopback
+    ):
+        # Anonymous access is a loopback convenience only; on a network bind it is refused.
+        raise ConfigError(
+            f"server.host: {settings.server.host!r} is not a loopback address and no "
+            "IATROS_ADMIN_KEY is set; refusing to serve without authentication"
+        )
+    return settings

@@ -1,0 +1,50 @@
+"""The one object a request carries from step to step."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from iatros.auth import Principal
+from iatros.providers.base import Usage
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+@dataclass(slots=True)
+class RequestContext:
+    principal: Principal
+    endpoint: str
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    model: str = ""
+    """The model name the client asked for."""
+    deployment: str = ""
+    """The deployment that answered (``x-iatros-model``)."""
+    route: str = ""
+    """Why that deployment (``x-iatros-route``)."""
+    cache: str = "bypass"
+    patient_id: str | None = None
+    upstream_s: float = 0.0
+    """Time spent waiting on providers; everything else is gateway overhead."""
+    ttft_s: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    status: int = 200
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def overhead_s(self) -> float:
+        return max(self.elapsed_s() - self.upstream_s, 0.0)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-iatros-request-id": self.request_id,
+            "x-iatros-model": self.deployment,
+            "x-iatros-route": self.route,
+            "x-iatros-cache": self.cache,
+            "x-iatros-overhead-ms": f"{self.overhead_s() * 1000:.3f}",
+        }

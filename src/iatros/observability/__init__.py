@@ -1,0 +1,1 @@
+"""Metrics and structured logs. Nothing here sends data off the box."""

@@ -1,0 +1,138 @@
+"""Prometheus metrics for the gateway, kept in one registry per application.
+
+Label children are cached so recording a request costs a few dictionary
+lookups, not a label-resolution per observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
+OVERHEAD_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.5,
+)
+
+
+class _ProviderCollector(Collector):
+    def __init__(self, readiness: Callable[[], dict[str, bool]]) -> None:
+        self._readiness = readiness
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "iatros_provider_ready", "1 when the provider can serve requests", labels=["provider"]
+        )
+        for name, ready in sorted(self._readiness().items()):
+            family.add_metric([name], 1.0 if ready else 0.0)
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("endpoint", "model", "status")
+        self.requests = Counter(
+            "iatros_requests", "Requests answered", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "iatros_request_duration_seconds",
+            "Total time to answer a request (end of stream for streams)",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "iatros_gateway_overhead_seconds",
+            "Time spent in the gateway itself, excluding waiting for the model",
+            labels,
+            buckets=OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "iatros_time_to_first_token_seconds",
+            "Time from request to the first streamed token",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "iatros_tokens", "Tokens processed", ("model", "direction"), registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "iatros_requests_in_flight",
+            "Requests being served",
+            ("endpoint",),
+            registry=self.registry,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def watch_providers(self, readiness: Callable[[], dict[str, bool]]) -> None:
+        self.registry.register(_ProviderCollector(readiness))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def in_flight_gauge(self, endpoint: str) -> Any:
+        return self._child(self.in_flight, endpoint)
+
+    def record(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        status: int,
+        total_s: float,
+        overhead_s: float,
+        ttft_s: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        code = str(status)
+        self._child(self.requests, endpoint, model, code).inc()
+        self._child(self.latency, endpoint, model, code).observe(total_s)
+        self._child(self.overhead, endpoint, model, code).observe(max(overhead_s, 0.0))
+        if ttft_s is not None:
+            self._child(self.ttft, model).observe(ttft_s)
+        if prompt_tokens:
+            self._child(self.tokens, model, "input").inc(prompt_tokens)
+        if completion_tokens:
+            self._child(self.tokens, model, "output").inc(completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

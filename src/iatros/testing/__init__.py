@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package, so users can test their own setups too."""

@@ -1,0 +1,169 @@
+"""Fixtures that run real servers on 127.0.0.1: the fake upstream and Iatros itself."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from iatros.api.app import create_app
+from iatros.config import Settings, load_settings
+from iatros.testing.fake_upstream import FakeUpstream
+
+ADMIN_KEY = "sk-test-admin-0123456789"
+
+
+class RunningServer:
+    def __init__(self, settings: Settings, app: Any) -> None:
+        self.settings = settings
+        self.app = app
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            loop="asyncio",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway(self) -> Any:
+        return self.app.state.gateway
+
+    def client(self, key: str | None = ADMIN_KEY, **kw: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, **kw)
+
+    def http(self, key: str | None = ADMIN_KEY) -> httpx.Client:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if httpx.get(self.url + "/readyz").status_code == 200:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("server not ready")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start_in_thread()
+    yield server
+    server.stop_thread()
+
+
+@pytest.fixture()
+def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
+    """The shared fake upstream, reset to fast, healthy behaviour for each test."""
+    fake_upstream.reset(delay_ms=0)
+    return fake_upstream
+
+
+def upstream_config(fake: FakeUpstream, **extra: Any) -> dict[str, Any]:
+    """Settings with only OpenAI-compatible providers pointing at the fake upstream."""
+    return {
+        "admin_key": ADMIN_KEY,
+        "providers": {
+            "fake": {
+                "type": "openai",
+                "base_url": fake.base_url,
+                "api_key": "upstream-secret",
+                "timeout_s": 3,
+            },
+            "fake-azure": {
+                "type": "azure",
+                "base_url": f"http://127.0.0.1:{fake.port}",
+                "api_key": "azure-secret",
+                "api_version": "2024-10-21",
+            },
+        },
+        "deployments": {
+            "fake-gpt": {"provider": "fake", "model": "gpt-fake", "price_per_1k_input": 0.5},
+            "fake-azure-gpt": {"provider": "fake-azure", "model": "gpt4o-prod"},
+            "fake-embed": {"provider": "fake", "model": "embed-fake", "kind": "embedding"},
+        },
+        "models": {"assistant": {"deployments": ["fake-gpt", "fake-azure-gpt"]}},
+        "embeddings": {"default_model": "fake-embed"},
+        **extra,
+    }
+
+
+@pytest.fixture()
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    started: list[RunningServer] = []
+
+    def make(overrides: dict[str, Any]) -> RunningServer:
+        settings = load_settings(overrides={"data_dir": str(tmp_path / "data"), **overrides})
+        running = RunningServer(settings, create_app(settings))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_server(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """An Iatros server in front of the fake upstream (shared by a test module)."""
+    data = tmp_path_factory.mktemp("data")
+    settings = load_settings(overrides={"data_dir": str(data), **upstream_config(fake_upstream)})
+    running = RunningServer(settings, create_app(settings))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Iatros with its embedded defaults: the real Gemma and MiniLM models."""
+    data = tmp_path_factory.mktemp("local-data")
+    os.environ.setdefault("IATROS_DATA_DIR", str(data))
+    settings = load_settings(
+        overrides={
+            "data_dir": str(data),
+            "admin_key": ADMIN_KEY,
+            "providers": {
+                "local": {"type": "local", "max_queue": 2, "models_dir": str(_models_dir())},
+                "minilm": {"type": "sentence-transformers"},
+            },
+        }
+    )
+    running = RunningServer(settings, create_app(settings))
+    running.wait_ready()
+    yield running
+    running.stop()
+
+
+def _models_dir() -> Path:
+    """Assembled GGUF files are cached across test runs (they are checksummed on use)."""
+    path = Path(os.environ.get("IATROS_TEST_MODELS", Path.home() / ".cache" / "iatros-test-models"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

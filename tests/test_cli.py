@@ -1,0 +1,151 @@
+"""The ``iatros`` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iatros.testing.fake_upstream import FakeUpstream
+from tests.conftest import ADMIN_KEY, RunningServer
+
+
+def iatros(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iatros", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_chat_streams_from_a_running_server(
+    gateway_server: RunningServer, upstream: FakeUpstream
+) -> None:
+    result = iatros("chat", "When are you open?", "--url", gateway_server.url, "--key", ADMIN_KEY)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == upstream.behaviour.answer
+
+
+def test_chat_reports_server_errors(gateway_server: RunningServer, upstream: FakeUpstream) -> None:
+    result = iatros("chat", "Hi", "--url", gateway_server.url, "--key", "sk-wrong")
+    assert result.returncode == 1
+    assert "error 401" in result.stderr and "Incorrect API key" in result.stderr
+    result = iatros(
+        "chat", "Hi", "--model", "nope", "--url", gateway_server.url, "--key", ADMIN_KEY
+    )
+    assert result.returncode == 1
+    assert "error 404" in result.stderr
+    upstream.behaviour.drop_after_chunks = 2
+    result = iatros("chat", "Hi", "--url", gateway_server.url, "--key", ADMIN_KEY)
+    assert result.returncode == 1
+    assert "closed the stream before it completed" in result.stderr
+
+
+def test_models_lists_configured_and_served_models(
+    gateway_server: RunningServer, upstream: FakeUpstream
+) -> None:
+    local = iatros("models")
+    assert local.returncode == 0
+    assert "assistant" in local.stdout and "gemma-3-270m" in local.stdout
+    remote = iatros("models", "--url", gateway_server.url, "--key", ADMIN_KEY)
+    assert remote.returncode == 0
+    assert "fake-azure-gpt" in remote.stdout
+
+
+def test_bad_config_exits_with_the_key_named(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("server: {port: -1}\n")
+    result = iatros("models", "--config", str(config))
+    assert result.returncode == 2
+    assert "server.port" in result.stderr
+    result = iatros("serve", "--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+@pytest.mark.model
+def test_chat_in_process_with_the_local_model(tmp_path: Path) -> None:
+    from tests.conftest import _models_dir
+
+    config = tmp_path / "local.yaml"
+    config.write_text(
+        "providers:\n"
+        f"  local: {{type: local, models_dir: '{_models_dir()}'}}\n"
+        "deployments:\n  gemma: {provider: local, model: gemma-3-270m, max_output_tokens: 24}\n"
+        "models:\n  assistant: {deployments: [gemma]}\n"
+        "embeddings: {}\n"
+    )
+    result = iatros("chat", "What is the capital of France?", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.model
+def test_serve_runs_the_embedded_defaults(tmp_path: Path) -> None:
+    """What ``make run`` does: the default config, local models, a working chat."""
+    from tests.conftest import _models_dir
+
+    port = _free_port()
+    env = {**os.environ, "IATROS_DATA_DIR": str(tmp_path / "data")}
+    env.pop("IATROS_CONFIG", None)
+    env.pop("IATROS_ADMIN_KEY", None)
+    config = tmp_path / "defaults-with-cached-model.yaml"
+    config.write_text(
+        "providers:\n"
+        f"  local: {{type: local, models_dir: '{_models_dir()}'}}\n"
+        "  minilm: {type: sentence-transformers}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iatros", "serve", "--port", str(port), "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server not ready in 90 s"
+            time.sleep(0.25)
+        resp = httpx.post(
+            url + "/v1/chat/completions",
+            json={
+                "model": "assistant",
+                "messages": [{"role": "user", "content": "Hello"}],
+                "max_tokens": 16,
+            },
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=20)[0]
+    assert proc.returncode in (0, -15), output  # uvicorn re-raises SIGTERM after a clean shutdown
+    assert '"msg":"iatros stopped"' in output
+    # Privacy: the request log carries metadata only, never the prompt.
+    assert '"msg":"request"' in output
+    assert "Hello" not in output

@@ -1,0 +1,182 @@
+"""The real local models: Gemma 3 270M (llama.cpp) and all-MiniLM-L6-v2, through the HTTP API."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.model
+
+
+def ask(server: RunningServer, question: str, **kw: object) -> openai.types.chat.ChatCompletion:
+    return server.client().chat.completions.create(
+        model="assistant",
+        messages=[{"role": "user", "content": question}],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_local_chat_answers_briefly(local_server: RunningServer) -> None:
+    completion = ask(local_server, "What is the capital of France?", temperature=0)
+    answer = completion.choices[0].message.content or ""
+    assert "Paris" in answer
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 10
+    assert 0 < completion.usage.completion_tokens < 100
+    assert "\nUser:" not in answer and not answer.startswith(" ")
+
+
+def test_local_streaming_sends_tokens_as_they_come(local_server: RunningServer) -> None:
+    stream = local_server.client().chat.completions.create(
+        model="assistant",
+        messages=[{"role": "user", "content": "Name three common dental problems."}],
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=40,
+    )
+    arrivals: list[float] = []
+    pieces: list[str] = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+            pieces.append(chunk.choices[0].delta.content)
+        if not chunk.choices:
+            usage = chunk.usage
+    assert len(pieces) >= 3
+    assert arrivals[-1] - arrivals[0] > 0.01  # spread over time, not one burst at the end
+    assert usage is not None and usage.completion_tokens >= len(pieces) - 1
+
+
+def test_seed_makes_sampling_repeatable_and_limits_are_honoured(
+    local_server: RunningServer,
+) -> None:
+    first = ask(local_server, "Tell me about teeth.", temperature=1.0, seed=42, max_tokens=20)
+    second = ask(local_server, "Tell me about teeth.", temperature=1.0, seed=42, max_tokens=20)
+    assert first.choices[0].message.content == second.choices[0].message.content
+    short = ask(local_server, "Describe the human heart in detail.", max_tokens=3, temperature=0)
+    assert short.choices[0].finish_reason == "length"
+    assert short.usage is not None and short.usage.completion_tokens <= 4
+    stopped = ask(local_server, "What is the capital of France?", temperature=0, stop=["Paris"])
+    assert "Paris" not in (stopped.choices[0].message.content or "")
+
+
+def test_local_model_refuses_what_it_cannot_do(local_server: RunningServer) -> None:
+    client = local_server.client()
+    with pytest.raises(openai.BadRequestError, match="image_url"):
+        client.chat.completions.create(
+            model="assistant",
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}
+            ],
+        )
+    with pytest.raises(openai.BadRequestError, match="does not support: tools") as info:
+        client.chat.completions.create(
+            model="assistant",
+            messages=[{"role": "user", "content": "Hi"}],
+            tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+            ],
+        )
+    assert info.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="context window is 2048") as info:
+        ask(local_server, "word " * 3000)
+    assert info.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    assert ask(local_server, "Hi", max_tokens=5).choices[0].message.content is not None
+
+
+def test_full_queue_answers_429_with_retry_after(local_server: RunningServer) -> None:
+    # max_queue is 2 in the test server: one generating plus two waiting; the rest are refused.
+    def one(i: int) -> httpx.Response:
+        with local_server.http() as http:
+            return http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "assistant",
+                    "max_tokens": 48,
+                    "temperature": 0,
+                    "messages": [
+                        {"role": "user", "content": f"Write a long story about tooth {i}."}
+                    ],
+                    "user": f"user-{i}",
+                },
+            )
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(one, range(8)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) >= 3
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused, statuses
+    for resp in refused:
+        assert int(resp.headers["retry-after"]) >= 1
+        assert resp.json()["error"]["code"] == "queue_full"
+    assert ask(local_server, "Hi", max_tokens=5).choices[0].message.content is not None
+
+
+def test_client_disconnect_cancels_generation(local_server: RunningServer) -> None:
+    provider = local_server.gateway.providers["local"]
+    body = (
+        b'{"model":"assistant","stream":true,"max_tokens":1500,"temperature":0.9,'
+        b'"messages":[{"role":"user","content":"Write a very long essay on the history '
+        b'of dentistry, with many chapters."}]}'
+    )
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + local_server.client().api_key.encode() + b"\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    ) + body
+    sock = socket.create_connection(("127.0.0.1", local_server.port))
+    sock.sendall(request)
+    received = b""
+    while received.count(b"data: ") < 3:
+        received += sock.recv(65536)
+    assert provider._busy
+    sock.close()
+    deadline = time.time() + 5
+    while provider._busy and time.time() < deadline:
+        time.sleep(0.02)
+    assert not provider._busy, "generation kept running after the client left"
+    cancelled = 'iatros_requests_total{endpoint="chat",model="gemma-3-270m",status="499"}'
+    while cancelled not in httpx.get(local_server.url + "/metrics").text:
+        assert time.time() < deadline + 5, "the cancelled request was not accounted for"
+        time.sleep(0.05)
+
+
+def test_local_embeddings(local_server: RunningServer) -> None:
+    client = local_server.client()
+    result = client.embeddings.create(
+        model="all-minilm-l6-v2",
+        input=[
+            "How do I treat a toothache?",
+            "What helps with tooth pain?",
+            "The stock market fell today.",
+        ],
+        encoding_format="float",
+    )
+    vectors = [d.embedding for d in result.data]
+    assert all(len(v) == 384 for v in vectors)
+    assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-3) for v in vectors)
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.3
+    assert result.usage.prompt_tokens > 10
+    default = client.embeddings.create(
+        model="all-minilm-l6-v2", input="How do I treat a toothache?"
+    )
+    assert default.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
+
+
+def test_readiness_reports_loaded_models(local_server: RunningServer) -> None:
+    body = httpx.get(local_server.url + "/readyz").json()
+    assert body == {"status": "ready", "checks": {"provider:local": True, "provider:minilm": True}}
