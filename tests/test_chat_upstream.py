@@ -25,7 +25,7 @@ def test_chat_non_streaming(gateway_server: RunningServer, upstream: FakeUpstrea
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None and completion.usage.completion_tokens == 9
     assert raw.headers["x-iatros-model"] == "fake-gpt"
-    assert raw.headers["x-iatros-route"] == "assistant:primary"
+    assert raw.headers["x-iatros-route"] == "assistant; strategy=priority; pick=fake-gpt"
     assert raw.headers["x-iatros-cache"] == "bypass"
     assert raw.headers["x-iatros-request-id"].startswith("req_")
     assert 0 <= float(raw.headers["x-iatros-overhead-ms"]) < 1000

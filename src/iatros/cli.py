@@ -153,9 +153,12 @@ async def _chat_in_process(settings: Settings, body: dict[str, Any]) -> None:
     await gateway.start()
     try:
         ctx = RequestContext(principal=ANONYMOUS, endpoint="cli")
-        deployment = gateway.resolve(ctx, body["model"])
         call = ChatCall(messages=body["messages"], max_tokens=body.get("max_tokens"))
-        async for delta in gateway.stream(ctx, deployment, call):
+        plan = gateway.plan(ctx, body["model"], call)
+        first, deltas = await gateway.open_stream(ctx, plan, call)
+        for delta in [first] if first is not None else []:
+            sys.stdout.write(delta.delta.get("content") or "")
+        async for delta in deltas:
             sys.stdout.write(delta.delta.get("content") or "")
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from iatros.routing.health import BreakerSettings
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the offending key."""
@@ -60,13 +62,60 @@ class DeploymentConfig(_Strict):
     price_per_1k_output: float = Field(0.0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
     """Extra request parameters sent with every call (e.g. Azure deployment quirks)."""
+    timeout_s: float | None = Field(None, gt=0)
+    """Per-attempt timeout for this deployment (the route's ``attempt_timeout_s`` otherwise)."""
+
+
+class RetrySettings(_Strict):
+    max_attempts: int = Field(2, ge=1, le=10)
+    """Tries per deployment (the first included) before falling back to the next one."""
+    backoff_base_ms: float = Field(50.0, ge=0)
+    backoff_max_ms: float = Field(2000.0, ge=0)
+
+
+class ComplexitySettings(_Strict):
+    small: str
+    large: str
+    threshold: float = Field(0.5, ge=0, le=1)
 
 
 class ModelRouteConfig(_Strict):
-    """A logical model name clients ask for, and the deployments behind it (first wins)."""
+    """A logical model name clients ask for: a policy over deployments.
+
+    ``strategy`` orders the ``deployments`` for each request (``priority`` keeps
+    the listed order); ``fallbacks`` (deployments or other logical models) are
+    tried after them, in order.
+    """
 
     description: str = ""
-    deployments: list[str] = Field(min_length=1)
+    strategy: Literal["priority", "complexity", "latency", "weighted", "cost"] = "priority"
+    deployments: list[str] = Field(default_factory=list)
+    complexity: ComplexitySettings | None = None
+    weights: dict[str, float] = Field(default_factory=dict)
+    fallbacks: list[str] = Field(default_factory=list)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    attempt_timeout_s: float | None = Field(None, gt=0)
+    """Give up on one deployment after this long (for streams: until the first token)."""
+    deadline_s: float | None = Field(None, gt=0)
+    """Give up on the whole request after this long (retries and fallbacks included)."""
+
+    @model_validator(mode="after")
+    def _pool(self) -> ModelRouteConfig:
+        if self.complexity is not None:
+            for name in (self.complexity.small, self.complexity.large):
+                if name not in self.deployments:
+                    self.deployments.append(name)
+        elif self.strategy == "complexity":
+            raise ValueError("strategy 'complexity' needs a 'complexity' section (small, large)")
+        if not self.deployments:
+            raise ValueError("deployments: at least one deployment is required")
+        return self
+
+
+class RoutingSettings(_Strict):
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    health_check_interval_s: float | None = Field(None, gt=0)
+    """Probe every provider this often (off by default; traffic itself feeds the breakers)."""
 
 
 class EmbeddingSettings(_Strict):
@@ -98,6 +147,7 @@ class Settings(BaseSettings):
     deployments: dict[str, DeploymentConfig] = Field(default_factory=dict)
     models: dict[str, ModelRouteConfig] = Field(default_factory=dict)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -130,6 +180,21 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"models.{name}.deployments: {dep_name!r} is an embedding deployment"
                     )
+            for weighted in route.weights:
+                if weighted not in route.deployments:
+                    raise ValueError(
+                        f"models.{name}.weights: {weighted!r} is not one of its deployments"
+                    )
+            for target in route.fallbacks:
+                if target not in self.models and target not in self.deployments:
+                    raise ValueError(
+                        f"models.{name}.fallbacks: unknown model or deployment {target!r}"
+                    )
+                if target in self.deployments and self.deployments[target].kind != "chat":
+                    raise ValueError(
+                        f"models.{name}.fallbacks: {target!r} is an embedding deployment"
+                    )
+        self._check_fallback_cycles()
         default_embed = self.embeddings.default_model
         if default_embed is not None:
             dep_cfg = self.deployments.get(default_embed)
@@ -138,6 +203,24 @@ class Settings(BaseSettings):
                     f"embeddings.default_model: {default_embed!r} is not an embedding deployment"
                 )
         return self
+
+    def _check_fallback_cycles(self) -> None:
+        """Refuse fallback chains between logical models that loop back on themselves."""
+        done: set[str] = set()
+
+        def visit(name: str, path: list[str]) -> None:
+            if name in path:
+                cycle = " -> ".join([*path[path.index(name) :], name])
+                raise ValueError(f"models.{path[0]}.fallbacks: cycle {cycle}")
+            if name in done:
+                return
+            for target in self.models[name].fallbacks:
+                if target in self.models:
+                    visit(target, [*path, name])
+            done.add(name)
+
+        for name in self.models:
+            visit(name, [])
 
     @property
     def is_loopback(self) -> bool:

@@ -38,8 +38,9 @@ from iatros.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
 )
-from iatros.gateway import Deployment, Gateway, RequestContext
+from iatros.gateway import Gateway, Plan, RequestContext
 from iatros.observability.logging import configure_logging, flush_logging
 from iatros.providers.base import ChatCall, StreamDelta
 
@@ -152,6 +153,11 @@ def _bearer(request: Request) -> str | None:
             return token.strip()
         return None
     return request.headers.get("api-key")
+
+
+def require_role(ctx: RequestContext, *roles: str) -> None:
+    if ctx.principal.role not in roles:
+        raise PermissionDenied(f"This needs the {' or '.join(roles)} role.")
 
 
 def _chat_call(req: schemas.ChatCompletionRequest, principal: Principal) -> ChatCall:
@@ -328,15 +334,13 @@ def create_app(
             ext = req.iatros
             if ext is not None:
                 ctx.patient_id = ext.patient_id
-            deployment = gw.resolve(ctx, req.model, pin=ext.deployment if ext else None)
             call = _chat_call(req, ctx.principal)
+            plan = gw.plan(ctx, req.model, call, pin=ext.deployment if ext else None)
             completion_id = "chatcmpl-" + ctx.request_id.removeprefix("req_")
             if req.stream:
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
-                return await stream_response(
-                    request, ctx, deployment, call, completion_id, include_usage
-                )
-            result = await unless_disconnected(request, gw.chat(ctx, deployment, call))
+                return await stream_response(request, ctx, plan, call, completion_id, include_usage)
+            result = await unless_disconnected(request, gw.chat(ctx, plan, call))
             body = _completion_body(ctx, completion_id, result.message, result.finish_reason)
             return _json(body, headers=ctx.headers())
 
@@ -345,20 +349,14 @@ def create_app(
     async def stream_response(
         request: Request,
         ctx: RequestContext,
-        deployment: Deployment,
+        plan: Plan,
         call: ChatCall,
         completion_id: str,
         include_usage: bool,
     ) -> Response:
-        deltas = gw.stream(ctx, deployment, call)
-        # Wait for the first delta before sending headers: a failure now is a proper HTTP error.
-        try:
-            first: StreamDelta | None = await unless_disconnected(request, anext(deltas))
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await deltas.aclose()
-            raise
+        # Wait for the first delta before sending headers: failures until then fall back
+        # to other deployments, and if all fail the client gets a proper HTTP error.
+        first, deltas = await unless_disconnected(request, gw.open_stream(ctx, plan, call))
         headers = ctx.headers()
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
@@ -434,7 +432,7 @@ def create_app(
             name = req.model or gw.default_embedding_model()
             if name is None:
                 raise InvalidRequest("No embedding model is configured; name one.", param="model")
-            deployment = gw.resolve(ctx, name, kind="embedding")
+            deployment = gw.resolve_embedding(ctx, name)
             inputs = [req.input] if isinstance(req.input, str) else req.input
             result = await unless_disconnected(request, gw.embed(ctx, deployment, inputs))
             if (
@@ -505,6 +503,14 @@ def create_app(
         return await handle(request, "models", work)
 
     # -- operations ---------------------------------------------------------------
+
+    @app.get("/admin/deployments", tags=["Admin"], summary="Deployment health and breakers")
+    async def admin_deployments(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            require_role(ctx, "admin")
+            return _json({"object": "list", "data": gw.router.snapshot()})
+
+        return await handle(request, "admin", work)
 
     @app.get("/healthz", tags=["Operations"], summary="Liveness: the process answers")
     async def healthz() -> Response:

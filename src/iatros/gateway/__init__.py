@@ -1,6 +1,7 @@
 """The request pipeline: resolve the model, call the provider, account for the request."""
 
 from iatros.gateway.context import RequestContext
-from iatros.gateway.pipeline import Deployment, Gateway
+from iatros.gateway.pipeline import Gateway
+from iatros.routing.router import Deployment, Plan
 
-__all__ = ["Deployment", "Gateway", "RequestContext"]
+__all__ = ["Deployment", "Gateway", "Plan", "RequestContext"]

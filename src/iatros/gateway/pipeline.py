@@ -1,7 +1,9 @@
-"""The gateway: turns a validated request into a provider call and accounts for it.
+"""The gateway: turns a validated request into provider calls and accounts for it.
 
 Transport-free on purpose: the HTTP API, the CLI's in-process mode and tests all
-drive the same :class:`Gateway`. Each step is a method that can be tested alone.
+drive the same :class:`Gateway`. Each step is a method that can be tested alone:
+``plan`` (routing), ``chat`` / ``open_stream`` (calls with retries and fallback),
+``finish`` (metrics and the request log).
 """
 
 from __future__ import annotations
@@ -9,25 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from iatros.config import DeploymentConfig, Settings
-from iatros.errors import InvalidRequest, ModelNotFound
+from iatros.config import Settings
+from iatros.errors import (
+    GatewayError,
+    ModelNotFound,
+    Overloaded,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from iatros.gateway.context import RequestContext
 from iatros.observability.metrics import Metrics
 from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
+from iatros.routing.health import DeploymentHealth
+from iatros.routing.router import Deployment, Plan, Router
 
 log = logging.getLogger("iatros.gateway")
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    name: str
-    config: DeploymentConfig
-    provider: Provider
+DEFAULT_DEADLINE_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,17 @@ class ModelInfo:
     description: str
 
 
+def _fault(exc: GatewayError) -> str:
+    """Whose fault a failure is: the ``client``'s, one ``deployment``'s, or ``transient``."""
+    if isinstance(exc, UpstreamError):
+        return "transient" if exc.retryable else "deployment"
+    if isinstance(exc, Overloaded | ServiceUnavailable):
+        return "transient"
+    if exc.code == "context_length_exceeded":
+        return "context"
+    return "client"
+
+
 class Gateway:
     def __init__(
         self, settings: Settings, providers: dict[str, Provider], metrics: Metrics | None = None
@@ -45,12 +62,15 @@ class Gateway:
         self.settings = settings
         self.providers = providers
         self.metrics = metrics or Metrics()
-        self.metrics.watch_providers(self.readiness)
         self.deployments = {
             name: Deployment(name, cfg, providers[cfg.provider])
             for name, cfg in settings.deployments.items()
         }
+        self.router = Router(settings, self.deployments)
+        self.metrics.watch_providers(self.readiness)
+        self.metrics.watch_deployments(lambda: self.router.health)
         self._started = False
+        self._health_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
@@ -66,8 +86,15 @@ class Gateway:
         self._started = True
         for provider in self.providers.values():
             await provider.start()
+        interval = self.settings.routing.health_check_interval_s
+        if interval:
+            self._health_task = asyncio.create_task(self._health_checks(interval))
 
     async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()
@@ -75,39 +102,47 @@ class Gateway:
     def readiness(self) -> dict[str, bool]:
         return {name: provider.ready() for name, provider in self.providers.items()}
 
-    # -- step: resolve the model --------------------------------------------
+    async def _health_checks(self, interval: float) -> None:
+        """Active checks: a failing provider trips its deployments' breakers before users do."""
+        while True:
+            await asyncio.sleep(interval)
+            for name, provider in self.providers.items():
+                try:
+                    ok = await asyncio.wait_for(provider.health_check(), timeout=min(interval, 5))
+                except Exception:
+                    ok = False
+                for dep in self.deployments.values():
+                    if dep.config.provider != name:
+                        continue
+                    health = self.router.health[dep.name]
+                    if ok:
+                        health.record_check_ok()
+                    else:
+                        health.record_failure("health_check")
 
-    def resolve(
-        self, ctx: RequestContext, model: str, *, kind: str = "chat", pin: str | None = None
-    ) -> Deployment:
-        """Map the requested name (a logical model or a deployment) to a deployment."""
+    # -- step: choose the deployments -----------------------------------------
+
+    def plan(
+        self, ctx: RequestContext, model: str, call: ChatCall, *, pin: str | None = None
+    ) -> Plan:
         ctx.model = model
-        route = self.settings.models.get(model)
-        if route is not None and kind == "chat":
-            if pin is not None:
-                if pin not in route.deployments:
-                    raise InvalidRequest(
-                        f"deployment {pin!r} is not part of model {model!r} "
-                        f"(choose from: {', '.join(route.deployments)})",
-                        param="iatros.deployment",
-                    )
-                chosen, reason = pin, "pinned"
-            else:
-                chosen, reason = route.deployments[0], "primary"
-            deployment = self.deployments[chosen]
-            ctx.route = f"{model}:{reason}"
-        else:
-            found = self.deployments.get(model)
-            if found is None or found.config.kind != kind:
-                raise ModelNotFound(
-                    f"The model {model!r} does not exist or is not a {kind} model. "
-                    "GET /v1/models lists the available ones.",
-                    param="model",
-                )
-            deployment = found
-            ctx.route = "direct"
-        ctx.deployment = deployment.name
-        return deployment
+        plan = self.router.plan(model, call, pin)
+        ctx.route = plan.decision
+        ctx.deployment = plan.candidates[0].name
+        return plan
+
+    def resolve_embedding(self, ctx: RequestContext, model: str) -> Deployment:
+        ctx.model = model
+        found = self.deployments.get(model)
+        if found is None or found.config.kind != "embedding":
+            raise ModelNotFound(
+                f"The model {model!r} does not exist or is not a embedding model. "
+                "GET /v1/models lists the available ones.",
+                param="model",
+            )
+        ctx.route = "direct"
+        ctx.deployment = found.name
+        return found
 
     def default_embedding_model(self) -> str | None:
         return self.settings.embeddings.default_model
@@ -123,22 +158,141 @@ class Gateway:
         ]
         return infos
 
-    # -- step: call the provider --------------------------------------------
+    # -- step: call, with retries and fallback ---------------------------------
 
-    async def chat(self, ctx: RequestContext, deployment: Deployment, call: ChatCall) -> ChatResult:
-        started = time.perf_counter()
-        try:
-            result = await deployment.provider.chat(deployment.config, call)
-        finally:
+    async def _attempts(
+        self, ctx: RequestContext, plan: Plan
+    ) -> AsyncGenerator[tuple[Deployment, DeploymentHealth, float], GatewayError | None]:
+        """Yield (deployment, health, timeout) for each try; the caller sends back its failure.
+
+        Transient failures are retried on the same deployment with capped exponential
+        backoff and full jitter, then the next deployment is tried; a deployment-level
+        failure (e.g. rejected credentials) moves on at once; a client error stops.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (plan.deadline_s or DEFAULT_DEADLINE_S)
+        retry = plan.retry
+        last: GatewayError | None = None
+        tried: list[str] = []
+        for deployment in plan.candidates:
+            health = self.router.health[deployment.name]
+            for attempt in range(retry.max_attempts):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise UpstreamTimeout(
+                        f"no deployment of {plan.model!r} answered within the request deadline",
+                        code="deadline_exceeded",
+                        retryable=False,
+                    )
+                if not health.acquire():
+                    break
+                timeout = deployment.config.timeout_s or plan.attempt_timeout_s or math.inf
+                if deployment.name not in tried:
+                    tried.append(deployment.name)
+                failure = yield deployment, health, min(timeout, remaining)
+                if failure is None:
+                    if len(tried) > 1 or attempt:
+                        ctx.route += f"; tried={'>'.join(tried)}"
+                    return
+                last = failure
+                fault = _fault(failure)
+                if fault == "client":
+                    health.release_probe()
+                    raise failure
+                if fault == "context":
+                    health.release_probe()
+                    break
+                health.record_failure(failure.code or "error")
+                self.metrics.count_failure(deployment.name, failure.code or "error")
+                if fault == "deployment" or attempt + 1 >= retry.max_attempts:
+                    break
+                cap = min(retry.backoff_max_ms, retry.backoff_base_ms * 2**attempt) / 1000
+                pause = self.router.rng.uniform(0, cap)
+                if loop.time() + pause >= deadline:
+                    break
+                self.metrics.count_retry(deployment.name)
+                await asyncio.sleep(pause)
+            if deployment is not plan.candidates[-1]:
+                self.metrics.count_fallback(plan.model, deployment.name)
+        ctx.route += f"; tried={'>'.join(tried) or 'none'}"
+        if last is None:
+            raise ServiceUnavailable(
+                f"every deployment of model {plan.model!r} is failing; retry shortly",
+                code="no_healthy_deployment",
+            )
+        raise last
+
+    async def chat(self, ctx: RequestContext, plan: Plan, call: ChatCall) -> ChatResult:
+        attempts = self._attempts(ctx, plan)
+        step = await anext(attempts)
+        while True:
+            deployment, health, timeout = step
+            ctx.deployment = deployment.name
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(None if math.isinf(timeout) else timeout):
+                    result = await deployment.provider.chat(deployment.config, call)
+            except TimeoutError:
+                failure: GatewayError = UpstreamTimeout(
+                    f"deployment {deployment.name!r} did not answer within {timeout:.1f} s"
+                )
+            except GatewayError as exc:
+                failure = exc
+            except asyncio.CancelledError:
+                health.release_probe()
+                raise
+            else:
+                elapsed = time.perf_counter() - started
+                ctx.upstream_s += elapsed
+                health.record_success(elapsed)
+                ctx.usage = result.usage
+                with contextlib.suppress(StopAsyncIteration):
+                    await attempts.asend(None)
+                return result
             ctx.upstream_s += time.perf_counter() - started
-        ctx.usage = result.usage
-        return result
+            step = await attempts.asend(failure)
 
-    async def stream(
-        self, ctx: RequestContext, deployment: Deployment, call: ChatCall
+    async def open_stream(
+        self, ctx: RequestContext, plan: Plan, call: ChatCall
+    ) -> tuple[StreamDelta | None, AsyncGenerator[StreamDelta, None]]:
+        """Start a stream; failures before the first delta fall back transparently."""
+        attempts = self._attempts(ctx, plan)
+        step = await anext(attempts)
+        while True:
+            deployment, health, timeout = step
+            ctx.deployment = deployment.name
+            deltas = self._stream(ctx, deployment, health, call)
+            try:
+                async with asyncio.timeout(None if math.isinf(timeout) else timeout):
+                    first = await anext(deltas)
+            except (TimeoutError, StopAsyncIteration, GatewayError) as exc:
+                await deltas.aclose()
+                if isinstance(exc, GatewayError):
+                    failure: GatewayError = exc
+                elif isinstance(exc, TimeoutError):
+                    failure = UpstreamTimeout(
+                        f"deployment {deployment.name!r} sent no token within {timeout:.1f} s"
+                    )
+                else:
+                    failure = UpstreamError(f"deployment {deployment.name!r} sent an empty stream")
+                step = await attempts.asend(failure)
+                continue
+            except asyncio.CancelledError:
+                health.release_probe()
+                await asyncio.shield(deltas.aclose())
+                raise
+            health.record_success(ctx.ttft_s)
+            with contextlib.suppress(StopAsyncIteration):
+                await attempts.asend(None)
+            return first, deltas
+
+    async def _stream(
+        self, ctx: RequestContext, deployment: Deployment, health: DeploymentHealth, call: ChatCall
     ) -> AsyncGenerator[StreamDelta, None]:
-        """Provider deltas, timed: waiting on the provider is not gateway overhead."""
+        """Provider deltas, timed (waiting on the provider is not gateway overhead)."""
         upstream = deployment.provider.stream(deployment.config, call)
+        started = ctx.elapsed_s()
+        first = True
         try:
             while True:
                 waited = time.perf_counter()
@@ -146,10 +300,16 @@ class Gateway:
                     delta = await anext(upstream)
                 except StopAsyncIteration:
                     return
+                except GatewayError as exc:
+                    if not first:  # the breaker hears of mid-stream failures too
+                        health.record_failure(exc.code or "stream_error")
+                    raise
                 finally:
                     ctx.upstream_s += time.perf_counter() - waited
-                if ctx.ttft_s is None and delta.delta:
+                if first:
+                    first = False
                     ctx.ttft_s = ctx.elapsed_s()
+                    health.observe_latency(ctx.ttft_s - started)
                 if delta.usage is not None:
                     ctx.usage = delta.usage
                 yield delta

@@ -59,6 +59,31 @@ class _ProviderCollector(Collector):
         yield family
 
 
+class _DeploymentCollector(Collector):
+    """Breaker state and latency estimate of every deployment, read at scrape time."""
+
+    def __init__(self, health: Callable[[], dict[str, Any]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "iatros_deployment_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            labels=["deployment"],
+        )
+        latency = GaugeMetricFamily(
+            "iatros_deployment_latency_ewma_seconds",
+            "Recent time to first token (EWMA) used by latency routing",
+            labels=["deployment"],
+        )
+        for name, health in sorted(self._health().items()):
+            state.add_metric([name], health.current_state().gauge)
+            if health.ewma_ttft_s is not None:
+                latency.add_metric([name], health.ewma_ttft_s)
+        yield state
+        yield latency
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -96,10 +121,40 @@ class Metrics:
             ("endpoint",),
             registry=self.registry,
         )
+        self.failures = Counter(
+            "iatros_deployment_failures",
+            "Failed calls to a deployment (feeding its circuit breaker)",
+            ("deployment", "code"),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "iatros_retries",
+            "Retries on the same deployment",
+            ("deployment",),
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "iatros_fallbacks",
+            "Requests that moved on from a deployment to the next one",
+            ("model", "from_deployment"),
+            registry=self.registry,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def watch_providers(self, readiness: Callable[[], dict[str, bool]]) -> None:
         self.registry.register(_ProviderCollector(readiness))
+
+    def watch_deployments(self, health: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_DeploymentCollector(health))
+
+    def count_failure(self, deployment: str, code: str) -> None:
+        self._child(self.failures, deployment, code).inc()
+
+    def count_retry(self, deployment: str) -> None:
+        self._child(self.retries, deployment).inc()
+
+    def count_fallback(self, model: str, deployment: str) -> None:
+        self._child(self.fallbacks, model, deployment).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

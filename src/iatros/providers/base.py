@@ -95,6 +95,10 @@ class Provider:
     def ready(self) -> bool:
         return True
 
+    async def health_check(self) -> bool:
+        """Active check used by optional periodic probing; by default, readiness."""
+        return self.ready()
+
     async def chat(self, deployment: DeploymentConfig, call: ChatCall) -> ChatResult:
         raise InvalidRequest(
             f"provider {self.name!r} does not serve chat completions", code="unsupported"

@@ -88,6 +88,21 @@ class OpenAICompatProvider(Provider):
             await self._session.close()
             self._session = None
 
+    async def health_check(self) -> bool:
+        """``GET /models``: cheap, authenticated, and served by every compatible API."""
+        if self._session is None:
+            return False
+        url = (
+            f"{self._base}/openai/models?api-version={self.options.api_version}"
+            if self.options.flavor == "azure"
+            else f"{self._base}/models"
+        )
+        try:
+            async with self._session.get(url) as resp:
+                return resp.status < 500 and resp.status != 401
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
     # -- request building -------------------------------------------------
 
     def _url(self, deployment: DeploymentConfig, op: str) -> str:

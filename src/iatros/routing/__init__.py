@@ -1,0 +1,1 @@
+"""Which deployment answers: route policies, the complexity classifier, health and breakers."""
