@@ -64,7 +64,8 @@ EXAMPLES: list[tuple[str, bool]] = [
     ),
     ("How should local anaesthetic doses be adjusted for a child with a heart condition?", True),
     (
-        "Quel est le mécanisme physiopathologique de l'ostéonécrose des mâchoires sous bisphosphonates ?",
+        "Quel est le mécanisme physiopathologique de l'ostéonécrose des mâchoires sous "
+        "bisphosphonates ?",
         True,
     ),
     (
@@ -73,7 +74,8 @@ EXAMPLES: list[tuple[str, bool]] = [
         True,
     ),
     (
-        "What are the risk-benefit considerations of dental implants in an immunocompromised patient?",
+        "What are the risk-benefit considerations of dental implants in an immunocompromised "
+        "patient?",
         True,
     ),
     (

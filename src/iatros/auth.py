@@ -18,6 +18,14 @@ class Principal:
     tenant: str
     key_id: str
     role: str
+    platform: bool = False
+    """A platform administrator (the bootstrap key) may act on every tenant."""
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_eur: float | None = None
+    tenant_rpm: int | None = None
+    tenant_tpm: int | None = None
+    tenant_budget_eur: float | None = None
 
 
 ANONYMOUS = Principal(tenant="default", key_id="anonymous", role="admin")
@@ -35,7 +43,7 @@ class AdminKeyAuthenticator:
     def __init__(self, admin_key: str | None, *, allow_anonymous: bool) -> None:
         self._admin_key = admin_key.encode() if admin_key else None
         self._allow_anonymous = allow_anonymous and admin_key is None
-        self._admin = Principal(tenant="default", key_id="admin", role="admin")
+        self._admin = Principal(tenant="default", key_id="admin", role="admin", platform=True)
 
     async def authenticate(self, token: str | None) -> Principal:
         if self._allow_anonymous:

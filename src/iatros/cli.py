@@ -20,7 +20,7 @@ app = typer.Typer(
     help="Iatros: a self-hosted AI gateway for clinical assistants.", no_args_is_help=True
 )
 err = Console(stderr=True, soft_wrap=True, highlight=False)
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=220)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (or IATROS_CONFIG).")
@@ -192,3 +192,178 @@ def models(url: UrlOpt = None, key: KeyOpt = None, config: ConfigOpt = None) -> 
 
 if __name__ == "__main__":
     app()
+
+
+# -- governance: keys, tenants, database, audit ----------------------------------------
+
+keys_app = typer.Typer(help="API keys: create, list, revoke, rotate.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants and their limits.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database (SQLite by default, PostgreSQL with IATROS_DATABASE_URL).",
+    no_args_is_help=True,
+)
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+
+
+def _database(config: Path | None) -> Any:
+    from iatros.store.db import Database, database_url
+
+    settings = _settings(config)
+    db = Database(database_url(settings.database_url, settings.data_dir))
+    try:
+        db.upgrade()
+    except Exception as exc:
+        err.print(f"[red]error:[/red] cannot open the database: {type(exc).__name__}: {exc}")
+        raise typer.Exit(2) from None
+    return db
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _parse_date(value: str | None) -> Any:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--expires must be a date like 2027-01-31, not {value!r}")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to (created if new).")],
+    role: Annotated[str, typer.Option(help="admin, clinician, service or auditor.")],
+    name: Annotated[str, typer.Option(help="A label for people.")] = "",
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Monthly budget in EUR.")] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry date (YYYY-MM-DD).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key. It is printed once: only its hash is stored."""
+    db = _database(config)
+    from iatros.governance.keys import KeyStore
+
+    try:
+        token, info = KeyStore(db).create(
+            tenant=tenant,
+            role=role,
+            actor="cli",
+            name=name,
+            rpm=rpm,
+            tpm=tpm,
+            budget_eur=budget,
+            expires_at=_parse_date(expires),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    err.print(f"created {info.id} for tenant {info.tenant} (role {info.role}); store it now:")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List keys (prefixes only)."""
+    from iatros.governance.keys import KeyStore
+    from iatros.store.db import PLATFORM
+
+    table = Table(
+        "id", "tenant", "role", "prefix", "name", "rpm", "tpm", "budget", "expires", "revoked"
+    )
+    for k in KeyStore(_database(config)).list(PLATFORM, tenant):
+        table.add_row(
+            k.id,
+            k.tenant,
+            k.role,
+            k.prefix + "…",
+            k.name,
+            str(k.rpm or ""),
+            str(k.tpm or ""),
+            "" if k.budget_eur is None else f"{k.budget_eur:.2f}",
+            (k.expires_at or "")[:10],
+            (k.revoked_at or "")[:19],
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument()], config: ConfigOpt = None) -> None:
+    """Revoke a key (servers stop accepting it within seconds)."""
+    from iatros.governance.keys import KeyStore
+    from iatros.store.db import PLATFORM
+
+    try:
+        info = KeyStore(_database(config)).revoke(key_id, scope=PLATFORM, actor="cli")
+    except LookupError:
+        _fail(f"no key {key_id!r}", 1)
+    err.print(f"revoked {info.id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(key_id: Annotated[str, typer.Argument()], config: ConfigOpt = None) -> None:
+    """Replace a key by a new one with the same tenant, role and limits."""
+    from iatros.governance.keys import KeyStore
+    from iatros.store.db import PLATFORM
+
+    try:
+        token, info = KeyStore(_database(config)).rotate(key_id, scope=PLATFORM, actor="cli")
+    except LookupError:
+        _fail(f"no key {key_id!r}", 1)
+    except ValueError as exc:
+        _fail(str(exc), 1)
+    err.print(f"rotated {key_id} -> {info.id}; store the new key now:")
+    print(token)
+
+
+@tenants_app.command("set")
+def tenants_set(
+    tenant: Annotated[str, typer.Argument()],
+    rpm: Annotated[
+        int | None, typer.Option(help="Requests per minute for the whole tenant.")
+    ] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute for the whole tenant.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Monthly budget in EUR.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Set a tenant's limits (created if new)."""
+    from iatros.governance.keys import KeyStore
+
+    try:
+        KeyStore(_database(config)).set_tenant_limits(
+            tenant, rpm=rpm, tpm=tpm, budget_eur=budget, actor="cli"
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    err.print(f"tenant {tenant}: rpm={rpm} tpm={tpm} budget={budget}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None) -> None:
+    """Apply the database migrations (the server also does it at start)."""
+    db = _database(config)
+    err.print(f"database is up to date ({db.engine.dialect.name})")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = None) -> None:
+    """Recompute the audit chain; exit 1 and name the first broken record if it does not hold."""
+    from iatros.governance.audit import verify
+
+    result = verify(_database(config))
+    if result.ok:
+        out.print(f"audit chain intact: {result.checked} records")
+        return
+    err.print(f"[red]audit chain broken:[/red] {result.reason}")
+    raise typer.Exit(1)

@@ -132,9 +132,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     admin_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    """Key for keyed hashes of identifiers (audit, cache tags); share it across instances."""
     allow_anonymous_loopback: bool = True
     """With no key configured, accept unauthenticated requests, but only on a loopback bind."""
     redis_url: str | None = None
+    ratelimit_timeout_ms: float = Field(250.0, gt=0)
+    """How long a rate-limit check may wait for Redis before falling back to this instance."""
     database_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_content: bool = False

@@ -89,6 +89,12 @@ class Overloaded(GatewayError):
         self.headers.setdefault("retry-after", str(max(1, round(retry_after_s))))
 
 
+class RateLimited(Overloaded):
+    """A key or tenant is over its requests or tokens per minute."""
+
+    code = "rate_limit_exceeded"
+
+
 class UpstreamError(GatewayError):
     """A provider failed. ``retryable`` tells routing whether another try may help."""
 

@@ -30,19 +30,21 @@ from starlette.types import Receive
 
 from iatros import __version__
 from iatros.api import schemas
+from iatros.api.admin import add_admin_routes
 from iatros.api.sse import DONE, error_event, event
-from iatros.auth import AdminKeyAuthenticator, Authenticator, Principal
+from iatros.auth import Principal
 from iatros.config import Settings, load_settings
 from iatros.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    PermissionDenied,
 )
 from iatros.gateway import Gateway, Plan, RequestContext
+from iatros.governance.service import Governance
 from iatros.observability.logging import configure_logging, flush_logging
 from iatros.providers.base import ChatCall, StreamDelta
+from iatros.routing.router import estimate_prompt_tokens
 
 log = logging.getLogger("iatros.api")
 M = TypeVar("M", bound=BaseModel)
@@ -155,11 +157,6 @@ def _bearer(request: Request) -> str | None:
     return request.headers.get("api-key")
 
 
-def require_role(ctx: RequestContext, *roles: str) -> None:
-    if ctx.principal.role not in roles:
-        raise PermissionDenied(f"This needs the {' or '.join(roles)} role.")
-
-
 def _chat_call(req: schemas.ChatCompletionRequest, principal: Principal) -> ChatCall:
     if req.n is not None and req.n != 1:
         raise InvalidRequest(
@@ -228,15 +225,12 @@ def create_app(
     settings: Settings | None = None,
     *,
     gateway: Gateway | None = None,
-    authenticator: Authenticator | None = None,
 ) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     gw = gateway or Gateway.from_settings(settings)
-    auth: Authenticator = authenticator or AdminKeyAuthenticator(
-        settings.admin_key.get_secret_value() if settings.admin_key else None,
-        allow_anonymous=settings.allow_anonymous_loopback and settings.is_loopback,
-    )
+    gov = Governance(settings, limiter_registry=gw.metrics.registry)
+    gw.sinks.append(gov.record)
     limit = settings.server.max_body_bytes
     metrics = gw.metrics
 
@@ -244,12 +238,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.admin_key is None and settings.allow_anonymous_loopback:
             log.warning("no IATROS_ADMIN_KEY set: accepting unauthenticated requests on loopback")
+        await gov.start()
         await gw.start()
         log.info("iatros started", extra={"version": __version__, "pid": os.getpid()})
         try:
             yield
         finally:
             await gw.close()
+            await gov.close()
             log.info("iatros stopped", extra={"pid": os.getpid()})
             flush_logging()
 
@@ -260,6 +256,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    app.state.governance = gov
     app.state.settings = settings
     schema_defs: dict[str, Any] = {}
 
@@ -285,29 +282,30 @@ def create_app(
 
     # -- shared request handling ----------------------------------------------
 
-    async def begin(request: Request, endpoint: str) -> RequestContext:
-        principal = await auth.authenticate(_bearer(request))
-        return RequestContext(principal=principal, endpoint=endpoint)
-
     async def handle(
         request: Request,
         endpoint: str,
+        permission: str,
         work: Callable[[RequestContext], Awaitable[Response]],
     ) -> Response:
-        """Authenticate, run, account for the request; map failures to OpenAI errors."""
+        """Authenticate, authorise, run and account for a request; map failures to errors."""
         gauge = metrics.in_flight_gauge(endpoint)
         gauge.inc()
         ctx: RequestContext | None = None
         handed_off = False
         try:
-            ctx = await begin(request, endpoint)
+            principal = await gov.authenticate(_bearer(request))
+            ctx = RequestContext(principal=principal, endpoint=endpoint)
+            gov.authorize(ctx, permission)
             response = await work(ctx)
             handed_off = isinstance(response, StreamingResponse)
             return response
         except GatewayError as exc:
-            if ctx is not None:
-                ctx.status = exc.status
-            return error_response(exc, ctx.request_id if ctx else None)
+            if ctx is None:
+                return error_response(exc)
+            ctx.status = exc.status
+            exc.headers = {**ctx.extra_headers, **exc.headers}
+            return error_response(exc, ctx.request_id)
         except ClientDisconnected:
             if ctx is not None:
                 ctx.status = 499
@@ -335,16 +333,21 @@ def create_app(
             if ext is not None:
                 ctx.patient_id = ext.patient_id
             call = _chat_call(req, ctx.principal)
+            await gov.admit(ctx, estimate_prompt_tokens(call.messages))
             plan = gw.plan(ctx, req.model, call, pin=ext.deployment if ext else None)
             completion_id = "chatcmpl-" + ctx.request_id.removeprefix("req_")
+            if settings.log_content:
+                ctx.content = {"messages": call.messages}
             if req.stream:
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
                 return await stream_response(request, ctx, plan, call, completion_id, include_usage)
             result = await unless_disconnected(request, gw.chat(ctx, plan, call))
+            if ctx.content is not None:
+                ctx.content["answer"] = result.message.get("content")
             body = _completion_body(ctx, completion_id, result.message, result.finish_reason)
             return _json(body, headers=ctx.headers())
 
-        return await handle(request, "chat", work)
+        return await handle(request, "chat", "chat", work)
 
     async def stream_response(
         request: Request,
@@ -386,6 +389,18 @@ def create_app(
         async def body() -> AsyncIterator[bytes]:
             gauge = metrics.in_flight_gauge(ctx.endpoint)
             finished = False
+            accounted = False
+
+            def account(status: int) -> None:
+                # The usage record is journaled before the last event: a response the client
+                # saw complete always has its record.
+                nonlocal accounted
+                if not accounted:
+                    accounted = True
+                    ctx.status = status
+                    gauge.dec()
+                    gw.finish(ctx)
+
             try:
                 if first is not None and (first.delta or first.finish_reason):
                     yield chunk(first)
@@ -397,20 +412,19 @@ def create_app(
                     finished = True
                 if not finished:
                     raise GatewayError("The model stream ended without a finish reason.")
+                account(200)
                 if include_usage:
                     yield event({**base, "choices": [], "usage": ctx.usage.as_dict()})
                 yield DONE
-                ctx.status = 200
             except GatewayError as exc:
-                ctx.status = exc.status
+                account(exc.status)
                 yield error_event(exc)
             except asyncio.CancelledError:
-                ctx.status = 499
+                account(499)
                 raise
             finally:
                 # Account first: under anyio's cancellation every await here raises again.
-                gauge.dec()
-                gw.finish(ctx)
+                account(ctx.status if ctx.status != 200 else 499)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(deltas.aclose())
 
@@ -433,6 +447,10 @@ def create_app(
             if name is None:
                 raise InvalidRequest("No embedding model is configured; name one.", param="model")
             deployment = gw.resolve_embedding(ctx, name)
+            inputs_tokens = sum(
+                len(t) for t in ([req.input] if isinstance(req.input, str) else req.input)
+            )
+            await gov.admit(ctx, int(inputs_tokens / 3.5))
             inputs = [req.input] if isinstance(req.input, str) else req.input
             result = await unless_disconnected(request, gw.embed(ctx, deployment, inputs))
             if (
@@ -466,7 +484,7 @@ def create_app(
             }
             return _json(body, headers=ctx.headers())
 
-        return await handle(request, "embeddings", work)
+        return await handle(request, "embeddings", "embeddings", work)
 
     # -- models -----------------------------------------------------------------
 
@@ -483,7 +501,7 @@ def create_app(
         async def work(ctx: RequestContext) -> Response:
             return _json({"object": "list", "data": [_model_out(m) for m in gw.models()]})
 
-        return await handle(request, "models", work)
+        return await handle(request, "models", "models", work)
 
     @app.get(
         "/v1/models/{model_id:path}",
@@ -500,17 +518,11 @@ def create_app(
                 f"The model {model_id!r} does not exist.", param="model", code="model_not_found"
             )
 
-        return await handle(request, "models", work)
+        return await handle(request, "models", "models", work)
 
     # -- operations ---------------------------------------------------------------
 
-    @app.get("/admin/deployments", tags=["Admin"], summary="Deployment health and breakers")
-    async def admin_deployments(request: Request) -> Response:
-        async def work(ctx: RequestContext) -> Response:
-            require_role(ctx, "admin")
-            return _json({"object": "list", "data": gw.router.snapshot()})
-
-        return await handle(request, "admin", work)
+    add_admin_routes(app, gw, gov, handle)
 
     @app.get("/healthz", tags=["Operations"], summary="Liveness: the process answers")
     async def healthz() -> Response:
@@ -519,6 +531,7 @@ def create_app(
     @app.get("/readyz", tags=["Operations"], summary="Readiness: models loaded, stores reachable")
     async def readyz() -> Response:
         checks = {f"provider:{name}": ok for name, ok in gw.readiness().items()}
+        checks["store"] = await asyncio.to_thread(gov.ready)
         ready = all(checks.values())
         return _json(
             {"status": "ready" if ready else "starting", "checks": checks}, 200 if ready else 503

@@ -33,6 +33,10 @@ class RequestContext:
     ttft_s: float | None = None
     usage: Usage = field(default_factory=Usage)
     status: int = 200
+    content: dict[str, object] | None = None
+    """Prompt and answer, kept only when ``log_content`` is on (they may hold patient data)."""
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    """Headers added by pipeline steps (rate-limit state, ...)."""
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
@@ -42,6 +46,7 @@ class RequestContext:
 
     def headers(self) -> dict[str, str]:
         return {
+            **self.extra_headers,
             "x-iatros-request-id": self.request_id,
             "x-iatros-model": self.deployment,
             "x-iatros-route": self.route,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from iatros.config import Settings
@@ -69,6 +69,8 @@ class Gateway:
         self.router = Router(settings, self.deployments)
         self.metrics.watch_providers(self.readiness)
         self.metrics.watch_deployments(lambda: self.router.health)
+        self.sinks: list[Callable[[RequestContext], None]] = []
+        """Called with every finished request (usage records, audit)."""
         self._started = False
         self._health_task: asyncio.Task[None] | None = None
 
@@ -334,7 +336,9 @@ class Gateway:
     # -- step: account for the request --------------------------------------
 
     def finish(self, ctx: RequestContext) -> None:
-        """Record metrics and the request log line from the context."""
+        """Record metrics, the request log line and the sinks' records from the context."""
+        for sink in self.sinks:
+            sink(ctx)
         total = ctx.elapsed_s()
         overhead = max(total - ctx.upstream_s, 0.0)
         self.metrics.record(
@@ -363,5 +367,6 @@ class Gateway:
                     "overhead_ms": round(overhead * 1000, 3),
                     "prompt_tokens": ctx.usage.prompt_tokens,
                     "completion_tokens": ctx.usage.completion_tokens,
+                    **({"content": ctx.content} if ctx.content is not None else {}),
                 },
             )

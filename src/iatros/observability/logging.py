@@ -42,13 +42,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (test runners and daemons swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "info") -> None:
     """Route the ``iatros`` and ``uvicorn`` loggers through one JSON queue handler."""
     global _listener
     if _listener is not None:
         logging.getLogger("iatros").setLevel(level.upper())
         return
-    stream = logging.StreamHandler(sys.stderr)
+    stream = _StderrHandler()
     stream.setFormatter(JsonFormatter())
     q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = logging.handlers.QueueHandler(q)

@@ -1,0 +1,218 @@
+"""Administration endpoints: keys, usage, audit, deployment health.
+
+Every query runs in the caller's tenant scope (the store enforces it); a
+platform administrator may name another tenant with ``?tenant=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from starlette.responses import Response
+
+from iatros.errors import InvalidRequest, NotFound, PermissionDenied
+from iatros.gateway import Gateway, RequestContext
+from iatros.governance.roles import ROLES
+from iatros.governance.service import Governance
+from iatros.governance.usage import aggregate
+from iatros.store.db import PLATFORM
+from iatros.store.models import AuditRecord
+
+Handler = Callable[
+    [Request, str, str, Callable[[RequestContext], Awaitable[Response]]], Awaitable[Response]
+]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tenant: str | None = Field(None, description="Platform admins only; default: your tenant.")
+    role: Literal["admin", "clinician", "service", "auditor"]
+    name: str = Field("", max_length=128)
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    budget_eur: float | None = Field(None, gt=0)
+    expires_at: datetime | None = None
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _scope(ctx: RequestContext, tenant: str | None) -> str:
+    """The tenant a request may act on: its own, or any for a platform admin."""
+    if tenant is None:
+        return PLATFORM if ctx.principal.platform else ctx.principal.tenant
+    if not ctx.principal.platform and tenant != ctx.principal.tenant:
+        raise PermissionDenied("You can only act on your own tenant.")
+    return tenant
+
+
+def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler) -> None:
+    from iatros.api.app import parse_body, read_body  # shared request parsing
+
+    limit = gov.settings.server.max_body_bytes
+
+    @app.get("/admin/deployments", tags=["Admin"], summary="Deployment health and breakers")
+    async def admin_deployments(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            return _json({"object": "list", "data": gw.router.snapshot()})
+
+        return await handle(request, "admin", "deployments:read", work)
+
+    @app.get("/admin/keys", tags=["Admin"], summary="List API keys (prefixes only)")
+    async def list_keys(request: Request, tenant: str | None = None) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            scope = _scope(ctx, tenant)
+            keys = await asyncio.to_thread(
+                gov.keys.list, scope, None if scope == PLATFORM else scope
+            )
+            return _json({"object": "list", "data": [asdict(k) for k in keys]})
+
+        return await handle(request, "admin", "keys:manage", work)
+
+    @app.post("/admin/keys", tags=["Admin"], summary="Create an API key (shown once)")
+    async def create_key(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            body = parse_body(KeyCreate, await read_body(request, limit))
+            tenant = body.tenant or ctx.principal.tenant
+            scope = _scope(ctx, tenant)
+            try:
+                token, info = await asyncio.to_thread(
+                    lambda: gov.keys.create(
+                        tenant=tenant,
+                        role=body.role,
+                        actor=ctx.principal.key_id,
+                        name=body.name,
+                        rpm=body.rpm,
+                        tpm=body.tpm,
+                        budget_eur=body.budget_eur,
+                        expires_at=body.expires_at,
+                        scope=scope,
+                    )
+                )
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+            gov.forget_keys()
+            return _json({"key": token, **asdict(info)}, 201)
+
+        return await handle(request, "admin", "keys:manage", work)
+
+    @app.delete("/admin/keys/{key_id}", tags=["Admin"], summary="Revoke an API key")
+    async def revoke_key(request: Request, key_id: str) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            scope = _scope(ctx, None)
+            try:
+                info = await asyncio.to_thread(
+                    lambda: gov.keys.revoke(key_id, scope=scope, actor=ctx.principal.key_id)
+                )
+            except LookupError:
+                raise NotFound(f"No key {key_id!r}.", code="key_not_found") from None
+            gov.forget_keys()
+            return _json(asdict(info))
+
+        return await handle(request, "admin", "keys:manage", work)
+
+    @app.post("/admin/keys/{key_id}/rotate", tags=["Admin"], summary="Replace a key by a new one")
+    async def rotate_key(request: Request, key_id: str) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            scope = _scope(ctx, None)
+            try:
+                token, info = await asyncio.to_thread(
+                    lambda: gov.keys.rotate(key_id, scope=scope, actor=ctx.principal.key_id)
+                )
+            except LookupError:
+                raise NotFound(f"No key {key_id!r}.", code="key_not_found") from None
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+            gov.forget_keys()
+            return _json({"key": token, **asdict(info)}, 201)
+
+        return await handle(request, "admin", "keys:manage", work)
+
+    @app.get("/admin/usage", tags=["Admin"], summary="Usage totals by day, model, key or tenant")
+    async def usage(
+        request: Request,
+        group_by: str = "day",
+        since: str | None = None,
+        until: str | None = None,
+        tenant: str | None = None,
+    ) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            if group_by not in ("day", "model", "key", "tenant"):
+                raise InvalidRequest(
+                    "group_by must be one of day, model, key, tenant", param="group_by"
+                )
+            scope = _scope(ctx, tenant)
+            window = [_date(since, "since"), _date(until, "until")]
+            await gov.flush()  # include what is still in the journal
+            rows = await asyncio.to_thread(
+                lambda: aggregate(
+                    gov.db,
+                    scope,
+                    group_by=group_by,  # type: ignore[arg-type]
+                    since=window[0],
+                    until=window[1],
+                )
+            )
+            return _json({"object": "list", "group_by": group_by, "data": rows})
+
+        return await handle(request, "admin", "usage:read", work)
+
+    @app.get("/admin/audit", tags=["Admin"], summary="Audit records (newest first)")
+    async def audit_log(
+        request: Request, limit: int = 100, before_id: int | None = None, tenant: str | None = None
+    ) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            if not 1 <= limit <= 1000:
+                raise InvalidRequest("limit must be between 1 and 1000", param="limit")
+            scope = _scope(ctx, tenant)
+            gov.audit(
+                tenant=ctx.principal.tenant,
+                actor=ctx.principal.key_id,
+                action="audit.read",
+                target=scope,
+            )
+            await gov.flush()
+
+            def read() -> list[dict[str, Any]]:
+                with gov.db.session(scope) as session:
+                    query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
+                    if before_id is not None:
+                        query = query.where(AuditRecord.id < before_id)
+                    return [
+                        {
+                            "id": r.id,
+                            "ts": r.ts.isoformat(),
+                            "tenant": r.tenant_id,
+                            "actor": r.actor,
+                            "action": r.action,
+                            "target": r.target,
+                            "outcome": r.outcome,
+                            "details": r.details,
+                            "hash": r.hash,
+                        }
+                        for r in session.scalars(query)
+                    ]
+
+            return _json({"object": "list", "data": await asyncio.to_thread(read)})
+
+        return await handle(request, "admin", "audit:read", work)
+
+    _ = ROLES
+
+
+def _date(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an ISO date (YYYY-MM-DD)", param=name) from None

@@ -1,0 +1,1 @@
+"""Tenants, keys, roles, rate limits, budgets, usage records and the audit trail."""

@@ -1,0 +1,319 @@
+"""Governance as the gateway sees it: who is calling, may they, and what happened.
+
+One object owns the store, the key lookup (cached a few seconds), rate limits,
+budgets, the usage and audit journals and the task that moves journaled
+records into the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from iatros.auth import ANONYMOUS, Principal
+from iatros.config import Settings
+from iatros.errors import AuthenticationFailed, GatewayError, PermissionDenied, RateLimited
+from iatros.gateway.context import RequestContext
+from iatros.governance import audit as audit_chain
+from iatros.governance.journal import Journal
+from iatros.governance.keys import KeyMatch, KeyStore, hash_key
+from iatros.governance.ratelimit import Limit, RateLimiter
+from iatros.governance.roles import allowed
+from iatros.governance.secrets import keyed_ref, load_secret
+from iatros.governance.usage import SpendTracker, store_usage
+from iatros.store.db import Database, database_url
+
+log = logging.getLogger("iatros.governance")
+KEY_CACHE_S = 5.0
+FLUSH_INTERVAL_S = 0.2
+BILLABLE = frozenset({"chat", "embeddings"})
+"""Endpoints that get a usage record (one per request)."""
+
+
+class BudgetExceeded(GatewayError):
+    status = 402
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class Governance:
+    def __init__(self, settings: Settings, *, limiter_registry: Any = None) -> None:
+        self.settings = settings
+        self.db = Database(database_url(settings.database_url, settings.data_dir))
+        self.keys = KeyStore(self.db)
+        self.secret = load_secret(
+            settings.secret_key.get_secret_value() if settings.secret_key else None,
+            settings.data_dir,
+        )
+        self.spend = SpendTracker(self.db)
+        # A generous Redis timeout: under load the event loop itself adds latency, and a
+        # false timeout would fall back to per-instance limits (looser than configured).
+        self.limiter = RateLimiter(
+            settings.redis_url, timeout_ms=settings.ratelimit_timeout_ms, registry=limiter_registry
+        )
+        self._admin_key = (
+            settings.admin_key.get_secret_value().encode() if settings.admin_key else None
+        )
+        self._journal_dir = settings.data_dir / "journal"
+        self._usage: Journal | None = None
+        self._audit: Journal | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._key_cache: OrderedDict[str, tuple[KeyMatch | None, float]] = OrderedDict()
+        self._has_keys: tuple[bool, float] = (False, 0.0)
+        self._anonymous = settings.allow_anonymous_loopback and settings.is_loopback
+        self._prices = {
+            name: (dep.price_per_1k_input, dep.price_per_1k_output)
+            for name, dep in settings.deployments.items()
+        }
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.db.upgrade)
+        await asyncio.to_thread(self._recover)
+        self._usage = Journal(self._journal_dir, "usage")
+        self._audit = Journal(self._journal_dir, "audit")
+        await self.limiter.start()
+        self._flusher = asyncio.create_task(self._flush_forever(), name="governance-flush")
+
+    def _recover(self) -> None:
+        """Store what dead processes journaled but did not get into the database."""
+        for kind, store in (("usage", self._store_usage), ("audit", self._store_audit)):
+            for path, records in Journal.orphans(self._journal_dir, kind):
+                store(records)
+                path.unlink(missing_ok=True)
+                if records:
+                    log.warning(
+                        "recovered journaled records", extra={"kind": kind, "count": len(records)}
+                    )
+
+    def _store_usage(self, records: list[dict[str, Any]]) -> None:
+        store_usage(self.db, records)
+
+    def _store_audit(self, records: list[dict[str, Any]]) -> None:
+        audit_chain.append_events(self.db, records)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+        for journal in (self._usage, self._audit):
+            if journal is not None:
+                journal.close()
+        await self.limiter.close()
+        await asyncio.to_thread(self.db.close)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            try:
+                await self.flush()
+            except Exception as exc:  # the journal keeps the records; try again next tick
+                log.warning("could not store records yet", extra={"error": type(exc).__name__})
+
+    async def flush(self) -> None:
+        for journal, store in ((self._usage, self._store_usage), (self._audit, self._store_audit)):
+            if journal is None:
+                continue
+            batch = journal.take()
+            if not batch:
+                continue
+            try:
+                await asyncio.to_thread(store, batch)
+            except BaseException:
+                journal.put_back(batch)
+                raise
+            journal.stored()
+
+    def ready(self) -> bool:
+        return self.db.ping()
+
+    # -- authentication -------------------------------------------------------
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if (
+            token
+            and self._admin_key is not None
+            and hmac.compare_digest(token.encode(), self._admin_key)
+        ):
+            return Principal(tenant="default", key_id="admin", role="admin", platform=True)
+        if not token:
+            if self._anonymous and self._admin_key is None and not await self._any_keys():
+                return ANONYMOUS
+            self.audit_denied("anonymous", "default", "missing_api_key")
+            raise AuthenticationFailed(
+                "Missing API key: send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        match = await self._lookup(token)
+        if match is None:
+            self.audit_denied("unknown", "default", "invalid_api_key")
+            raise AuthenticationFailed("Incorrect API key provided.")
+        key, tenant = match.key, match.tenant
+        if key.revoked_at is not None:
+            self.audit_denied(key.id, key.tenant_id, "key_revoked")
+            raise AuthenticationFailed("This API key has been revoked.", code="key_revoked")
+        if key.expires_at is not None and _aware(key.expires_at) <= datetime.now(UTC):
+            self.audit_denied(key.id, key.tenant_id, "key_expired")
+            raise AuthenticationFailed("This API key has expired.", code="key_expired")
+        return Principal(
+            tenant=key.tenant_id,
+            key_id=key.id,
+            role=key.role,
+            rpm=key.rpm,
+            tpm=key.tpm,
+            budget_eur=key.budget_eur,
+            tenant_rpm=tenant.rpm,
+            tenant_tpm=tenant.tpm,
+            tenant_budget_eur=tenant.budget_eur,
+        )
+
+    async def _any_keys(self) -> bool:
+        known, at = self._has_keys
+        if known or time.monotonic() - at < KEY_CACHE_S:
+            return known
+        known = await asyncio.to_thread(self.keys.any_keys)
+        self._has_keys = (known, time.monotonic())
+        return known
+
+    async def _lookup(self, token: str) -> KeyMatch | None:
+        digest = hash_key(token)
+        cached = self._key_cache.get(digest)
+        if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
+            return cached[0]
+        match = await asyncio.to_thread(self.keys.lookup, token)
+        self._key_cache[digest] = (match, time.monotonic())
+        self._key_cache.move_to_end(digest)
+        while len(self._key_cache) > 10_000:  # unknown keys are cached too: bound it
+            self._key_cache.popitem(last=False)
+        return match
+
+    def forget_keys(self) -> None:
+        """Drop cached key lookups (after a local revoke or rotate)."""
+        self._key_cache.clear()
+        self._has_keys = (False, 0.0)
+
+    # -- authorisation, limits, budgets -----------------------------------------
+
+    def authorize(self, ctx: RequestContext, permission: str) -> None:
+        if not allowed(ctx.principal.role, permission):
+            self.audit_denied(ctx.principal.key_id, ctx.principal.tenant, f"role:{permission}")
+            raise PermissionDenied(
+                f"The {ctx.principal.role!r} role may not do this ({permission})."
+            )
+
+    def _limits(self, principal: Principal) -> tuple[list[Limit], list[Limit]]:
+        requests: list[Limit] = []
+        tokens: list[Limit] = []
+        for scope, rpm, tpm in (
+            (f"key:{principal.key_id}", principal.rpm, principal.tpm),
+            (f"tenant:{principal.tenant}", principal.tenant_rpm, principal.tenant_tpm),
+        ):
+            if rpm:
+                requests.append(Limit("requests", f"{scope}:rpm", rpm))
+            if tpm:
+                tokens.append(Limit("tokens", f"{scope}:tpm", tpm))
+        return requests, tokens
+
+    async def admit(self, ctx: RequestContext, prompt_tokens: int) -> None:
+        """Budget first (cheap, local), then the shared rate limits (one atomic check)."""
+        principal = ctx.principal
+        for scope, value, budget in (
+            ("key", principal.key_id, principal.budget_eur),
+            ("tenant", principal.tenant, principal.tenant_budget_eur),
+        ):
+            if budget is not None:
+                spent = await asyncio.to_thread(self.spend.spent, scope, value)  # type: ignore[arg-type]
+                if spent >= budget:
+                    self.audit_denied(principal.key_id, principal.tenant, f"budget:{scope}")
+                    raise BudgetExceeded(
+                        f"The {scope} budget of {budget:.2f} EUR for this month is used up "
+                        f"({spent:.2f} EUR spent)."
+                    )
+        requests, tokens = self._limits(principal)
+        if not requests and not tokens:
+            return
+        decision = await self.limiter.check(
+            [(limit, 1) for limit in requests] + [(limit, prompt_tokens) for limit in tokens]
+        )
+        ctx.extra_headers.update(decision.headers)
+        if not decision.allowed:
+            raise RateLimited(
+                "Rate limit reached for this key or tenant; retry after the indicated time.",
+                retry_after_s=decision.retry_after_s,
+                headers=dict(decision.headers),
+            )
+
+    # -- records --------------------------------------------------------------
+
+    def record(self, ctx: RequestContext) -> None:
+        """Journal the request's usage record (and patient-context access) before it is answered."""
+        if self._usage is None or ctx.endpoint not in BILLABLE:
+            return
+        price_in, price_out = self._prices.get(ctx.deployment, (0.0, 0.0))
+        cost = (ctx.usage.prompt_tokens * price_in + ctx.usage.completion_tokens * price_out) / 1000
+        if ctx.cache.startswith("hit"):
+            cost = 0.0
+        self._usage.append(
+            {
+                "request_id": ctx.request_id,
+                "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "tenant_id": ctx.principal.tenant,
+                "key_id": ctx.principal.key_id,
+                "endpoint": ctx.endpoint,
+                "model": ctx.model[:128],
+                "deployment": ctx.deployment[:128],
+                "route": ctx.route[:512],
+                "cache": ctx.cache,
+                "status": ctx.status,
+                "prompt_tokens": ctx.usage.prompt_tokens,
+                "completion_tokens": ctx.usage.completion_tokens,
+                "cost_eur": round(cost, 8),
+                "latency_ms": round(ctx.elapsed_s() * 1000, 3),
+            }
+        )
+        self.spend.add(ctx.principal.key_id, ctx.principal.tenant, cost)
+        if ctx.patient_id is not None:
+            self.audit(
+                tenant=ctx.principal.tenant,
+                actor=ctx.principal.key_id,
+                action="patient.context_access",
+                target=keyed_ref(self.secret, ctx.patient_id, "patient"),
+                outcome=str(ctx.status),
+                details={"request_id": ctx.request_id, "endpoint": ctx.endpoint},
+            )
+        if ctx.usage.completion_tokens and ctx.status < 400:
+            _, tokens = self._limits(ctx.principal)
+            if tokens:
+                task = asyncio.ensure_future(
+                    self.limiter.charge([(limit, ctx.usage.completion_tokens) for limit in tokens])
+                )
+                task.add_done_callback(_quiet)
+
+    def audit(self, **fields: Any) -> None:
+        """Journal a security event; it joins the chain within a fraction of a second."""
+        if self._audit is not None:
+            self._audit.append(audit_chain.event(**fields))
+
+    def audit_denied(self, actor: str, tenant: str, reason: str) -> None:
+        self.audit(tenant=tenant, actor=actor, action="access.denied", outcome=reason)
+
+    def patient_ref(self, patient_id: str) -> str:
+        return keyed_ref(self.secret, patient_id, "patient")
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
