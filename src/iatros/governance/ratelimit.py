@@ -1,7 +1,7 @@
 """Requests- and tokens-per-minute limits, shared through Redis by every worker and instance.
 
-Each limit is a sliding window made of sub-buckets (about 1/60 of the window: one second for
-a minute), kept in one Redis hash per limit: the usage is the sum of the buckets of the last
+Each limit is a sliding window made of sub-buckets (1/60 to 1/100 of the window: one second
+for a minute), kept in one Redis hash per limit: the usage is the sum of the buckets of the last
 window. A token bucket refills continuously, so during any window it admits its burst *plus*
 what refilled meanwhile; sub-buckets instead guarantee that no more than ``limit`` units are
 ever counted within any ``window_s``-long interval, which is what a client that reads
@@ -163,15 +163,19 @@ class Limit:
 
 @functools.lru_cache(maxsize=64)
 def _bucket_ms(window_s: int) -> int:
-    """The widest bucket that divides the window and leaves ~60 (at most 120) in it.
+    """The widest bucket that divides the window into at least 60 (at most 100) buckets.
 
     An exact division keeps a charge counted for window_s plus at most one bucket.
     """
     window_ms = window_s * 1000
-    width = max(1, window_ms // BUCKETS_PER_WINDOW)
-    while window_ms % width:
-        width -= 1
-    return width
+    target = window_ms // BUCKETS_PER_WINDOW
+    best = 1
+    for d in range(1, math.isqrt(window_ms) + 1):
+        if window_ms % d == 0:
+            for width in (d, window_ms // d):
+                if best < width <= target:
+                    best = width
+    return best
 
 
 @dataclass
@@ -302,8 +306,11 @@ def _normalise(limits: Sequence[tuple[Limit, int]]) -> list[tuple[Limit, int]]:
 class RateLimiter:
     """Checks and charges limits in Redis, or in process when Redis is absent or failing.
 
-    Every Redis call is bounded by ``timeout_ms``; after a failure Redis is skipped for
-    ``breaker_s`` (then one call probes it), so a dead Redis does not cost a timeout per request.
+    Each round trip to Redis is bounded by ``timeout_ms`` (a check queued behind the batch
+    in flight waits for at most that one and its own); after a failure Redis is skipped for
+    ``breaker_s``, then one call probes it, so a dead Redis does not cost a timeout per request.
+    A round trip that timed out may still have been applied by Redis: that request is then
+    also decided in process, the price of not blocking on a slow Redis.
     """
 
     def __init__(
