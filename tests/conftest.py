@@ -110,6 +110,8 @@ def upstream_config(fake: FakeUpstream, **extra: Any) -> dict[str, Any]:
         },
         "models": {"assistant": {"deployments": ["fake-gpt", "fake-azure-gpt"]}},
         "embeddings": {"default_model": "fake-embed"},
+        # Most tests count what reaches the upstream; the cache tests switch it on.
+        "cache": {"enabled": False},
         **extra,
     }
 

@@ -71,6 +71,7 @@ def config(fakes: dict[str, FakeUpstream], models: dict[str, Any], **extra: Any)
         "models": models,
         "embeddings": {},
         "routing": {"breaker": {"failure_threshold": 3, "cooldown_s": 30}},
+        "cache": {"enabled": False},
         **extra,
     }
 

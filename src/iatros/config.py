@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from iatros.cache import CacheSettings
 from iatros.routing.health import BreakerSettings
 
 
@@ -98,6 +99,8 @@ class ModelRouteConfig(_Strict):
     """Give up on one deployment after this long (for streams: until the first token)."""
     deadline_s: float | None = Field(None, gt=0)
     """Give up on the whole request after this long (retries and fallbacks included)."""
+    cache: dict[str, Any] = Field(default_factory=dict)
+    """Route-level cache policy (``semantic``, ``semantic_threshold``, ``ttl_s``, ...)."""
 
     @model_validator(mode="after")
     def _pool(self) -> ModelRouteConfig:
@@ -152,6 +155,22 @@ class Settings(BaseSettings):
     models: dict[str, ModelRouteConfig] = Field(default_factory=dict)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cache_defaults(cls, data: Any) -> Any:
+        """The cache shares the top-level Redis URL and secret unless it names its own."""
+        if isinstance(data, dict):
+            cache = data.get("cache")
+            cache = dict(cache) if isinstance(cache, dict) else {}
+            if data.get("redis_url") and "redis_url" not in cache:
+                cache["redis_url"] = data["redis_url"]
+            if data.get("secret_key") and "tag_secret" not in cache:
+                cache["tag_secret"] = data["secret_key"]
+            if cache:
+                data = {**data, "cache": cache}
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -199,6 +218,11 @@ class Settings(BaseSettings):
                         f"models.{name}.fallbacks: {target!r} is an embedding deployment"
                     )
         self._check_fallback_cycles()
+        for name, route in self.models.items():
+            try:
+                self.cache.with_overrides(route.cache)
+            except ValueError as exc:
+                raise ValueError(f"models.{name}.cache: {exc}") from None
         default_embed = self.embeddings.default_model
         if default_embed is not None:
             dep_cfg = self.deployments.get(default_embed)

@@ -20,7 +20,6 @@ from starlette.responses import Response
 
 from iatros.errors import InvalidRequest, NotFound, PermissionDenied
 from iatros.gateway import Gateway, RequestContext
-from iatros.governance.roles import ROLES
 from iatros.governance.service import Governance
 from iatros.governance.usage import aggregate
 from iatros.store.db import PLATFORM
@@ -206,7 +205,35 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
 
         return await handle(request, "admin", "audit:read", work)
 
-    _ = ROLES
+    @app.delete("/admin/cache", tags=["Admin"], summary="Drop cached answers (patient, model, ...)")
+    async def invalidate_cache(
+        request: Request,
+        patient_id: str | None = None,
+        tenant: str | None = None,
+        model: str | None = None,
+        collection: str | None = None,
+    ) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            scope = _scope(ctx, tenant)
+            target_tenant = None if scope == PLATFORM else scope
+            if not any((patient_id, target_tenant, model, collection)):
+                raise InvalidRequest(
+                    "Name what to drop: patient_id, tenant, model or collection.",
+                    param="patient_id",
+                )
+            dropped = await gw.cache.root.invalidate(
+                tenant=target_tenant, patient_id=patient_id, model=model, collection=collection
+            )
+            gov.audit(
+                tenant=ctx.principal.tenant,
+                actor=ctx.principal.key_id,
+                action="cache.invalidated",
+                target=gov.patient_ref(patient_id) if patient_id else (model or collection or ""),
+                details={"dropped": dropped, "tenant": target_tenant or "*"},
+            )
+            return _json({"dropped": dropped})
+
+        return await handle(request, "admin", "cache:manage", work)
 
 
 def _date(value: str | None, name: str) -> datetime | None:

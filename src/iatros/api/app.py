@@ -15,7 +15,7 @@ import os
 import re
 import time
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -40,10 +40,11 @@ from iatros.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from iatros.gateway import Gateway, Plan, RequestContext
+from iatros.gateway import Gateway, RequestContext
+from iatros.gateway.caching import CacheMode, replay
 from iatros.governance.service import Governance
 from iatros.observability.logging import configure_logging, flush_logging
-from iatros.providers.base import ChatCall, StreamDelta
+from iatros.providers.base import ChatCall, ChatResult, StreamDelta
 from iatros.routing.router import estimate_prompt_tokens
 
 log = logging.getLogger("iatros.api")
@@ -155,6 +156,11 @@ def _bearer(request: Request) -> str | None:
             return token.strip()
         return None
     return request.headers.get("api-key")
+
+
+async def _aiter(items: Iterable[T]) -> AsyncIterator[T]:
+    for item in items:
+        yield item
 
 
 def _chat_call(req: schemas.ChatCompletionRequest, principal: Principal) -> ChatCall:
@@ -334,32 +340,52 @@ def create_app(
                 ctx.patient_id = ext.patient_id
             call = _chat_call(req, ctx.principal)
             await gov.admit(ctx, estimate_prompt_tokens(call.messages))
-            plan = gw.plan(ctx, req.model, call, pin=ext.deployment if ext else None)
+            pin = ext.deployment if ext else None
+            mode: CacheMode = ext.cache if ext else "default"
+            ctx.model = req.model
+            cache_req = gw.cache.request(ctx, call, pin=pin, ttl_s=ext.cache_ttl if ext else None)
+            hit = await gw.cache.lookup(ctx, cache_req, mode)
             completion_id = "chatcmpl-" + ctx.request_id.removeprefix("req_")
             if settings.log_content:
                 ctx.content = {"messages": call.messages}
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            if hit is not None:
+                if req.stream:
+                    return stream_response(
+                        ctx, None, _aiter(replay(hit)), completion_id, include_usage
+                    )
+                return _json(
+                    _completion_body(ctx, completion_id, hit.message, hit.finish_reason),
+                    headers=ctx.headers(),
+                )
+            plan = gw.plan(ctx, req.model, call, pin=pin)
+
+            async def keep(result: ChatResult) -> None:
+                await gw.cache.store(ctx, cache_req, mode, result)
+
             if req.stream:
-                include_usage = bool(req.stream_options and req.stream_options.include_usage)
-                return await stream_response(request, ctx, plan, call, completion_id, include_usage)
+                # Wait for the first delta before sending headers: failures until then fall
+                # back to other deployments, and if all fail the client gets an HTTP error.
+                first, deltas = await unless_disconnected(request, gw.open_stream(ctx, plan, call))
+                return stream_response(ctx, first, deltas, completion_id, include_usage, keep)
             result = await unless_disconnected(request, gw.chat(ctx, plan, call))
             if ctx.content is not None:
                 ctx.content["answer"] = result.message.get("content")
+            await keep(result)
             body = _completion_body(ctx, completion_id, result.message, result.finish_reason)
             return _json(body, headers=ctx.headers())
 
         return await handle(request, "chat", "chat", work)
 
-    async def stream_response(
-        request: Request,
+    def stream_response(
         ctx: RequestContext,
-        plan: Plan,
-        call: ChatCall,
+        first: StreamDelta | None,
+        deltas: AsyncIterator[StreamDelta],
         completion_id: str,
         include_usage: bool,
+        on_complete: Callable[[ChatResult], Awaitable[None]] | None = None,
     ) -> Response:
-        # Wait for the first delta before sending headers: failures until then fall back
-        # to other deployments, and if all fail the client gets a proper HTTP error.
-        first, deltas = await unless_disconnected(request, gw.open_stream(ctx, plan, call))
+        """SSE in OpenAI's chunk format; ends with [DONE], or with an error event."""
         headers = ctx.headers()
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
@@ -401,17 +427,25 @@ def create_app(
                     gauge.dec()
                     gw.finish(ctx)
 
+            pieces: list[str] = []
+            finish = "stop"
             try:
                 if first is not None and (first.delta or first.finish_reason):
+                    pieces.append(first.delta.get("content") or "")
                     yield chunk(first)
                 async for delta in deltas:
                     if delta.delta or delta.finish_reason:
-                        finished = finished or delta.finish_reason is not None
+                        if delta.finish_reason is not None:
+                            finished, finish = True, delta.finish_reason
+                        pieces.append(delta.delta.get("content") or "")
                         yield chunk(delta)
                 if first is not None and first.finish_reason is not None:
-                    finished = True
+                    finished, finish = True, first.finish_reason
                 if not finished:
                     raise GatewayError("The model stream ended without a finish reason.")
+                if on_complete is not None:
+                    message = {"role": "assistant", "content": "".join(pieces)}
+                    await on_complete(ChatResult(message, finish, ctx.usage))
                 account(200)
                 if include_usage:
                     yield event({**base, "choices": [], "usage": ctx.usage.as_dict()})
@@ -425,8 +459,10 @@ def create_app(
             finally:
                 # Account first: under anyio's cancellation every await here raises again.
                 account(ctx.status if ctx.status != 200 else 499)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(deltas.aclose())
+                aclose = getattr(deltas, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(aclose())
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 

@@ -41,6 +41,14 @@ class IatrosExtension(BaseModel):
         max_length=200,
         description="Patient context of the request; recorded as a reference, never logged.",
     )
+    cache: Literal["default", "no-cache", "no-store", "refresh"] = Field(
+        "default",
+        description="default: look up and store; no-cache: neither; no-store: look up only; "
+        "refresh: answer afresh and store.",
+    )
+    cache_ttl: int | None = Field(
+        None, ge=0, le=30 * 86400, description="Keep this answer at most this many seconds."
+    )
 
 
 class ChatCompletionRequest(_Open):

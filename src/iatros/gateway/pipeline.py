@@ -25,6 +25,7 @@ from iatros.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from iatros.gateway.caching import CacheStep
 from iatros.gateway.context import RequestContext
 from iatros.observability.metrics import Metrics
 from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta
@@ -67,6 +68,12 @@ class Gateway:
             for name, cfg in settings.deployments.items()
         }
         self.router = Router(settings, self.deployments)
+        embedding = self.deployments.get(settings.embeddings.default_model or "")
+        self.cache = CacheStep(
+            settings,
+            self.metrics.registry,
+            (embedding.provider, embedding.config) if embedding is not None else None,
+        )
         self.metrics.watch_providers(self.readiness)
         self.metrics.watch_deployments(lambda: self.router.health)
         self.sinks: list[Callable[[RequestContext], None]] = []
@@ -88,6 +95,7 @@ class Gateway:
         self._started = True
         for provider in self.providers.values():
             await provider.start()
+        await self.cache.start()
         interval = self.settings.routing.health_check_interval_s
         if interval:
             self._health_task = asyncio.create_task(self._health_checks(interval))
@@ -97,6 +105,8 @@ class Gateway:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        with contextlib.suppress(Exception):
+            await self.cache.close()
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()

@@ -1,0 +1,201 @@
+"""Redis specifics: sharing between instances, mirrors, privacy, and Redis failing.
+
+"Redis down" is a closed port, "Redis slow" a port that never answers, "Redis killed
+mid-test" a proxy in front of the real Redis that the test cuts: the real server is
+never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from iatros.cache import CacheUnavailable
+from tests.cache.conftest import (
+    REDIS_URL,
+    FakeEmbedder,
+    RedisProxy,
+    closed_port,
+    metric,
+    open_cache,
+    request,
+    response,
+)
+
+pytestmark = pytest.mark.usefixtures("sync_redis")
+
+ERRORS = "iatros_cache_errors_total"
+
+
+async def test_two_instances_share_entries(prefix: str) -> None:
+    async with open_cache("redis", prefix) as one, open_cache("redis", prefix) as two:
+        assert await one.lookup(request()) is None
+        await one.store(request(), response("from one"))
+        hit = await two.lookup(request())
+        assert hit is not None and hit.message["content"] == "from one"
+        # and invalidation on one reaches the other
+        assert await two.invalidate(tenant="clinic-a") == 1
+        assert await one.lookup(request()) is None
+
+
+async def test_two_instances_share_semantic_entries(prefix: str) -> None:
+    async with (
+        open_cache("redis", prefix, embed=FakeEmbedder(), semantic=True) as one,
+        open_cache("redis", prefix, embed=FakeEmbedder(), semantic=True) as two,
+    ):
+        await one.store(request("What is ibuprofen used for?"), response("Pain."))
+        hit = await two.lookup(request("For what is ibuprofen used?"))
+        assert hit is not None and hit.kind == "semantic"
+        # two's mirror is loaded now; a later entry from one arrives through the stream
+        await one.store(request("How long does a filling last?"), response("Years."))
+        hit = await two.lookup(request("A filling: how long does last?"))
+        assert hit is not None and hit.message["content"] == "Years."
+        # an invalidation on one removes the semantic hit on two
+        await one.invalidate(tenant="clinic-a")
+        assert await two.lookup(request("For what is ibuprofen used?")) is None
+
+
+async def test_mirror_reloads_after_a_gap_or_a_restart(prefix: str) -> None:
+    async with (
+        open_cache("redis", prefix, embed=FakeEmbedder(), semantic=True) as one,
+        open_cache("redis", prefix, embed=FakeEmbedder(), semantic=True) as two,
+    ):
+        await one.store(request("What is ibuprofen used for?"), response())
+        assert await two.lookup(request("For what is ibuprofen used?")) is not None
+        await one.store(request("How long does a filling last?"), response())
+        await one.store(request("Is flossing useful?"), response())
+        client = redis.Redis.from_url(REDIS_URL)
+        (log_key,) = client.keys(f"{prefix}s:*:log")
+        client.xtrim(log_key, maxlen=1)  # the filling's event, never read by two, is gone
+        found = None
+        deadline = time.monotonic() + 5
+        while found is None and time.monotonic() < deadline:
+            found = await two.lookup(request("A filling: how long does last?"))
+            await asyncio.sleep(0.02)
+        assert found is not None
+        # the scope expires (its counter starts again at 1), then gets a new entry
+        client.delete(*client.keys(f"{prefix}s:*"))
+        await one.store(request("Does whitening hurt?"), response())
+        found = None
+        deadline = time.monotonic() + 5
+        while found is None and time.monotonic() < deadline:
+            found = await two.lookup(request("Whitening: does hurt?"))
+            await asyncio.sleep(0.02)
+        assert found is not None
+
+
+async def test_corrupt_semantic_rows_are_dropped(prefix: str) -> None:
+    async with open_cache("redis", prefix, embed=FakeEmbedder(), semantic=True) as one:
+        await one.store(request("What is ibuprofen used for?"), response())
+        client = redis.Redis.from_url(REDIS_URL)
+        (rows_key,) = client.keys(f"{prefix}s:*:rows")
+        client.hset(rows_key, "bogus", b"\x01garbage")
+        async with open_cache("redis", prefix, embed=FakeEmbedder(), semantic=True) as two:
+            assert await two.lookup(request("For what is ibuprofen used?")) is not None
+            assert metric(two, "iatros_cache_decode_errors_total") == 1
+        assert not client.hexists(rows_key, "bogus")
+
+
+async def test_another_secret_shares_nothing(prefix: str) -> None:
+    async with (
+        open_cache("redis", prefix) as one,
+        open_cache("redis", prefix, tag_secret="another-secret-0123456789") as other,
+    ):
+        await one.store(request(), response())
+        assert await other.lookup(request()) is None
+        assert await other.invalidate(tenant="clinic-a") == 0
+
+
+async def test_nothing_identifying_is_stored_in_clear(prefix: str) -> None:
+    async with open_cache(
+        "redis", prefix, embed=FakeEmbedder(), semantic=True, ttl_s={"patient": 60}
+    ) as cache:
+        await cache.store(request("Allergies?", patient_id="patient-4242"), response())
+        await cache.store(request("What is ibuprofen?", collection="kb-dentistry"), response())
+    client = redis.Redis.from_url(REDIS_URL)
+    dump = []
+    for key in client.scan_iter(match=prefix + "*"):
+        dump.append(key)
+        kind = client.type(key)
+        if kind == b"zset":
+            dump.extend(client.zrange(key, 0, -1))
+        elif kind == b"hash":
+            dump.extend(client.hkeys(key))
+    assert dump
+    for item in dump:
+        rest = item[len(prefix) :] if item.startswith(prefix.encode()) else item
+        for secret in (b"patient-4242", b"4242", b"clinic-a", b"kb-dentistry", b"assistant"):
+            assert secret not in rest
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+async def test_redis_down_means_uncached_not_an_error(prefix: str) -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    async with open_cache(
+        "redis", prefix, redis_url=url, embed=FakeEmbedder(), semantic=True
+    ) as cache:
+        started = time.perf_counter()
+        for _ in range(50):
+            assert not await cache.store(request(), response())
+            assert await cache.lookup(request()) is None
+        elapsed = time.perf_counter() - started
+        errors = metric(cache, ERRORS, backend="redis", op="get") + metric(
+            cache, ERRORS, backend="redis", op="put"
+        )
+        assert errors == 100
+        assert metric(cache, "iatros_cache_stores_total", outcome="error") == 50
+        with pytest.raises(CacheUnavailable):
+            await cache.invalidate(tenant="clinic-a")
+    print(f"\n100 operations against a closed port: {elapsed * 1000:.1f} ms")
+
+
+async def test_redis_hanging_means_uncached_within_the_budget(prefix: str, black_hole: int) -> None:
+    url = f"redis://127.0.0.1:{black_hole}/0"
+    async with open_cache(
+        "redis", prefix, redis_url=url, redis_timeout_ms=5, redis_retry_after_s=30
+    ) as cache:
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert await cache.lookup(request()) is None
+            times.append(time.perf_counter() - started)
+        assert metric(cache, ERRORS, backend="redis", op="get") == 20
+        # a few timeouts open the circuit: later lookups fail at once, without waiting
+        assert cache.backend._open_until > time.time()  # type: ignore[attr-defined]
+    print(
+        f"\nlookups against a hanging Redis: first {times[0] * 1000:.1f} ms, then "
+        f"{max(times[5:]) * 1e6:.0f} us at most"
+    )
+
+
+async def test_redis_killed_mid_test_then_back(prefix: str) -> None:
+    proxy = RedisProxy()
+    await proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    async with open_cache(
+        "redis", prefix, redis_url=url, redis_retry_after_s=0.2, embed=FakeEmbedder(), semantic=True
+    ) as cache:
+        await cache.store(request("What is ibuprofen used for?"), response())
+        assert await cache.lookup(request("What is ibuprofen used for?")) is not None
+        assert await cache.lookup(request("For what is ibuprofen used?")) is not None
+        await proxy.kill()
+        for question in ("What is ibuprofen used for?", "For what is ibuprofen used?"):
+            for _ in range(5):
+                assert await cache.lookup(request(question)) is None
+        assert not await cache.store(request("Is flossing useful?"), response())
+        assert metric(cache, ERRORS, backend="redis", op="get") >= 5
+        # Redis comes back on the same address: after the retry delay, hits again
+        await proxy.start(proxy.port)
+        await asyncio.sleep(0.25)
+        hit = None
+        deadline = time.monotonic() + 5
+        while hit is None and time.monotonic() < deadline:
+            hit = await cache.lookup(request("What is ibuprofen used for?"))
+            await asyncio.sleep(0.05)
+        assert hit is not None
+    await proxy.kill()
