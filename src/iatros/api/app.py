@@ -46,6 +46,7 @@ from iatros.governance.service import Governance
 from iatros.observability.logging import configure_logging, flush_logging
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta
 from iatros.routing.router import estimate_prompt_tokens
+from iatros.web import mount_web
 
 log = logging.getLogger("iatros.api")
 M = TypeVar("M", bound=BaseModel)
@@ -130,22 +131,31 @@ T = TypeVar("T")
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first (frees the model)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    """Await ``work`` in this task, cancelling it if the client disconnects first.
+
+    The work runs in the request's own task (no hand-off to another task, which would
+    cost a loop iteration under load); a small watcher cancels it when the client goes.
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_disconnect(request.receive)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
+        if gone:
+            current.uncancel()
+            raise ClientDisconnected from None
         raise
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientDisconnected
 
 
 def _bearer(request: Request) -> str | None:
@@ -483,11 +493,8 @@ def create_app(
             if name is None:
                 raise InvalidRequest("No embedding model is configured; name one.", param="model")
             deployment = gw.resolve_embedding(ctx, name)
-            inputs_tokens = sum(
-                len(t) for t in ([req.input] if isinstance(req.input, str) else req.input)
-            )
-            await gov.admit(ctx, int(inputs_tokens / 3.5))
             inputs = [req.input] if isinstance(req.input, str) else req.input
+            await gov.admit(ctx, estimate_prompt_tokens([{"content": text} for text in inputs]))
             result = await unless_disconnected(request, gw.embed(ctx, deployment, inputs))
             if (
                 req.dimensions is not None
@@ -559,6 +566,7 @@ def create_app(
     # -- operations ---------------------------------------------------------------
 
     add_admin_routes(app, gw, gov, handle)
+    mount_web(app, gw, gov, handle)
 
     @app.get("/healthz", tags=["Operations"], summary="Liveness: the process answers")
     async def healthz() -> Response:
