@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	bash scripts/install-browser.sh
 	touch $(STAMP)
 
 run: install
@@ -33,9 +34,11 @@ test: install lint typecheck
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/chaos.py
 
 bench-smoke: install
 	$(BIN)/python bench/run.py --smoke
+	$(BIN)/python bench/chaos.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""Feedback on answers (thumbs up or down, an optional comment), kept for experiments.
+
+One row per (tenant, request, key): rating the same answer again replaces the rating.
+The request's deployment and logical model are copied from its usage record, so that
+feedback can be compared between deployments without joining on the usage table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from iatros.store.db import Database
+from iatros.store.models import Base, TenantScoped, UsageRecord
+
+
+class Feedback(TenantScoped, Base):
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "request_id", "key_id", name="uq_feedback_request_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_id: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str] = mapped_column(String(40), index=True)
+    rating: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(String(128), default="")
+    deployment: Mapped[str] = mapped_column(String(128), default="")
+
+
+def save_feedback(
+    db: Database,
+    *,
+    tenant: str,
+    key_id: str,
+    request_id: str,
+    rating: str,
+    comment: str,
+) -> dict[str, Any] | None:
+    """Store (or replace) a rating; ``None`` when the tenant has no such request."""
+    with db.session(tenant) as session:
+        usage = session.execute(
+            select(UsageRecord.model, UsageRecord.deployment).where(
+                UsageRecord.request_id == request_id
+            )
+        ).first()
+        if usage is None:
+            return None
+        row = session.scalars(
+            select(Feedback).where(Feedback.request_id == request_id, Feedback.key_id == key_id)
+        ).first()
+        if row is None:
+            row = Feedback(tenant_id=tenant, key_id=key_id, request_id=request_id)
+            session.add(row)
+        row.ts = datetime.now(UTC)
+        row.rating = rating
+        row.comment = comment
+        row.model = usage.model
+        row.deployment = usage.deployment
+        session.flush()
+        return {
+            "id": row.id,
+            "request_id": request_id,
+            "rating": rating,
+            "comment": comment,
+            "deployment": row.deployment,
+            "created_at": row.ts.isoformat(),
+        }

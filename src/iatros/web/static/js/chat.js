@@ -1,0 +1,609 @@
+// Chat: conversations kept in this browser, streamed answers, sources, feedback.
+
+import { api, streamChat } from "./api.js";
+import { $, announce, clear, h, icon, uid } from "./dom.js";
+import { errorMessage } from "./errors.js";
+import { formatDate, formatMs, formatNumber, formatPercent, t, tn } from "./i18n.js";
+import { renderMarkdown } from "./markdown.js";
+
+const MAX_CONVERSATIONS = 200;
+const state = {
+  me: null,
+  storageKey: null,
+  conversations: [],
+  currentId: null,
+  streaming: null, // {controller, conv, msg, view}
+  renamingId: null,
+  deletingId: null,
+  bound: false,
+};
+
+// -- storage --------------------------------------------------------------------
+
+function load() {
+  try {
+    const data = JSON.parse(localStorage.getItem(state.storageKey) || "[]");
+    return Array.isArray(data) ? data.filter((c) => c && typeof c.id === "string" && Array.isArray(c.messages)) : [];
+  } catch {
+    return [];
+  }
+}
+
+function save() {
+  state.conversations.sort((a, b) => (b.updated || 0) - (a.updated || 0));
+  state.conversations = state.conversations.slice(0, MAX_CONVERSATIONS);
+  try {
+    localStorage.setItem(state.storageKey, JSON.stringify(state.conversations));
+  } catch {
+    announce(t("chat.storage_full"), "error");
+  }
+}
+
+const current = () => state.conversations.find((c) => c.id === state.currentId) || null;
+
+function titleOf(conv) {
+  return conv?.title || t("chat.untitled");
+}
+
+function newConversation() {
+  const conv = { id: uid(), title: "", created: Date.now(), updated: Date.now(), messages: [] };
+  state.conversations.unshift(conv);
+  return conv;
+}
+
+// -- conversation list ------------------------------------------------------------
+
+function renderList() {
+  const list = $("#conv-list");
+  clear(list);
+  if (!state.conversations.length) {
+    list.append(h("li", { class: "conv-empty" }, t("chat.no_conversations")));
+  }
+  for (const conv of state.conversations) {
+    const title = titleOf(conv);
+    const isCurrent = conv.id === state.currentId;
+    const li = h("li", { class: `conv-item${isCurrent ? " current" : ""}`, dataset: { id: conv.id } });
+    if (state.renamingId === conv.id) {
+      const input = h("input", {
+        id: `rename-${conv.id}`, value: conv.title || "", maxlength: 120, autocomplete: "off",
+      });
+      const form = h("form", {
+        class: "conv-rename",
+        onSubmit: (e) => {
+          e.preventDefault();
+          conv.title = input.value.trim().slice(0, 120);
+          state.renamingId = null;
+          save();
+          renderList();
+          renderHeader();
+          focusItem(conv.id, ".conv-open");
+        },
+      },
+      h("label", { for: input.id, class: "visually-hidden" }, t("chat.rename_label")),
+      input,
+      h("button", { class: "icon-btn", type: "submit", "aria-label": t("chat.save") }, icon("check")),
+      h("button", {
+        class: "icon-btn", type: "button", "aria-label": t("chat.cancel"),
+        onClick: () => { state.renamingId = null; renderList(); focusItem(conv.id, ".conv-rename-btn"); },
+      }, icon("x")));
+      input.addEventListener("keydown", (e) => {
+        if (e.key === "Escape") { e.stopPropagation(); state.renamingId = null; renderList(); focusItem(conv.id, ".conv-rename-btn"); }
+      });
+      li.append(form);
+      list.append(li);
+      queueMicrotask(() => { input.focus(); input.select(); });
+      continue;
+    }
+    if (state.deletingId === conv.id) {
+      li.append(h("div", { class: "conv-confirm", role: "group", "aria-label": t("chat.delete_confirm", { title }) },
+        h("span", {}, t("chat.delete_confirm", { title })),
+        h("button", {
+          class: "btn btn-danger btn-small", type: "button",
+          onClick: () => deleteConversation(conv.id),
+        }, t("chat.delete")),
+        h("button", {
+          class: "btn btn-small", type: "button",
+          onClick: () => { state.deletingId = null; renderList(); focusItem(conv.id, ".conv-delete-btn"); },
+        }, t("chat.cancel"))));
+      list.append(li);
+      queueMicrotask(() => li.querySelector(".btn-danger")?.focus());
+      continue;
+    }
+    li.append(
+      h("button", {
+        class: "conv-open", type: "button", "aria-current": isCurrent ? "true" : null,
+        onClick: () => openConversation(conv.id),
+      }, h("span", { class: "conv-name" }, title), h("span", { class: "conv-date" }, formatDate(conv.updated))),
+      h("button", {
+        class: "icon-btn conv-rename-btn", type: "button", "aria-label": t("chat.rename", { title }),
+        title: t("chat.rename", { title }),
+        onClick: () => { state.renamingId = conv.id; state.deletingId = null; renderList(); },
+      }, icon("edit")),
+      h("button", {
+        class: "icon-btn conv-delete-btn", type: "button", "aria-label": t("chat.delete_named", { title }),
+        title: t("chat.delete_named", { title }),
+        onClick: () => { state.deletingId = conv.id; state.renamingId = null; renderList(); },
+      }, icon("trash")),
+    );
+    list.append(li);
+  }
+}
+
+function focusItem(id, selector) {
+  queueMicrotask(() => $(`#conv-list li[data-id="${CSS.escape(id)}"] ${selector}`)?.focus());
+}
+
+function deleteConversation(id) {
+  if (state.streaming?.conv.id === id) state.streaming.controller.abort();
+  state.conversations = state.conversations.filter((c) => c.id !== id);
+  state.deletingId = null;
+  if (state.currentId === id) state.currentId = state.conversations[0]?.id ?? null;
+  save();
+  renderList();
+  renderConversation();
+  announce(t("chat.deleted"));
+  $("#conv-new").focus();
+}
+
+function openConversation(id) {
+  state.currentId = id;
+  state.renamingId = null;
+  state.deletingId = null;
+  renderList();
+  renderConversation();
+  closeDrawer();
+  $("#prompt").focus();
+}
+
+// -- messages -------------------------------------------------------------------
+
+function renderHeader() {
+  $("#conv-current").textContent = titleOf(current());
+}
+
+function renderConversation() {
+  renderHeader();
+  const box = $("#messages");
+  clear(box);
+  const conv = current();
+  if (!conv || !conv.messages.length) {
+    box.append(h("div", { class: "chat-empty" },
+      h("p", { class: "chat-empty-title" }, t("chat.empty_title")),
+      h("p", {}, t("chat.empty"))));
+    return;
+  }
+  conv.messages.forEach((msg) => box.append(messageView(msg).root));
+  box.scrollTop = box.scrollHeight;
+}
+
+function citationFactory(msg) {
+  const sources = msg.sources || [];
+  return (n) => {
+    const source = sources.find((s, i) => sourceNumber(s, i) === n);
+    if (!source) return null;
+    return h("button", {
+      class: "cite", type: "button",
+      "aria-label": t("chat.cite_label", { n, document: source.document ?? "" }),
+      onClick: () => {
+        const target = document.getElementById(`src-${msg.id}-${n}`);
+        if (!target) return;
+        for (const other of document.querySelectorAll(".source.highlight")) other.classList.remove("highlight");
+        target.classList.add("highlight");
+        target.scrollIntoView({ block: "nearest", behavior: "smooth" });
+        target.focus({ preventScroll: true });
+      },
+    }, String(n));
+  };
+}
+
+const sourceNumber = (source, index) => Number(source.n ?? source.index ?? index + 1);
+
+function renderBody(view) {
+  const { msg } = view;
+  clear(view.body);
+  if (msg.role === "user") {
+    view.body.append(h("p", { class: "user-text" }, msg.content));
+    return;
+  }
+  if (msg.escalate) {
+    view.body.append(h("div", { class: "escalate", role: "note" },
+      icon("alert"),
+      h("div", {},
+        h("strong", {}, t("chat.escalate_title")),
+        h("p", {}, t("chat.escalate_text")))));
+  }
+  const md = h("div", { class: "md" });
+  md.append(renderMarkdown(msg.content, { citation: citationFactory(msg), headingOffset: 2 }));
+  if (msg.status === "streaming") md.append(h("span", { class: "cursor", "aria-hidden": "true" }));
+  view.body.append(md);
+  if (msg.status === "streaming" && !msg.content) {
+    view.body.append(h("p", { class: "thinking" }, t("chat.thinking")));
+  }
+  if (msg.status === "stopped") view.body.append(h("p", { class: "status-line stopped" }, t("chat.stopped")));
+  if (msg.status === "error") {
+    view.body.append(h("p", { class: "status-line error-text", role: "alert" }, `${t("chat.failed")} ${msg.error || ""}`));
+  }
+}
+
+function renderMeta(view) {
+  const { msg } = view;
+  clear(view.meta);
+  if (msg.role !== "assistant") return;
+  const items = [];
+  if (msg.deployment) items.push(h("span", { class: "badge badge-model", title: t("chat.model_answered") }, msg.deployment));
+  if (msg.cache && msg.cache.startsWith("hit")) {
+    items.push(h("span", { class: "badge badge-cache" }, icon("cache"),
+      t(msg.cache === "hit-semantic" ? "chat.cache_semantic" : "chat.cache_exact")));
+  }
+  if (typeof msg.confidence === "number") {
+    items.push(h("span", { class: `badge ${msg.confidence < 0.5 ? "badge-warn" : ""}` },
+      t("chat.confidence", { value: formatPercent(msg.confidence) })));
+  }
+  if (msg.ttftMs) items.push(h("span", { class: "meta-item" }, t("chat.ttft", { value: formatMs(msg.ttftMs) })));
+  if (msg.usage?.completion_tokens) {
+    items.push(h("span", { class: "meta-item" }, tn("chat.tokens", msg.usage.completion_tokens)));
+  }
+  if (msg.route) {
+    items.push(h("details", { class: "route" },
+      h("summary", {}, t("chat.route")),
+      h("code", {}, msg.route)));
+  }
+  view.meta.append(...items);
+}
+
+function renderActions(view) {
+  const { msg } = view;
+  clear(view.actions);
+  if (msg.role !== "assistant" || msg.status === "streaming" || !msg.content) return;
+  view.actions.append(h("button", {
+    class: "icon-btn", type: "button", "aria-label": t("chat.copy"), title: t("chat.copy"),
+    onClick: () => copyText(msg.content),
+  }, icon("copy")));
+  if (!msg.requestId || !state.me?.capabilities?.feedback) return;
+  for (const rating of ["up", "down"]) {
+    view.actions.append(h("button", {
+      class: `icon-btn feedback-${rating}`, type: "button",
+      "aria-pressed": msg.feedback?.rating === rating ? "true" : "false",
+      "aria-label": t(rating === "up" ? "chat.good" : "chat.bad"),
+      title: t(rating === "up" ? "chat.good" : "chat.bad"),
+      onClick: () => rate(view, rating),
+    }, icon(rating)));
+  }
+  if (view.commenting) {
+    const id = `comment-${msg.id}`;
+    const area = h("textarea", { id, rows: 2, maxlength: 2000 });
+    view.actions.append(h("form", {
+      class: "feedback-comment",
+      onSubmit: async (e) => {
+        e.preventDefault();
+        await rate(view, "down", area.value.trim());
+      },
+    },
+    h("label", { for: id }, t("chat.comment_label")),
+    area,
+    h("div", { class: "row" },
+      h("button", { class: "btn btn-small btn-primary", type: "submit" }, t("chat.send_feedback")),
+      h("button", {
+        class: "btn btn-small", type: "button",
+        onClick: () => { view.commenting = false; renderActions(view); },
+      }, t("chat.cancel")))));
+    queueMicrotask(() => area.focus());
+  }
+}
+
+function renderSources(view) {
+  const { msg } = view;
+  clear(view.sources);
+  const sources = msg.sources || [];
+  view.root.classList.toggle("has-sources", sources.length > 0);
+  view.sources.hidden = sources.length === 0;
+  if (!sources.length) return;
+  const headingId = `sources-${msg.id}`;
+  view.sources.setAttribute("aria-labelledby", headingId);
+  view.sources.append(h("h3", { id: headingId, class: "sources-title" }, tn("chat.sources", sources.length)));
+  const list = h("ol", { class: "source-list" });
+  sources.forEach((source, index) => {
+    const n = sourceNumber(source, index);
+    const where = source.page !== null && source.page !== undefined ? t("chat.page", { page: source.page }) : "";
+    list.append(h("li", { class: "source", id: `src-${msg.id}-${n}`, tabindex: "-1" },
+      h("div", { class: "source-head" },
+        h("span", { class: "source-n" }, String(n)),
+        h("span", { class: "source-doc" }, String(source.document ?? "")),
+        where && h("span", { class: "source-page" }, where)),
+      // Passages are shown as plain text: a document cannot inject markup here.
+      h("blockquote", { class: "source-snippet" }, String(source.snippet ?? "")),
+      typeof source.score === "number" && h("span", { class: "source-score" },
+        t("chat.relevance", { value: formatPercent(source.score) }))));
+  });
+  view.sources.append(list);
+}
+
+function messageView(msg) {
+  const root = h("article", {
+    class: `msg msg-${msg.role}`, dataset: { id: msg.id, status: msg.status || "done" },
+    "aria-label": msg.role === "user" ? t("chat.you") : t("chat.assistant"),
+  });
+  const body = h("div", { class: "msg-body" });
+  const meta = h("div", { class: "msg-meta" });
+  const actions = h("div", { class: "msg-actions" });
+  const sources = h("aside", { class: "sources", hidden: true });
+  const main = h("div", { class: "msg-main" },
+    h("div", { class: "msg-who", "aria-hidden": "true" }, msg.role === "user" ? t("chat.you") : t("chat.assistant")),
+    body, meta, actions);
+  root.append(main, sources);
+  if (msg.requestId) root.dataset.requestId = msg.requestId;
+  const view = { msg, root, body, meta, actions, sources, commenting: false };
+  renderBody(view);
+  renderMeta(view);
+  renderActions(view);
+  renderSources(view);
+  return view;
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = h("textarea", { class: "visually-hidden" });
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  announce(t("chat.copied"));
+}
+
+async function rate(view, rating, comment = null) {
+  const { msg } = view;
+  const text = comment ?? "";
+  try {
+    await api("/v1/feedback", { method: "POST", body: { request_id: msg.requestId, rating, comment: text } });
+    msg.feedback = { rating, comment: text };
+    // A thumbs down invites a comment (optional); sending the comment closes the form.
+    view.commenting = rating === "down" && comment === null;
+    save();
+    renderActions(view);
+    if (!view.commenting) view.actions.querySelector(`.feedback-${rating}`)?.focus();
+    announce(t(comment ? "chat.feedback_comment_thanks" : "chat.feedback_thanks"));
+  } catch (err) {
+    announce(errorMessage(err), "error");
+  }
+}
+
+// -- sending and streaming ---------------------------------------------------------
+
+function setStreaming(on) {
+  $("#stop").hidden = !on;
+  $("#send").disabled = on;
+  $("#messages").setAttribute("aria-busy", on ? "true" : "false");
+}
+
+function nearBottom(box) {
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+}
+
+async function send(text) {
+  if (state.streaming) return;
+  let conv = current();
+  if (!conv) {
+    conv = newConversation();
+    state.currentId = conv.id;
+  }
+  if (!conv.title) conv.title = text.replace(/\s+/g, " ").slice(0, 60);
+  const model = $("#model-select").value;
+  const collection = $("#collection-field").hidden ? "" : $("#collection-select").value;
+  const history = conv.messages
+    .filter((m) => m.content && (m.role === "user" || m.status === "done" || m.status === "stopped"))
+    .map((m) => ({ role: m.role, content: m.content }));
+  const user = { id: uid(), role: "user", content: text, ts: Date.now() };
+  const msg = { id: uid(), role: "assistant", content: "", ts: Date.now(), status: "streaming", model, collection };
+  conv.messages.push(user, msg);
+  conv.updated = Date.now();
+  save();
+  renderList();
+  renderConversation();
+  const box = $("#messages");
+  const view = messageView(msg);
+  box.lastElementChild.replaceWith(view.root);
+  box.scrollTop = box.scrollHeight;
+
+  const controller = new AbortController();
+  state.streaming = { controller, conv, msg, view };
+  setStreaming(true);
+  const started = performance.now();
+  let frame = 0;
+  const paint = () => {
+    frame = 0;
+    const stick = nearBottom(box);
+    renderBody(view);
+    if (stick) box.scrollTop = box.scrollHeight;
+  };
+  const body = { model, messages: [...history, { role: "user", content: text }] };
+  if (collection) body.iatros = { knowledge: collection };
+  try {
+    await streamChat(body, {
+      signal: controller.signal,
+      on: {
+        open: (info) => {
+          Object.assign(msg, { requestId: info.requestId, deployment: info.model, route: info.route, cache: info.cache });
+          view.root.dataset.requestId = info.requestId || "";
+          renderMeta(view);
+        },
+        iatros: (extra) => {
+          if (Array.isArray(extra.sources)) msg.sources = extra.sources;
+          if (typeof extra.confidence === "number") msg.confidence = extra.confidence;
+          if (typeof extra.escalate === "boolean") msg.escalate = extra.escalate;
+          renderSources(view);
+          renderMeta(view);
+          if (!frame) frame = requestAnimationFrame(paint);
+        },
+        delta: (piece) => {
+          if (!msg.ttftMs) msg.ttftMs = Math.round(performance.now() - started);
+          msg.content += piece;
+          if (!frame) frame = requestAnimationFrame(paint);
+        },
+        usage: (usage) => { msg.usage = usage; },
+      },
+    });
+    msg.status = "done";
+  } catch (err) {
+    if (err?.name === "AbortError") {
+      msg.status = "stopped";
+      announce(t("chat.stopped"));
+    } else {
+      msg.status = "error";
+      msg.error = errorMessage(err);
+    }
+  } finally {
+    if (frame) cancelAnimationFrame(frame);
+    msg.durationMs = Math.round(performance.now() - started);
+    state.streaming = null;
+    setStreaming(false);
+    conv.updated = Date.now();
+    save();
+    view.root.dataset.status = msg.status;
+    renderBody(view);
+    renderMeta(view);
+    renderActions(view);
+    renderSources(view);
+    if (nearBottom(box) || msg.status !== "done") box.scrollTop = box.scrollHeight;
+    if (document.activeElement === document.body || document.activeElement === $("#stop")) $("#prompt").focus();
+  }
+}
+
+function stop() {
+  state.streaming?.controller.abort();
+}
+
+// -- drawer (narrow screens) ----------------------------------------------------------
+
+function openDrawer() {
+  $("#conv-panel").classList.add("open");
+  $("#conv-toggle").setAttribute("aria-expanded", "true");
+  $("#conv-new").focus();
+}
+
+function closeDrawer() {
+  if (!$("#conv-panel").classList.contains("open")) return;
+  $("#conv-panel").classList.remove("open");
+  $("#conv-toggle").setAttribute("aria-expanded", "false");
+}
+
+// -- pickers ------------------------------------------------------------------------
+
+function fillModels() {
+  const select = $("#model-select");
+  clear(select);
+  const models = state.me.chat_models || [];
+  const saved = localStorage.getItem("iatros.model");
+  for (const model of models) {
+    select.append(h("option", { value: model.id }, model.logical ? model.id : `${model.id} (${t("chat.deployment")})`));
+  }
+  const preferred = models.find((m) => m.id === saved) || models.find((m) => m.logical) || models[0];
+  if (preferred) select.value = preferred.id;
+}
+
+export async function loadCollections() {
+  const field = $("#collection-field");
+  if (!state.me?.features?.knowledge || !state.me?.capabilities?.documents) {
+    field.hidden = true;
+    return;
+  }
+  try {
+    const data = await api("/v1/knowledge/collections");
+    const select = $("#collection-select");
+    const chosen = select.value;
+    while (select.options.length > 1) select.remove(1);
+    for (const col of data.data || []) select.append(h("option", { value: col.name }, col.name));
+    select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
+    field.hidden = false;
+  } catch {
+    field.hidden = true;
+  }
+}
+
+// -- lifecycle ------------------------------------------------------------------------
+
+function bind() {
+  if (state.bound) return;
+  state.bound = true;
+  const prompt = $("#prompt");
+  $("#composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = prompt.value.trim();
+    if (!text || state.streaming) return;
+    prompt.value = "";
+    send(text);
+  });
+  prompt.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("#composer").requestSubmit();
+    }
+  });
+  $("#stop").addEventListener("click", stop);
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    if (state.streaming && !$("#view-chat").hidden) { e.preventDefault(); stop(); return; }
+    if ($("#conv-panel").classList.contains("open")) { closeDrawer(); $("#conv-toggle").focus(); }
+  });
+  $("#conv-new").addEventListener("click", () => {
+    const empty = current();
+    if (!empty || empty.messages.length) {
+      const conv = newConversation();
+      state.currentId = conv.id;
+      save();
+    }
+    renderList();
+    renderConversation();
+    closeDrawer();
+    prompt.focus();
+  });
+  $("#conv-toggle").addEventListener("click", () => {
+    if ($("#conv-panel").classList.contains("open")) closeDrawer();
+    else openDrawer();
+  });
+  $("#conv-close").addEventListener("click", () => { closeDrawer(); $("#conv-toggle").focus(); });
+  $("#model-select").addEventListener("change", (e) => localStorage.setItem("iatros.model", e.target.value));
+  window.addEventListener("iatros:collections", () => loadCollections());
+}
+
+export async function init(me) {
+  state.me = me;
+  state.storageKey = `iatros.conversations.${me.tenant}.${me.key_id}`;
+  state.conversations = load();
+  // An answer interrupted by a closed tab is kept as stopped.
+  for (const conv of state.conversations) {
+    for (const msg of conv.messages) if (msg.status === "streaming") msg.status = "stopped";
+  }
+  state.currentId = state.conversations[0]?.id ?? null;
+  bind();
+  fillModels();
+  await loadCollections();
+}
+
+export function show() {
+  renderList();
+  renderConversation();
+  setStreaming(Boolean(state.streaming));
+  $("#prompt").focus();
+}
+
+export function relabel() {
+  if (!state.me) return;
+  fillModels();
+  if (!state.streaming) {
+    renderList();
+    renderConversation();
+  }
+}
+
+export function reset() {
+  stop();
+  state.me = null;
+  state.conversations = [];
+  state.currentId = null;
+  clear($("#conv-list"));
+  clear($("#messages"));
+}

@@ -1,0 +1,356 @@
+// Documents: collections, uploads with progress per file, ingestion jobs, deletion.
+//
+// Each file is sent in its own request so that its upload progress, its ingestion job
+// and its error are its own; two uploads run at a time.
+
+import { api, upload } from "./api.js";
+import { $, announce, clear, h, icon, uid } from "./dom.js";
+import { errorMessage } from "./errors.js";
+import { formatDate, formatNumber, t, tn } from "./i18n.js";
+
+const EXTENSIONS = [".pdf", ".md", ".markdown", ".html", ".htm", ".xhtml", ".txt", ".text", ".docx"];
+const PARALLEL = 2;
+const POLL_MS = 600;
+
+const state = {
+  me: null,
+  collections: [],
+  pending: new Set(), // names added here, not on the server until a first upload
+  selected: null,
+  documents: [],
+  uploads: [],
+  queue: [],
+  active: 0,
+  deletingId: null,
+  bound: false,
+};
+
+const enc = encodeURIComponent;
+const canManage = () => Boolean(state.me?.capabilities?.documents_manage);
+
+// -- collections ----------------------------------------------------------------
+
+async function loadCollections() {
+  try {
+    const data = await api("/v1/knowledge/collections");
+    state.collections = (data.data || []).map((c) => ({ name: c.name, documents: c.documents ?? 0, chunks: c.chunks ?? 0 }));
+  } catch (err) {
+    state.collections = [];
+    announce(errorMessage(err), "error");
+  }
+  for (const name of state.pending) {
+    if (state.collections.some((c) => c.name === name)) state.pending.delete(name);
+  }
+  const names = allCollections().map((c) => c.name);
+  if (!names.includes(state.selected)) state.selected = names[0] ?? null;
+  renderCollections();
+}
+
+function allCollections() {
+  const pending = [...state.pending].map((name) => ({ name, documents: 0, chunks: 0, pending: true }));
+  return [...state.collections, ...pending];
+}
+
+function renderCollections() {
+  const list = $("#collection-list");
+  clear(list);
+  const all = allCollections();
+  if (!all.length) list.append(h("li", { class: "hint" }, t("docs.no_collections")));
+  for (const col of all) {
+    const isCurrent = col.name === state.selected;
+    list.append(h("li", {},
+      h("button", {
+        class: `collection${isCurrent ? " current" : ""}`, type: "button",
+        "aria-current": isCurrent ? "true" : null,
+        onClick: () => select(col.name),
+      },
+      h("span", { class: "collection-name" }, col.name),
+      h("span", { class: "collection-counts" },
+        col.pending ? t("docs.empty_collection")
+          : `${tn("docs.documents", col.documents)} · ${tn("docs.passages", col.chunks)}`))));
+  }
+  $("#collection-form").hidden = !canManage();
+  renderSelected();
+}
+
+function renderSelected() {
+  const title = $("#docs-collection-title");
+  title.textContent = state.selected ? t("docs.collection_named", { name: state.selected }) : t("docs.no_selection");
+  $("#upload-area").hidden = !canManage() || !state.selected;
+}
+
+async function select(name) {
+  state.selected = name;
+  state.deletingId = null;
+  renderCollections();
+  await loadDocuments();
+}
+
+// -- documents --------------------------------------------------------------------
+
+async function loadDocuments() {
+  const name = state.selected;
+  if (!name || state.pending.has(name)) {
+    state.documents = [];
+    renderDocuments();
+    return;
+  }
+  try {
+    const data = await api(`/v1/knowledge/collections/${enc(name)}/documents`);
+    if (name !== state.selected) return;
+    state.documents = data.data || [];
+  } catch (err) {
+    state.documents = [];
+    if (err.status !== 404) announce(errorMessage(err), "error");
+  }
+  renderDocuments();
+}
+
+function renderDocuments() {
+  const body = $("#doc-rows");
+  clear(body);
+  if (!state.documents.length) {
+    body.append(h("tr", {}, h("td", { colspan: 5, class: "hint" }, t("docs.no_documents"))));
+    return;
+  }
+  for (const doc of state.documents) {
+    const actions = h("td", { class: "actions" });
+    if (canManage()) {
+      if (state.deletingId === doc.id) {
+        actions.append(
+          h("span", { class: "confirm-text" }, t("docs.delete_confirm")),
+          h("button", { class: "btn btn-danger btn-small", type: "button", onClick: () => remove(doc) }, t("docs.delete")),
+          h("button", {
+            class: "btn btn-small", type: "button",
+            onClick: () => { state.deletingId = null; renderDocuments(); },
+          }, t("chat.cancel")));
+        queueMicrotask(() => actions.querySelector(".btn-danger")?.focus());
+      } else {
+        actions.append(h("button", {
+          class: "icon-btn", type: "button", "aria-label": t("docs.delete_named", { name: doc.name }),
+          title: t("docs.delete_named", { name: doc.name }),
+          onClick: () => { state.deletingId = doc.id; renderDocuments(); },
+        }, icon("trash")));
+      }
+    }
+    body.append(h("tr", { dataset: { id: doc.id } },
+      h("th", { scope: "row" }, h("span", { class: "doc-name" }, icon("file"), h("span", {}, String(doc.name ?? doc.id)))),
+      h("td", {}, doc.pages === null || doc.pages === undefined ? "–" : formatNumber(doc.pages)),
+      h("td", {}, formatNumber(doc.chunks ?? 0)),
+      h("td", {}, formatDate(doc.updated_at)),
+      actions));
+  }
+}
+
+async function remove(doc) {
+  try {
+    await api(`/v1/knowledge/collections/${enc(state.selected)}/documents/${enc(doc.id)}`, { method: "DELETE" });
+    announce(t("docs.deleted", { name: doc.name }));
+  } catch (err) {
+    announce(errorMessage(err), "error");
+  }
+  state.deletingId = null;
+  await loadCollections();
+  await loadDocuments();
+  window.dispatchEvent(new CustomEvent("iatros:collections"));
+}
+
+// -- uploads ------------------------------------------------------------------------
+
+function addFiles(files) {
+  if (!state.selected || !canManage()) return;
+  for (const file of files) {
+    const item = { id: uid(), file, name: file.name, collection: state.selected, state: "waiting", progress: 0 };
+    const ext = file.name.includes(".") ? file.name.slice(file.name.lastIndexOf(".")).toLowerCase() : "";
+    if (!EXTENSIONS.includes(ext)) {
+      item.state = "error";
+      item.error = t("docs.unsupported", { formats: EXTENSIONS.join(" ") });
+    }
+    state.uploads.unshift(item);
+    if (item.state === "waiting") state.queue.push(item);
+  }
+  renderUploads();
+  pump();
+}
+
+function pump() {
+  while (state.active < PARALLEL && state.queue.length) {
+    const item = state.queue.shift();
+    state.active++;
+    run(item).finally(() => {
+      state.active--;
+      pump();
+      if (!state.active && !state.queue.length) finished();
+    });
+  }
+}
+
+async function finished() {
+  await loadCollections();
+  await loadDocuments();
+  window.dispatchEvent(new CustomEvent("iatros:collections"));
+}
+
+async function run(item) {
+  item.state = "uploading";
+  renderUpload(item);
+  const form = new FormData();
+  form.append("files", item.file, item.file.name);
+  try {
+    const accepted = await upload(`/v1/knowledge/collections/${enc(item.collection)}/documents`, form, {
+      onProgress: (ratio) => { item.progress = ratio; renderUpload(item); },
+    });
+    item.progress = 1;
+    item.jobId = accepted?.job_id ?? accepted?.id;
+    item.state = "queued";
+    renderUpload(item);
+    if (item.jobId) await follow(item);
+    else item.state = "done";
+  } catch (err) {
+    item.state = "error";
+    item.error = errorMessage(err);
+  }
+  renderUpload(item);
+  if (item.state === "error") announce(t("docs.file_failed", { name: item.name }), "error");
+  else announce(t("docs.file_done", { name: item.name }));
+}
+
+/** The job's report for one file, whichever shape the server uses (files or results). */
+function fileReport(job, name) {
+  const entries = [...(job.files || []), ...(job.results || [])].filter((f) => f && typeof f === "object");
+  return entries.find((f) => f.filename === name) || (entries.length === 1 ? entries[0] : null);
+}
+
+async function follow(item) {
+  for (;;) {
+    const job = await api(`/v1/knowledge/jobs/${enc(item.jobId)}`);
+    const report = fileReport(job, item.name);
+    const fileState = report?.state ?? report?.status;
+    if (report && (fileState === "error" || fileState === "failed" || report.error)) {
+      item.state = "error";
+      item.error = report.error || t("docs.failed");
+      return;
+    }
+    if (job.state === "failed") {
+      item.state = "error";
+      item.error = job.error || report?.error || t("docs.failed");
+      return;
+    }
+    if (job.state === "done") {
+      item.state = "done";
+      item.chunks = report?.chunks ?? null;
+      item.skipped = fileState === "skipped";
+      return;
+    }
+    item.state = job.state === "running" ? "running" : "queued";
+    renderUpload(item);
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+function uploadStateText(item) {
+  switch (item.state) {
+    case "waiting": return t("docs.s_waiting");
+    case "uploading": return t("docs.s_uploading", { percent: Math.round(item.progress * 100) });
+    case "queued": return t("docs.s_queued");
+    case "running": return t("docs.s_running");
+    case "done":
+      if (item.skipped) return t("docs.s_skipped");
+      return item.chunks === null || item.chunks === undefined ? t("docs.s_done") : tn("docs.s_done_chunks", item.chunks);
+    default: return `${t("docs.s_error")} ${item.error || ""}`;
+  }
+}
+
+function uploadView(item) {
+  const uploaded = ["queued", "running", "done"].includes(item.state) ? 1 : item.progress;
+  const percent = Math.round(uploaded * 100);
+  const progress = h("progress", { max: 100, "aria-label": t("docs.progress_of", { name: item.name }) });
+  progress.value = percent;
+  if (item.state === "queued" || item.state === "running") progress.removeAttribute("value"); // indeterminate
+  return h("li", { class: `upload upload-${item.state}`, dataset: { id: item.id, state: item.state } },
+    h("span", { class: "upload-name" }, icon(item.state === "error" ? "alert" : item.state === "done" ? "check" : "file"), item.name),
+    progress,
+    h("span", { class: "upload-state", role: item.state === "error" ? "alert" : null }, uploadStateText(item)));
+}
+
+function renderUpload(item) {
+  const existing = $(`#upload-list li[data-id="${item.id}"]`);
+  if (existing) existing.replaceWith(uploadView(item));
+  else renderUploads();
+}
+
+function renderUploads() {
+  const list = $("#upload-list");
+  clear(list);
+  for (const item of state.uploads.slice(0, 50)) list.append(uploadView(item));
+}
+
+// -- lifecycle ----------------------------------------------------------------------------
+
+function bind() {
+  if (state.bound) return;
+  state.bound = true;
+  const zone = $("#dropzone");
+  const input = $("#file-input");
+  input.addEventListener("change", () => {
+    addFiles([...input.files]);
+    input.value = "";
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (e) => {
+      e.preventDefault();
+      zone.classList.add("dragging");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    zone.addEventListener(name, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    addFiles([...(e.dataTransfer?.files || [])]);
+  });
+  $("#collection-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const field = $("#collection-name");
+    const name = field.value.trim();
+    if (!field.checkValidity() || !name) {
+      field.setAttribute("aria-invalid", "true");
+      announce(t("docs.name_invalid"), "error");
+      field.focus();
+      return;
+    }
+    field.removeAttribute("aria-invalid");
+    if (!allCollections().some((c) => c.name === name)) state.pending.add(name);
+    field.value = "";
+    select(name);
+  });
+}
+
+export async function init(me) {
+  state.me = me;
+  bind();
+}
+
+export async function show() {
+  renderSelected();
+  renderUploads();
+  await loadCollections();
+  await loadDocuments();
+}
+
+export function relabel() {
+  if (!state.me) return;
+  renderCollections();
+  renderDocuments();
+  renderUploads();
+}
+
+export function reset() {
+  state.me = null;
+  state.collections = [];
+  state.pending.clear();
+  state.selected = null;
+  state.documents = [];
+  state.uploads = [];
+  state.queue = [];
+}
