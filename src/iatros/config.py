@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from iatros.cache import CacheSettings
+from iatros.knowledge import KnowledgeSettings
 from iatros.routing.health import BreakerSettings
 
 
@@ -99,6 +100,8 @@ class ModelRouteConfig(_Strict):
     """Give up on one deployment after this long (for streams: until the first token)."""
     deadline_s: float | None = Field(None, gt=0)
     """Give up on the whole request after this long (retries and fallbacks included)."""
+    knowledge: str | None = None
+    """Ground every answer of this model in this collection (the tenant's own)."""
     cache: dict[str, Any] = Field(default_factory=dict)
     """Route-level cache policy (``semantic``, ``semantic_threshold``, ``ttl_s``, ...)."""
 
@@ -156,6 +159,7 @@ class Settings(BaseSettings):
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
 
     @model_validator(mode="before")
     @classmethod

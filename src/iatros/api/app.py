@@ -17,6 +17,7 @@ import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -31,6 +32,7 @@ from starlette.types import Receive
 from iatros import __version__
 from iatros.api import schemas
 from iatros.api.admin import add_admin_routes
+from iatros.api.knowledge import add_knowledge_routes, knowledge_error
 from iatros.api.sse import DONE, error_event, event
 from iatros.auth import Principal
 from iatros.config import Settings, load_settings
@@ -39,10 +41,13 @@ from iatros.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 from iatros.gateway import Gateway, RequestContext
 from iatros.gateway.caching import CacheMode, replay
 from iatros.governance.service import Governance
+from iatros.knowledge import KnowledgeBase, KnowledgeError
+from iatros.knowledge import grounding as grounding_lib
 from iatros.observability.logging import configure_logging, flush_logging
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta
 from iatros.routing.router import estimate_prompt_tokens
@@ -247,6 +252,7 @@ def create_app(
     gw = gateway or Gateway.from_settings(settings)
     gov = Governance(settings, limiter_registry=gw.metrics.registry)
     gw.sinks.append(gov.record)
+    kb = knowledge_base(settings, gw)
     limit = settings.server.max_body_bytes
     metrics = gw.metrics
 
@@ -256,10 +262,14 @@ def create_app(
             log.warning("no IATROS_ADMIN_KEY set: accepting unauthenticated requests on loopback")
         await gov.start()
         await gw.start()
+        if kb is not None:
+            await kb.start()
         log.info("iatros started", extra={"version": __version__, "pid": os.getpid()})
         try:
             yield
         finally:
+            if kb is not None:
+                await kb.close()
             await gw.close()
             await gov.close()
             log.info("iatros stopped", extra={"pid": os.getpid()})
@@ -353,21 +363,52 @@ def create_app(
             pin = ext.deployment if ext else None
             mode: CacheMode = ext.cache if ext else "default"
             ctx.model = req.model
-            cache_req = gw.cache.request(ctx, call, pin=pin, ttl_s=ext.cache_ttl if ext else None)
-            hit = await gw.cache.lookup(ctx, cache_req, mode)
             completion_id = "chatcmpl-" + ctx.request_id.removeprefix("req_")
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             if settings.log_content:
                 ctx.content = {"messages": call.messages}
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            route = settings.models.get(req.model)
+            collection = (ext.knowledge if ext else None) or (route.knowledge if route else None)
+            grounding: Grounding | None = None
+            if collection is not None:
+                grounding = await ground(ctx, collection, call, ext.knowledge_k if ext else None)
+                if grounding.escalate:  # nothing supports an answer: say so, ask no model
+                    ctx.route = f"{req.model}; knowledge={collection}; escalate"
+                    ctx.deployment = ""
+                    message = {"role": "assistant", "content": grounding.refusal}
+                    return answer(
+                        ctx, req.stream, completion_id, include_usage, message, "stop", grounding
+                    )
+            cache_req = gw.cache.request(
+                ctx,
+                call,
+                pin=pin,
+                ttl_s=ext.cache_ttl if ext else None,
+                collection=collection,
+                collection_version=grounding.version if grounding else None,
+            )
+            hit = await gw.cache.lookup(ctx, cache_req, mode)
             if hit is not None:
                 if req.stream:
                     return stream_response(
-                        ctx, None, _aiter(replay(hit)), completion_id, include_usage
+                        ctx,
+                        None,
+                        _aiter(replay(hit)),
+                        completion_id,
+                        include_usage,
+                        extension=grounding.payload() if grounding else None,
                     )
-                return _json(
-                    _completion_body(ctx, completion_id, hit.message, hit.finish_reason),
-                    headers=ctx.headers(),
+                return answer(
+                    ctx,
+                    False,
+                    completion_id,
+                    include_usage,
+                    hit.message,
+                    hit.finish_reason,
+                    grounding,
                 )
+            if grounding is not None:
+                call.messages = grounding.messages
             plan = gw.plan(ctx, req.model, call, pin=pin)
 
             async def keep(result: ChatResult) -> None:
@@ -377,15 +418,82 @@ def create_app(
                 # Wait for the first delta before sending headers: failures until then fall
                 # back to other deployments, and if all fail the client gets an HTTP error.
                 first, deltas = await unless_disconnected(request, gw.open_stream(ctx, plan, call))
-                return stream_response(ctx, first, deltas, completion_id, include_usage, keep)
+                return stream_response(
+                    ctx,
+                    first,
+                    deltas,
+                    completion_id,
+                    include_usage,
+                    keep,
+                    extension=grounding.payload() if grounding else None,
+                )
             result = await unless_disconnected(request, gw.chat(ctx, plan, call))
             if ctx.content is not None:
                 ctx.content["answer"] = result.message.get("content")
             await keep(result)
-            body = _completion_body(ctx, completion_id, result.message, result.finish_reason)
-            return _json(body, headers=ctx.headers())
+            return answer(
+                ctx,
+                False,
+                completion_id,
+                include_usage,
+                result.message,
+                result.finish_reason,
+                grounding,
+            )
 
         return await handle(request, "chat", "chat", work)
+
+    async def ground(
+        ctx: RequestContext, collection: str, call: ChatCall, k: int | None
+    ) -> Grounding:
+        """Retrieve passages for the last question; decide whether they support an answer."""
+        if kb is None:
+            raise ServiceUnavailable(
+                "The knowledge base needs an embedding model (embeddings.default_model).",
+                code="knowledge_unavailable",
+            )
+        question = grounding_lib.last_user_text(call.messages)
+        tenant = ctx.principal.tenant
+        try:
+            passages = await kb.search(tenant, collection, question, k)
+            version = await asyncio.to_thread(kb.collection_version, tenant, collection)
+        except KnowledgeError as exc:
+            raise knowledge_error(exc) from None
+        return Grounding(
+            version=version,
+            sources=grounding_lib.sources_payload(passages),
+            confidence=grounding_lib.confidence(passages),
+            escalate=grounding_lib.should_escalate(passages, settings.knowledge.min_score),
+            refusal=grounding_lib.no_answer_text(question),
+            messages=grounding_lib.build_grounded_messages(call.messages, passages),
+        )
+
+    def answer(
+        ctx: RequestContext,
+        stream: bool,
+        completion_id: str,
+        include_usage: bool,
+        message: dict[str, Any],
+        finish: str,
+        grounding: Grounding | None,
+    ) -> Response:
+        """A complete answer (from the cache, or a refusal), as JSON or as a short stream."""
+        extension = grounding.payload() if grounding else None
+        if stream:
+            content = StreamDelta({"role": "assistant", "content": message.get("content") or ""})
+            done = StreamDelta({}, finish_reason=finish, usage=ctx.usage)
+            return stream_response(
+                ctx,
+                None,
+                _aiter([content, done]),
+                completion_id,
+                include_usage,
+                extension=extension,
+            )
+        body = _completion_body(ctx, completion_id, message, finish)
+        if extension is not None:
+            body["iatros"] = extension
+        return _json(body, headers=ctx.headers())
 
     def stream_response(
         ctx: RequestContext,
@@ -394,8 +502,14 @@ def create_app(
         completion_id: str,
         include_usage: bool,
         on_complete: Callable[[ChatResult], Awaitable[None]] | None = None,
+        *,
+        extension: dict[str, Any] | None = None,
     ) -> Response:
-        """SSE in OpenAI's chunk format; ends with [DONE], or with an error event."""
+        """SSE in OpenAI's chunk format; ends with [DONE], or with an error event.
+
+        ``extension`` (the sources of a grounded answer) rides on the first chunk, so a
+        client can show the sources before the first token.
+        """
         headers = ctx.headers()
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
@@ -407,10 +521,14 @@ def create_app(
             "model": ctx.deployment,
         }
 
+        pending_extension = [extension] if extension is not None else []
+
         def chunk(delta: StreamDelta) -> bytes:
+            extra = {"iatros": pending_extension.pop()} if pending_extension else {}
             return event(
                 {
                     **base,
+                    **extra,
                     "choices": [
                         {
                             "index": 0,
@@ -566,6 +684,7 @@ def create_app(
     # -- operations ---------------------------------------------------------------
 
     add_admin_routes(app, gw, gov, handle)
+    add_knowledge_routes(app, gw, gov, kb, handle)
     mount_web(app, gw, gov, handle)
 
     @app.get("/healthz", tags=["Operations"], summary="Liveness: the process answers")
@@ -596,6 +715,35 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+@dataclass(slots=True)
+class Grounding:
+    """What retrieval found for a grounded chat request."""
+
+    version: str
+    sources: list[dict[str, Any]]
+    confidence: float
+    escalate: bool
+    refusal: str
+    messages: list[dict[str, Any]]
+
+    def payload(self) -> dict[str, Any]:
+        return {"sources": self.sources, "confidence": self.confidence, "escalate": self.escalate}
+
+
+def knowledge_base(settings: Settings, gw: Gateway) -> KnowledgeBase | None:
+    """The knowledge base, embedding with the default embedding deployment (if any)."""
+    name = settings.embeddings.default_model
+    deployment = gw.deployments.get(name) if name else None
+    if deployment is None:
+        return None
+    provider, config = deployment.provider, deployment.config
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        return (await provider.embed(config, texts)).vectors
+
+    return KnowledgeBase(settings.knowledge, settings.data_dir, embed)
 
 
 def app_from_env() -> FastAPI:

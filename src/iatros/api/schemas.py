@@ -49,6 +49,13 @@ class IatrosExtension(BaseModel):
     cache_ttl: int | None = Field(
         None, ge=0, le=30 * 86400, description="Keep this answer at most this many seconds."
     )
+    knowledge: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Answer from this collection of your documents, citing them as [n].",
+    )
+    knowledge_k: int | None = Field(None, ge=1, le=20, description="Passages to retrieve.")
 
 
 class ChatCompletionRequest(_Open):

@@ -61,7 +61,13 @@ class CacheStep:
 
     @staticmethod
     def request(
-        ctx: RequestContext, call: ChatCall, *, pin: str | None, ttl_s: int | None
+        ctx: RequestContext,
+        call: ChatCall,
+        *,
+        pin: str | None,
+        ttl_s: int | None,
+        collection: str | None = None,
+        collection_version: str | None = None,
     ) -> CacheRequest:
         params: dict[str, Any] = {k: getattr(call, k) for k in _PARAMS}
         params.update(call.extra)
@@ -72,6 +78,8 @@ class CacheStep:
             messages=call.messages,
             params=params,
             patient_id=ctx.patient_id,
+            collection=collection,
+            collection_version=collection_version,
             ttl_override_s=ttl_s,
         )
 

@@ -70,12 +70,11 @@ SECURITY_HEADERS = {
 }
 
 # What the app offers, from the permissions of PERMISSIONS (the one matrix of roles).
-# Knowledge permissions fall back to chat's while roles.py does not name them.
 CAPABILITIES: dict[str, tuple[str, ...]] = {
     "chat": ("chat",),
-    "feedback": ("chat",),
-    "documents": ("knowledge:read", "chat"),
-    "documents_manage": ("knowledge:write", "knowledge:manage", "chat"),
+    "feedback": ("feedback",),
+    "documents": ("knowledge:read",),
+    "documents_manage": ("knowledge:write",),
     "dashboard": ("usage:read",),
     "deployments": ("deployments:read",),
 }

@@ -1,0 +1,190 @@
+"""Knowledge endpoints: collections, document uploads (background jobs), search.
+
+Every call is scoped to the caller's tenant by the knowledge base itself. Changes to
+a collection drop the cached answers built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import orjson
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from iatros.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
+from iatros.gateway import Gateway, RequestContext
+from iatros.governance.service import Governance
+from iatros.knowledge import KnowledgeBase, KnowledgeError
+from iatros.knowledge import NotFound as KnowledgeNotFound
+
+Handler = Callable[
+    [Request, str, str, Callable[[RequestContext], Awaitable[Response]]], Awaitable[Response]
+]
+MAX_FILES = 50
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: str = Field(min_length=1, max_length=4000)
+    collection: str = Field(min_length=1)
+    k: int = Field(5, ge=1, le=100)
+    filters: dict[str, Any] | None = None
+    mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def knowledge_error(exc: KnowledgeError) -> GatewayError:
+    """The knowledge base's errors, in the API's terms."""
+    if isinstance(exc, KnowledgeNotFound):
+        return NotFound(str(exc), code="not_found")
+    return InvalidRequest(str(exc))
+
+
+def add_knowledge_routes(
+    app: FastAPI, gw: Gateway, gov: Governance, kb: KnowledgeBase | None, handle: Handler
+) -> None:
+    from iatros.api.app import parse_body, read_body
+
+    settings = gov.settings
+    upload_limit = settings.knowledge.max_file_bytes * 4 + 1024 * 1024
+
+    def require() -> KnowledgeBase:
+        if kb is None:
+            raise ServiceUnavailable(
+                "The knowledge base needs an embedding model (embeddings.default_model).",
+                code="knowledge_unavailable",
+            )
+        return kb
+
+    async def forget_answers(tenant: str, collection: str) -> None:
+        await gw.cache.root.invalidate(tenant=tenant, collection=collection)
+
+    @app.get("/v1/knowledge/collections", tags=["Knowledge"], summary="Your collections")
+    async def collections(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            infos = await asyncio.to_thread(require().list_collections, ctx.principal.tenant)
+            return _json({"object": "list", "data": [c.to_dict() for c in infos]})
+
+        return await handle(request, "knowledge", "knowledge:read", work)
+
+    @app.get("/v1/knowledge/collections/{name}/documents", tags=["Knowledge"], summary="Documents")
+    async def documents(request: Request, name: str) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            try:
+                docs = await asyncio.to_thread(require().list_documents, ctx.principal.tenant, name)
+            except KnowledgeError as exc:
+                raise knowledge_error(exc) from None
+            return _json({"object": "list", "data": [d.to_dict() for d in docs]})
+
+        return await handle(request, "knowledge", "knowledge:read", work)
+
+    @app.post(
+        "/v1/knowledge/collections/{name}/documents",
+        tags=["Knowledge"],
+        summary="Upload documents (multipart field 'files'); ingested in the background",
+        status_code=202,
+    )
+    async def upload(request: Request, name: str) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            base = require()
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > upload_limit:
+                raise PayloadTooLarge(
+                    f"The upload is larger than {upload_limit} bytes; send fewer or smaller files."
+                )
+            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+                raise InvalidRequest("Send the files as multipart/form-data in the field 'files'.")
+            try:
+                form = await request.form(max_files=MAX_FILES, max_part_size=upload_limit)
+            except Exception as exc:
+                raise InvalidRequest(f"The multipart body could not be read: {exc}") from None
+            files: list[tuple[str, bytes]] = []
+            for item in form.getlist("files"):
+                if not isinstance(item, UploadFile):
+                    raise InvalidRequest("'files' must be file parts.", param="files")
+                files.append((item.filename or "unnamed", await item.read()))
+            if not files:
+                raise InvalidRequest("No file in the field 'files'.", param="files")
+            try:
+                job_id = await base.submit_upload(ctx.principal.tenant, name, files)
+            except KnowledgeError as exc:
+                raise knowledge_error(exc) from None
+            gov.audit(
+                tenant=ctx.principal.tenant,
+                actor=ctx.principal.key_id,
+                action="knowledge.upload",
+                target=name,
+                details={"files": len(files)},
+            )
+            await forget_answers(ctx.principal.tenant, name)
+            return _json({"object": "knowledge.job", "job_id": job_id, "files": len(files)}, 202)
+
+        return await handle(request, "knowledge", "knowledge:write", work)
+
+    @app.get("/v1/knowledge/jobs/{job_id}", tags=["Knowledge"], summary="An ingestion job")
+    async def job(request: Request, job_id: str) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            try:
+                status = await asyncio.to_thread(require().job_status, ctx.principal.tenant, job_id)
+            except KnowledgeError as exc:
+                raise knowledge_error(exc) from None
+            return _json(status.to_dict())
+
+        return await handle(request, "knowledge", "knowledge:read", work)
+
+    @app.delete(
+        "/v1/knowledge/collections/{name}/documents/{document_id}",
+        tags=["Knowledge"],
+        summary="Delete a document and its chunks",
+    )
+    async def delete(request: Request, name: str, document_id: str) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            try:
+                removed = await require().delete_document(ctx.principal.tenant, name, document_id)
+            except KnowledgeError as exc:
+                raise knowledge_error(exc) from None
+            await forget_answers(ctx.principal.tenant, name)
+            gov.audit(
+                tenant=ctx.principal.tenant,
+                actor=ctx.principal.key_id,
+                action="knowledge.delete",
+                target=f"{name}/{document_id}",
+            )
+            return _json({"deleted": document_id, "chunks": removed})
+
+        return await handle(request, "knowledge", "knowledge:write", work)
+
+    @app.post("/v1/knowledge/search", tags=["Knowledge"], summary="Hybrid search in a collection")
+    async def search(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            body = parse_body(
+                SearchRequest, await read_body(request, settings.server.max_body_bytes)
+            )
+            try:
+                passages = await require().search(
+                    ctx.principal.tenant,
+                    body.collection,
+                    body.query,
+                    body.k,
+                    body.filters,
+                    body.mode,
+                )
+            except KnowledgeError as exc:
+                raise knowledge_error(exc) from None
+            return _json({"object": "list", "data": [p.to_dict() for p in passages]})
+
+        return await handle(request, "knowledge", "knowledge:read", work)
