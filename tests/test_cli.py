@@ -149,3 +149,23 @@ def test_serve_runs_the_embedded_defaults(tmp_path: Path) -> None:
     # Privacy: the request log carries metadata only, never the prompt.
     assert '"msg":"request"' in output
     assert "Hello" not in output
+
+
+@pytest.mark.model
+def test_ingest_reports_per_file_and_continues(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "hours.md").write_text("# Opening hours\n\nMonday to Friday, 8:30 to 18:00.\n")
+    (docs / "fluoride.txt").write_text("Fluoride varnish is applied twice a year for children.")
+    (docs / "broken.pdf").write_bytes(b"\x00\x01 not a pdf")
+    env = {"IATROS_DATA_DIR": str(tmp_path / "data")}
+    result = iatros(
+        "ingest", str(docs), str(tmp_path / "missing.txt"), "--collection", "clinic", env=env
+    )
+    assert result.returncode == 1
+    assert "files 4, indexed 2, chunks 2, skipped 0, errors 2" in result.stdout
+    assert "broken.pdf: not a PDF file" in result.stderr
+    assert "missing.txt: no such file" in result.stderr
+    again = iatros("ingest", str(docs / "hours.md"), "--collection", "clinic", env=env)
+    assert again.returncode == 0
+    assert "skipped 1" in again.stdout  # unchanged: not indexed twice

@@ -367,3 +367,73 @@ def audit_verify(config: ConfigOpt = None) -> None:
         return
     err.print(f"[red]audit chain broken:[/red] {result.reason}")
     raise typer.Exit(1)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursively).")],
+    collection: Annotated[str, typer.Option("--collection", help="Collection to add to.")],
+    tenant: Annotated[str, typer.Option(help="Tenant owning the collection.")] = "default",
+    config: ConfigOpt = None,
+) -> None:
+    """Ingest documents into a knowledge collection (PDF, DOCX, HTML, Markdown, text).
+
+    Runs in-process on the data directory: stop the server first, or upload through
+    POST /v1/knowledge/collections/{name}/documents while it runs.
+    """
+    settings = _settings(config)
+    os.environ.setdefault("IATROS_DATA_DIR", str(settings.data_dir))
+    asyncio.run(_ingest(settings, tenant, collection, paths))
+
+
+async def _ingest(settings: Settings, tenant: str, collection: str, paths: list[Path]) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from iatros.gateway import Gateway
+    from iatros.knowledge import FileReport, KnowledgeBase, KnowledgeError
+    from iatros.observability.logging import configure_logging
+
+    configure_logging("warning")
+    name = settings.embeddings.default_model
+    if name is None:
+        _fail("no embedding model is configured (embeddings.default_model)")
+    gateway = Gateway.from_settings(settings)
+    deployment = gateway.deployments[str(name)]
+    await deployment.provider.start()
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        return (await deployment.provider.embed(deployment.config, texts)).vectors
+
+    kb = KnowledgeBase(settings.knowledge, settings.data_dir, embed)
+    await kb.start()
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task("ingesting", total=None)
+
+            def on_progress(done: int, total: int, report: FileReport | None) -> None:
+                label = report.filename[-40:] if report is not None else "ingesting"
+                progress.update(task, completed=done, total=total, description=label)
+
+            try:
+                report = await kb.ingest_paths(tenant, collection, paths, on_progress)
+            except KnowledgeError as exc:
+                _fail(str(exc))
+    finally:
+        await kb.close()
+        await deployment.provider.close()
+    summary = report.to_dict()
+    out.print(
+        f"files {summary['files']}, indexed {summary['indexed']}, chunks {summary['chunks']}, "
+        f"skipped {summary['skipped']}, errors {len(report.errors)} "
+        f"({summary.get('seconds', 0):.1f} s)"
+    )
+    for failed in report.errors:
+        err.print(f"[red]error:[/red] {failed.filename}: {failed.error}")
+    if report.errors:
+        raise typer.Exit(1)
