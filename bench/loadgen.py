@@ -1,0 +1,278 @@
+"""A closed-loop HTTP load generator (asyncio + aiohttp) for loopback benchmarks.
+
+N clients each keep one keep-alive connection and send the next request as soon
+as the previous one has been answered, for a warm-up and then a fixed measured
+window. Per request it records the start, total latency, status, errors, the
+``x-iatros-overhead-ms`` header when present and, for streams, the time to the
+first body bytes. Only requests *started* inside the measured window count for
+latency; only requests *finished* inside it count for throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+OVERHEAD_HEADER = "x-iatros-overhead-ms"
+CACHE_HEADER = "x-iatros-cache"
+_DONE = b"data: [DONE]"
+_ERROR_EVENT = b'data: {"error"'
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to send, how many clients and for how long."""
+
+    url: str
+    body: bytes
+    concurrency: int
+    duration_s: float
+    warmup_s: float = 2.0
+    stream: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 30.0
+    unique_marker: bytes | None = None
+    """Replaced in ``body`` by a fresh token per request, so that no answer is cached."""
+
+    def __post_init__(self) -> None:
+        host = urlsplit(self.url).hostname
+        if host != "127.0.0.1":  # a benchmark must never load someone else's server
+            raise ValueError(f"the load generator only targets 127.0.0.1, not {host!r}")
+        if not 0 < self.duration_s <= 600 or not 0 <= self.warmup_s <= 60:
+            raise ValueError("durations must be bounded (0 < duration <= 600 s, warm-up <= 60 s)")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+class WindowHook(Protocol):
+    """Told when the measured window opens and closes (e.g. to read CPU counters)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> object: ...
+
+
+@dataclass(slots=True)
+class Sample:
+    start: float
+    latency_s: float
+    status: int
+    ok: bool
+    overhead_ms: float | None = None
+    ttfb_s: float | None = None
+    error: str | None = None
+    cache: str | None = None
+
+
+_tokens = itertools.count(int(time.time() * 1000) % 10**9)
+
+
+def unique_token() -> bytes:
+    """Letters only (digits could look like a patient identifier to a cache classifier)."""
+    n = next(_tokens)
+    letters = bytearray()
+    while True:
+        n, r = divmod(n, 26)
+        letters.append(97 + r)
+        if not n:
+            return bytes(letters)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0..100) of an already sorted sequence."""
+    if not sorted_values:
+        return math.nan
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    rank = (len(sorted_values) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    frac = rank - low
+    return float(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * frac)
+
+
+def distribution(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
+    """p50/p95/p99/mean/max of ``values`` times ``scale`` (rounded for the report)."""
+    ordered = sorted(v * scale for v in values)
+    if not ordered:
+        return {
+            "p50": math.nan,
+            "p95": math.nan,
+            "p99": math.nan,
+            "mean": math.nan,
+            "max": math.nan,
+        }
+    return {
+        "p50": round(percentile(ordered, 50), 3),
+        "p95": round(percentile(ordered, 95), 3),
+        "p99": round(percentile(ordered, 99), 3),
+        "mean": round(sum(ordered) / len(ordered), 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+def histogram(values: Sequence[float], scale: float = 1.0) -> dict[str, int]:
+    """Log-spaced buckets (upper bounds, in the scaled unit): the raw shape, kept small."""
+    bounds = [b * m for b in (0.1, 1.0, 10.0, 100.0, 1000.0) for m in (1, 2, 5)]
+    counts = dict.fromkeys(bounds, 0)
+    over = 0
+    for raw in values:
+        v = raw * scale
+        for b in bounds:
+            if v <= b:
+                counts[b] += 1
+                break
+        else:
+            over += 1
+    out = {f"<={b:g}": c for b, c in counts.items() if c}
+    if over:
+        out[f">{bounds[-1]:g}"] = over
+    return out
+
+
+@dataclass
+class LoadResult:
+    spec: LoadSpec
+    samples: list[Sample]
+    warmup_errors: int
+    window_start: float
+    window_end: float
+    error_kinds: dict[str, int]
+
+    def measured(self) -> list[Sample]:
+        return [s for s in self.samples if self.window_start <= s.start < self.window_end]
+
+    def summary(self) -> dict[str, Any]:
+        """The figures the report shows, plus small histograms as the raw shape."""
+        measured = self.measured()
+        ok = [s for s in measured if s.ok]
+        finished = sum(
+            1
+            for s in self.samples
+            if s.ok and self.window_start <= s.start + s.latency_s < self.window_end
+        )
+        window = self.window_end - self.window_start
+        overheads = [s.overhead_ms for s in ok if s.overhead_ms is not None]
+        ttfbs = [s.ttfb_s for s in ok if s.ttfb_s is not None]
+        cache: dict[str, int] = {}
+        for s in ok:
+            if s.cache is not None:
+                cache[s.cache] = cache.get(s.cache, 0) + 1
+        latencies = [s.latency_s for s in ok]
+        return {
+            "concurrency": self.spec.concurrency,
+            "duration_s": round(window, 3),
+            "warmup_s": self.spec.warmup_s,
+            "stream": self.spec.stream,
+            "started": len(measured),
+            "completed": len(ok),
+            "errors": len(measured) - len(ok),
+            "warmup_errors": self.warmup_errors,
+            "error_kinds": self.error_kinds,
+            "rps": round(finished / window, 1) if window > 0 else math.nan,
+            "latency_ms": distribution(latencies, 1000),
+            "overhead_ms": distribution(overheads) if overheads else None,
+            "ttfb_ms": distribution(ttfbs, 1000) if ttfbs else None,
+            "cache_outcomes": cache,
+            "latency_hist_ms": histogram(latencies, 1000),
+            "overhead_hist_ms": histogram(overheads) if overheads else None,
+        }
+
+
+async def _one(session: aiohttp.ClientSession, spec: LoadSpec) -> Sample:
+    body = spec.body
+    if spec.unique_marker is not None:
+        body = body.replace(spec.unique_marker, unique_token())
+    start = time.perf_counter()
+    ttfb: float | None = None
+    try:
+        async with session.post(spec.url, data=body, headers=spec.headers) as resp:
+            overhead_raw = resp.headers.get(OVERHEAD_HEADER)
+            cache = resp.headers.get(CACHE_HEADER)
+            if spec.stream:
+                parts: list[bytes] = []
+                async for part in resp.content.iter_any():
+                    if ttfb is None:
+                        ttfb = time.perf_counter() - start
+                    parts.append(part)
+                answer = b"".join(parts)
+                ok = resp.status == 200 and _DONE in answer and _ERROR_EVENT not in answer
+                error = None if ok else _stream_error(resp.status, answer)
+            else:
+                answer = await resp.read()
+                ok = resp.status == 200 and b'"choices"' in answer
+                error = None if ok else f"http {resp.status}"
+        latency = time.perf_counter() - start
+        overhead = float(overhead_raw) if overhead_raw is not None else None
+        return Sample(start, latency, resp.status, ok, overhead, ttfb, error, cache)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return Sample(start, time.perf_counter() - start, 0, False, error=type(exc).__name__)
+
+
+def _stream_error(status: int, body: bytes) -> str:
+    if status != 200:
+        return f"http {status}"
+    if _ERROR_EVENT in body:
+        return "stream error event"
+    return "stream ended without [DONE]"
+
+
+async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult:
+    """Run the closed loop: warm-up, then the measured window; wait for stragglers."""
+    connector = aiohttp.TCPConnector(
+        limit=spec.concurrency, limit_per_host=spec.concurrency, force_close=False
+    )
+    timeout = aiohttp.ClientTimeout(total=spec.timeout_s, sock_connect=5)
+    samples: list[Sample] = []
+    t0 = time.perf_counter()
+    window_start = t0 + spec.warmup_s
+    window_end = window_start + spec.duration_s
+
+    async def window() -> None:
+        if hook is None:
+            return
+        await asyncio.sleep(max(window_start - time.perf_counter(), 0))
+        hook.start()
+        await asyncio.sleep(max(window_end - time.perf_counter(), 0))
+        hook.stop()
+
+    async def client() -> None:
+        while time.perf_counter() < window_end:
+            sample = await _one(session, spec)
+            samples.append(sample)
+            if not sample.ok and sample.status == 0:
+                await asyncio.sleep(0.01)  # no tight loop against a dead server
+
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        skip_auto_headers=("User-Agent",),
+        auto_decompress=False,
+    ) as session:
+        tasks = [asyncio.create_task(client()) for _ in range(spec.concurrency)]
+        tasks.append(asyncio.create_task(window()))
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*tasks), spec.warmup_s + spec.duration_s + spec.timeout_s + 5
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+    warmup_errors = sum(1 for s in samples if s.start < window_start and not s.ok)
+    kinds: dict[str, int] = {}
+    for s in samples:
+        if not s.ok:
+            key = s.error or f"http {s.status}"
+            kinds[key] = kinds.get(key, 0) + 1
+    return LoadResult(spec, samples, warmup_errors, window_start, window_end, kinds)
