@@ -26,12 +26,22 @@ def store_usage(db: Database, records: list[dict[str, Any]]) -> None:
     if not records:
         return
     rows = [{**r, "ts": datetime.fromisoformat(r["ts"])} for r in records]
-    dialect = db.engine.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     with db.engine.begin() as conn:
-        conn.execute(
-            insert(UsageRecord).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
-        )
+        # One compiled statement run for many rows (executemany): compiling a statement
+        # with thousands of bound values for every batch costs more than the insert.
+        conn.execute(_usage_insert(db.engine.dialect.name), rows)
+
+
+_INSERTS: dict[str, Any] = {}
+
+
+def _usage_insert(dialect: str) -> Any:
+    statement = _INSERTS.get(dialect)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
+        _INSERTS[dialect] = statement
+    return statement
 
 
 class SpendTracker:
