@@ -20,6 +20,11 @@ from iatros.testing.fake_upstream import FakeUpstream
 
 ADMIN_KEY = "sk-test-admin-0123456789"
 
+# The suite is hermetic: settings come from each test, never from the developer's shell
+# (the environment overrides config files, so a stray IATROS_ADMIN_KEY would change them).
+for _name in [n for n in os.environ if n.startswith("IATROS_") and not n.startswith("IATROS_TEST_")]:
+    del os.environ[_name]
+
 
 class RunningServer:
     def __init__(self, settings: Settings, app: Any) -> None:
@@ -147,7 +152,6 @@ def gateway_server(
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """Iatros with its embedded defaults: the real Gemma and MiniLM models."""
     data = tmp_path_factory.mktemp("local-data")
-    os.environ.setdefault("IATROS_DATA_DIR", str(data))
     settings = load_settings(
         overrides={
             "data_dir": str(data),

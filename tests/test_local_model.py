@@ -87,7 +87,9 @@ def test_local_model_refuses_what_it_cannot_do(local_server: RunningServer) -> N
             ],
         )
     assert info.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError, match="context window is 2048") as info:
+    with pytest.raises(
+        openai.BadRequestError, match="context window available for 'assistant' is 2048"
+    ) as info:
         ask(local_server, "word " * 3000)
     assert info.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
     assert ask(local_server, "Hi", max_tokens=5).choices[0].message.content is not None
@@ -179,4 +181,7 @@ def test_local_embeddings(local_server: RunningServer) -> None:
 
 def test_readiness_reports_loaded_models(local_server: RunningServer) -> None:
     body = httpx.get(local_server.url + "/readyz").json()
-    assert body == {"status": "ready", "checks": {"provider:local": True, "provider:minilm": True}}
+    assert body == {
+        "status": "ready",
+        "checks": {"provider:local": True, "provider:minilm": True, "store": True},
+    }
