@@ -22,8 +22,9 @@ ADMIN_KEY = "sk-test-admin-0123456789"
 
 # The suite is hermetic: settings come from each test, never from the developer's shell
 # (the environment overrides config files, so a stray IATROS_ADMIN_KEY would change them).
-for _name in [n for n in os.environ if n.startswith("IATROS_") and not n.startswith("IATROS_TEST_")]:
-    del os.environ[_name]
+for _name in list(os.environ):
+    if _name.startswith("IATROS_") and not _name.startswith("IATROS_TEST_"):
+        del os.environ[_name]
 
 
 class RunningServer:
