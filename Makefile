@@ -35,10 +35,12 @@ test: install lint typecheck
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/chaos.py
+	$(BIN)/python bench/cache_bench.py
 
 bench-smoke: install
 	$(BIN)/python bench/run.py --smoke
 	$(BIN)/python bench/chaos.py --smoke
+	$(BIN)/python bench/cache_bench.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -40,8 +40,11 @@ def timed_queries(fn: Any, queries: list[Any]) -> dict[str, float]:
         t = time.perf_counter()
         fn(q)
         times.append((time.perf_counter() - t) * 1000)
-    return {"p50_ms": round(pct(times, 50), 2), "p95_ms": round(pct(times, 95), 2),
-            "mean_ms": round(statistics.fmean(times), 2)}
+    return {
+        "p50_ms": round(pct(times, 50), 2),
+        "p95_ms": round(pct(times, 95), 2),
+        "mean_ms": round(statistics.fmean(times), 2),
+    }
 
 
 def lexical(n: int, texts: list[str], questions: list[str], tmp: Path) -> dict[str, Any]:
@@ -88,8 +91,10 @@ def lexical(n: int, texts: list[str], questions: list[str], tmp: Path) -> dict[s
 
         def tv(tokens: list[str]) -> Any:
             query = tantivy.Query.boolean_query(
-                [(tantivy.Occur.Should, tantivy.Query.term_query(schema, "body", w))
-                 for w in tokens]
+                [
+                    (tantivy.Occur.Should, tantivy.Query.term_query(schema, "body", w))
+                    for w in tokens
+                ]
             )
             return searcher.search(query, 50).hits
 
@@ -102,16 +107,24 @@ def lexical(n: int, texts: list[str], questions: list[str], tmp: Path) -> dict[s
     else:
         t0 = time.perf_counter()
         retriever = bm25s.BM25()
-        retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
-                        show_progress=False)
+        retriever.index(
+            bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False
+        )
         build = time.perf_counter() - t0
 
         def bs(q: str) -> Any:
-            return retriever.retrieve(bm25s.tokenize([q], stopwords="en", show_progress=False),
-                                      k=50, show_progress=False, n_threads=1)
+            return retriever.retrieve(
+                bm25s.tokenize([q], stopwords="en", show_progress=False),
+                k=50,
+                show_progress=False,
+                n_threads=1,
+            )
 
-        out["bm25s"] = {"build_s": round(build, 1), **timed_queries(bs, questions),
-                        "note": "static: any change rebuilds the whole index"}
+        out["bm25s"] = {
+            "build_s": round(build, 1),
+            **timed_queries(bs, questions),
+            "note": "static: any change rebuilds the whole index",
+        }
     return out
 
 
@@ -121,12 +134,14 @@ def dense(n: int, tmp: Path, exact_only_at: int = 1_000_000) -> dict[str, Any]:
     data = rng.standard_normal((n, 384), dtype=np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     queries = data[rng.choice(n, 200, replace=False)] + 0.05 * rng.standard_normal(
-        (200, 384), dtype=np.float32)
+        (200, 384), dtype=np.float32
+    )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     truth = [int(np.argmax(data @ q)) for q in queries[:50]]
 
-    out["numpy-exact-f32"] = timed_queries(lambda q: np.argpartition(-(data @ q), 10)[:10],
-                                           list(queries))
+    out["numpy-exact-f32"] = timed_queries(
+        lambda q: np.argpartition(-(data @ q), 10)[:10], list(queries)
+    )
     if n < exact_only_at:
         try:
             from usearch.index import Index
@@ -134,16 +149,26 @@ def dense(n: int, tmp: Path, exact_only_at: int = 1_000_000) -> dict[str, Any]:
             pass
         else:
             for dtype in ("f32", "f16", "i8"):
-                index = Index(ndim=384, metric="cos", dtype=dtype, connectivity=16,
-                              expansion_add=128, expansion_search=64)
+                index = Index(
+                    ndim=384,
+                    metric="cos",
+                    dtype=dtype,
+                    connectivity=16,
+                    expansion_add=128,
+                    expansion_search=64,
+                )
                 t0 = time.perf_counter()
                 index.add(np.arange(n, dtype=np.uint64), data, threads=2)
                 build = time.perf_counter() - t0
-                hits = sum(int(index.search(q, 10).keys[0]) == t
-                           for q, t in zip(queries[:50], truth, strict=True))
+                hits = sum(
+                    int(index.search(q, 10).keys[0]) == t
+                    for q, t in zip(queries[:50], truth, strict=True)
+                )
                 out[f"usearch-hnsw-{dtype}"] = {
-                    "build_s": round(build, 1), "recall@1_vs_exact": hits / 50,
-                    **timed_queries(lambda q, ix=index: ix.search(q, 10), list(queries))}
+                    "build_s": round(build, 1),
+                    "recall@1_vs_exact": hits / 50,
+                    **timed_queries(lambda q, ix=index: ix.search(q, 10), list(queries)),
+                }
         try:
             import faiss
         except ImportError:
@@ -157,11 +182,15 @@ def dense(n: int, tmp: Path, exact_only_at: int = 1_000_000) -> dict[str, Any]:
             findex.add(data)
             build = time.perf_counter() - t0
             faiss.omp_set_num_threads(1)
-            hits = sum(int(findex.search(q[None, :], 10)[1][0][0]) == t
-                       for q, t in zip(queries[:50], truth, strict=True))
+            hits = sum(
+                int(findex.search(q[None, :], 10)[1][0][0]) == t
+                for q, t in zip(queries[:50], truth, strict=True)
+            )
             out["faiss-hnsw-f32"] = {
-                "build_s": round(build, 1), "recall@1_vs_exact": hits / 50,
-                **timed_queries(lambda q: findex.search(q[None, :], 10), list(queries))}
+                "build_s": round(build, 1),
+                "recall@1_vs_exact": hits / 50,
+                **timed_queries(lambda q: findex.search(q[None, :], 10), list(queries)),
+            }
     return out
 
 
@@ -185,9 +214,11 @@ def parsers(tmp: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     parse("doc.pdf", data)
     pdf_s = time.perf_counter() - t0
-    html = "<html><body>" + "".join(
-        f"<h2>Section {i}</h2><p>{x}</p>" for i, x in enumerate(corpus.passages(0, 2000))
-    ) + "</body></html>"
+    html = (
+        "<html><body>"
+        + "".join(f"<h2>Section {i}</h2><p>{x}</p>" for i, x in enumerate(corpus.passages(0, 2000)))
+        + "</body></html>"
+    )
     t0 = time.perf_counter()
     parse("doc.html", html.encode())
     html_s = time.perf_counter() - t0
@@ -205,9 +236,11 @@ def parsers(tmp: Path) -> dict[str, Any]:
     Collect().feed(html)
     stdlib_s = time.perf_counter() - t0
     mb = len(html.encode()) / 1e6
-    return {"pypdf_pages_per_s": round(50 / pdf_s, 1),
-            "selectolax_walk_mb_per_s": round(mb / html_s, 1),
-            "stdlib_html_parser_text_only_mb_per_s": round(mb / stdlib_s, 1)}
+    return {
+        "pypdf_pages_per_s": round(50 / pdf_s, 1),
+        "selectolax_walk_mb_per_s": round(mb / html_s, 1),
+        "stdlib_html_parser_text_only_mb_per_s": round(mb / stdlib_s, 1),
+    }
 
 
 def main() -> None:

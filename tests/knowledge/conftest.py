@@ -37,8 +37,12 @@ def minilm() -> Any:
 def embed(minilm: Any) -> Embed:
     async def embed(texts: list[str]) -> list[list[float]]:
         vectors = await asyncio.to_thread(
-            minilm.encode, texts, batch_size=64, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
+            minilm.encode,
+            texts,
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return np.asarray(vectors).tolist()  # type: ignore[no-any-return]
 
@@ -110,22 +114,31 @@ def corpus_dir(tmp_path: Path) -> Iterator[Path]:
     """One small file per format, each about a different clinical topic."""
     folder = tmp_path / "docs"
     folder.mkdir()
-    make_pdf(folder / "asthma-guideline.pdf", [
-        "Asthma guideline. Inhaled corticosteroids are the cornerstone of maintenance "
-        "treatment for persistent asthma in adults and children.",
-        "Acute asthma exacerbation. Give salbutamol 100 micrograms per puff, four to ten puffs "
-        "through a spacer every 20 minutes during the first hour, then reassess.",
-        "Referral. Refer to a respiratory specialist when asthma remains uncontrolled despite "
-        "high-dose inhaled corticosteroids.",
-    ])
-    make_docx(folder / "dental-protocol.docx", [
-        ("h1", "Dental surgery protocol"),
-        ("p", "Before a tooth extraction, check whether the patient takes anticoagulants."),
-        ("break", ""),
-        ("h2", "Root canal treatment"),
-        ("p", "A root canal removes infected pulp from inside the tooth; the canals are "
-              "cleaned, shaped and sealed with gutta-percha."),
-    ])
+    make_pdf(
+        folder / "asthma-guideline.pdf",
+        [
+            "Asthma guideline. Inhaled corticosteroids are the cornerstone of maintenance "
+            "treatment for persistent asthma in adults and children.",
+            "Acute asthma exacerbation. Give salbutamol 100 micrograms per puff, four to ten puffs "
+            "through a spacer every 20 minutes during the first hour, then reassess.",
+            "Referral. Refer to a respiratory specialist when asthma remains uncontrolled despite "
+            "high-dose inhaled corticosteroids.",
+        ],
+    )
+    make_docx(
+        folder / "dental-protocol.docx",
+        [
+            ("h1", "Dental surgery protocol"),
+            ("p", "Before a tooth extraction, check whether the patient takes anticoagulants."),
+            ("break", ""),
+            ("h2", "Root canal treatment"),
+            (
+                "p",
+                "A root canal removes infected pulp from inside the tooth; the canals are "
+                "cleaned, shaped and sealed with gutta-percha.",
+            ),
+        ],
+    )
     (folder / "vaccines.md").write_text(
         "# Vaccination schedule\n\n"
         "## Measles\n\nThe MMR vaccine is given in two doses, at 12 months and at 18 months.\n\n"

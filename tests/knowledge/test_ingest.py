@@ -29,13 +29,15 @@ def chunk_count(kb: Any) -> int:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_ingest_folder_with_a_summary(tmp_path: Path, corpus_dir: Path,
-                                            backend: str) -> None:
+async def test_ingest_folder_with_a_summary(tmp_path: Path, corpus_dir: Path, backend: str) -> None:
     seen: list[tuple[int, int, str | None]] = []
     async with open_kb(tmp_path / "data", hashing_embed(), backend=backend) as kb:
         report = await kb.ingest_paths(
-            T, "docs", [corpus_dir, tmp_path / "nope.pdf"],
-            progress=lambda done, total, r: seen.append((done, total, r and r.status)))
+            T,
+            "docs",
+            [corpus_dir, tmp_path / "nope.pdf"],
+            progress=lambda done, total, r: seen.append((done, total, r and r.status)),
+        )
         assert report.files == 6 and report.indexed == 5 and report.skipped == 0
         assert report.chunks == chunk_count(kb) > 5
         assert [e.filename for e in report.errors] == [str(tmp_path / "nope.pdf")]
@@ -43,8 +45,12 @@ async def test_ingest_folder_with_a_summary(tmp_path: Path, corpus_dir: Path,
         assert seen[0] == (0, 6, None) and seen[-1][:2] == (6, 6)
         docs = {d.name: d for d in kb.list_documents(T, "docs")}
         assert set(docs) == {
-            "docs/asthma-guideline.pdf", "docs/dental-protocol.docx", "docs/vaccines.md",
-            "docs/clinic-hours.html", "docs/diabetes.txt"}
+            "docs/asthma-guideline.pdf",
+            "docs/dental-protocol.docx",
+            "docs/vaccines.md",
+            "docs/clinic-hours.html",
+            "docs/diabetes.txt",
+        }
         assert docs["docs/asthma-guideline.pdf"].pages == 3
         assert docs["docs/asthma-guideline.pdf"].content_type == "pdf"
         passages = await kb.search(T, "docs", "salbutamol puffs spacer", k=3)
@@ -66,7 +72,10 @@ async def test_unchanged_duplicate_changed_and_deleted(tmp_path: Path, backend: 
 
         again = await kb.ingest_file(T, "c", note)
         assert (again.status, again.reason, again.document_id) == (
-            "skipped", "unchanged", first.document_id)
+            "skipped",
+            "unchanged",
+            first.document_id,
+        )
         copy = await kb.ingest_file(T, "c", note.read_bytes(), "copy.md")
         assert copy.status == "skipped" and copy.reason == "duplicate of 'note.md'"
         assert kb.collection_version(T, "c") == v1  # nothing changed
@@ -92,8 +101,7 @@ async def test_unchanged_duplicate_changed_and_deleted(tmp_path: Path, backend: 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_tenants_never_see_each_other(tmp_path: Path, corpus_dir: Path,
-                                            backend: str) -> None:
+async def test_tenants_never_see_each_other(tmp_path: Path, corpus_dir: Path, backend: str) -> None:
     async with open_kb(tmp_path / "data", hashing_embed(), backend=backend) as kb:
         report = await kb.ingest_paths("clinic-a", "docs", [corpus_dir / "vaccines.md"])
         doc_id = report.reports[0].document_id or ""
@@ -116,8 +124,9 @@ async def test_tenants_never_see_each_other(tmp_path: Path, corpus_dir: Path,
         assert hits and all(p.document != "diabetes.txt" for p in hits)
 
 
-async def test_bad_files_are_reported_and_others_continue(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_bad_files_are_reported_and_others_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "corrupt.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> broken")
@@ -233,20 +242,33 @@ async def test_restart_replays_and_rebuilds_lost_index_files(tmp_path: Path) -> 
 
 
 async def test_filters(tmp_path: Path) -> None:
-    make_pdf(tmp_path / "g.pdf", ["Fever in children: paracetamol.", "Fever in adults: rest.",
-                                  "Fever in the elderly: check hydration."])
+    make_pdf(
+        tmp_path / "g.pdf",
+        [
+            "Fever in children: paracetamol.",
+            "Fever in adults: rest.",
+            "Fever in the elderly: check hydration.",
+        ],
+    )
     async with open_kb(tmp_path / "data", hashing_embed()) as kb:
         await kb.ingest_file(T, "c", tmp_path / "g.pdf", metadata={"lang": "en", "year": 2024})
-        await kb.ingest_file(T, "c", b"Fever notes in French: fievre.", "fr.txt",
-                             metadata={"lang": "fr", "year": 2020})
-        pages = {p.page for p in await kb.search(T, "c", "fever", k=10,
-                                                 filters={"page": {"gte": 2}})}
+        await kb.ingest_file(
+            T,
+            "c",
+            b"Fever notes in French: fievre.",
+            "fr.txt",
+            metadata={"lang": "fr", "year": 2020},
+        )
+        pages = {
+            p.page for p in await kb.search(T, "c", "fever", k=10, filters={"page": {"gte": 2}})
+        }
         assert pages == {2, 3}
         hits = await kb.search(T, "c", "fever", k=10, filters={"lang": "fr"})
         assert [p.document for p in hits] == ["fr.txt"]
         assert hits[0].metadata == {"lang": "fr", "year": 2020}
-        hits = await kb.search(T, "c", "fever", k=10,
-                               filters={"document": ["g.pdf"], "page": [1, 3]})
+        hits = await kb.search(
+            T, "c", "fever", k=10, filters={"document": ["g.pdf"], "page": [1, 3]}
+        )
         assert sorted(p.page or 0 for p in hits) == [1, 3]
         assert await kb.search(T, "c", "fever", filters={"year": {"lt": 2000}}) == []
         with pytest.raises(InvalidFilter):
@@ -267,13 +289,18 @@ async def test_names_are_validated(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_upload_job(tmp_path: Path, backend: str) -> None:
-    async with open_kb(tmp_path / "data", hashing_embed(), backend=backend,
-                       max_file_bytes=1000) as kb:
-        job_id = await kb.submit_upload(T, "up", [
-            ("a.md", b"# A\n\nAllergy to penicillin."),
-            ("b.pdf", b"not a pdf"),
-            ("big.txt", b"x" * 5000),
-        ])
+    async with open_kb(
+        tmp_path / "data", hashing_embed(), backend=backend, max_file_bytes=1000
+    ) as kb:
+        job_id = await kb.submit_upload(
+            T,
+            "up",
+            [
+                ("a.md", b"# A\n\nAllergy to penicillin."),
+                ("b.pdf", b"not a pdf"),
+                ("big.txt", b"x" * 5000),
+            ],
+        )
         status = kb.job_status(T, job_id)
         assert status.state in ("queued", "running", "done")
         for _ in range(200):
@@ -333,5 +360,7 @@ async def test_duplicates_inside_one_run_are_stored_once(tmp_path: Path) -> None
     async with open_kb(tmp_path / "data", hashing_embed()) as kb:
         report = await kb.ingest_paths(T, "c", [folder])
         assert [(r.filename, r.status, r.reason) for r in report.reports] == [
-            ("dup/a.txt", "indexed", None), ("dup/b.txt", "skipped", "duplicate of 'dup/a.txt'")]
+            ("dup/a.txt", "indexed", None),
+            ("dup/b.txt", "skipped", "duplicate of 'dup/a.txt'"),
+        ]
         assert report.skipped == 1 and report.chunks == 1 == chunk_count(kb)

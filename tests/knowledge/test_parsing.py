@@ -20,18 +20,28 @@ def test_pdf_keeps_pages(tmp_path: Path) -> None:
     assert doc.content_type == "pdf"
     assert doc.pages == 2
     assert [(b.page, b.text) for b in doc.blocks] == [
-        (1, "First page about asthma."), (2, "Second page about gout.")]
+        (1, "First page about asthma."),
+        (2, "Second page about gout."),
+    ]
 
 
 def test_docx_headings_and_page_breaks(tmp_path: Path) -> None:
-    path = make_docx(tmp_path / "a.docx", [
-        ("h1", "Protocol"), ("p", "Intro text."), ("break", ""), ("h2", "Details"),
-        ("p", "Second page text."),
-    ])
+    path = make_docx(
+        tmp_path / "a.docx",
+        [
+            ("h1", "Protocol"),
+            ("p", "Intro text."),
+            ("break", ""),
+            ("h2", "Details"),
+            ("p", "Second page text."),
+        ],
+    )
     doc = parse("a.docx", path.read_bytes())
     assert [(b.kind, b.level, b.page, b.text) for b in doc.blocks] == [
-        ("heading", 1, 1, "Protocol"), ("paragraph", 0, 1, "Intro text."),
-        ("heading", 2, 2, "Details"), ("paragraph", 0, 2, "Second page text."),
+        ("heading", 1, 1, "Protocol"),
+        ("paragraph", 0, 1, "Intro text."),
+        ("heading", 2, 2, "Details"),
+        ("paragraph", 0, 2, "Second page text."),
     ]
 
 
@@ -55,8 +65,11 @@ def test_markdown_structure() -> None:
     )
     doc = parse("x.md", text.encode())
     kinds = [(b.kind, b.level, b.text) for b in doc.blocks]
-    assert kinds[:3] == [("heading", 1, "Title"), ("paragraph", 0, "Intro with code."),
-                         ("heading", 2, "Dosing")]
+    assert kinds[:3] == [
+        ("heading", 1, "Title"),
+        ("paragraph", 0, "Intro with code."),
+        ("heading", 2, "Dosing"),
+    ]
     texts = [b.text for b in doc.blocks]
     assert {"item one", "item two", "drug | dose", "a | 1 mg", "raw block"} <= set(texts)
     assert doc.title == "Title"
@@ -71,7 +84,9 @@ def test_html_drops_scripts_and_navigation() -> None:
     )
     doc = parse("x.html", html.encode())
     assert [(b.kind, b.text) for b in doc.blocks] == [
-        ("heading", "Hours"), ("paragraph", "Open daily ."), ("paragraph", "Day | Time"),
+        ("heading", "Hours"),
+        ("paragraph", "Open daily ."),
+        ("paragraph", "Day | Time"),
         ("paragraph", "Mon | 8-18"),
     ]
 
@@ -79,12 +94,16 @@ def test_html_drops_scripts_and_navigation() -> None:
 def test_text_form_feeds_are_pages() -> None:
     doc = parse("x.txt", b"page one text\n\nmore\fpage two text")
     assert [(b.page, b.text) for b in doc.blocks] == [
-        (1, "page one text"), (1, "more"), (2, "page two text")]
+        (1, "page one text"),
+        (1, "more"),
+        (2, "page two text"),
+    ]
 
 
 def test_non_utf8_text_is_decoded_with_a_warning() -> None:
     data = "Le patient présente une fièvre élevée et une toux sèche depuis trois jours.".encode(
-        "cp1252")
+        "cp1252"
+    )
     doc = parse("fr.txt", data)
     assert "présente une fièvre" in doc.blocks[0].text
     assert doc.warnings and "not valid UTF-8" in doc.warnings[0]
@@ -126,9 +145,12 @@ def test_pdf_without_text_layer(tmp_path: Path) -> None:
 def _long_doc(paragraphs: int, sentences: int = 8) -> bytes:
     body = []
     for p in range(paragraphs):
-        body.append(" ".join(
-            f"Paragraph {p} sentence {s} talks about topic {p * 100 + s} in some detail."
-            for s in range(sentences)))
+        body.append(
+            " ".join(
+                f"Paragraph {p} sentence {s} talks about topic {p * 100 + s} in some detail."
+                for s in range(sentences)
+            )
+        )
     return ("# Guide\n\n" + "\n\n".join(body) + "\n\n## Annex\n\nShort annex text.\n").encode()
 
 
@@ -157,7 +179,9 @@ def test_chunks_never_span_pages(tmp_path: Path) -> None:
     path = make_pdf(tmp_path / "p.pdf", ["Alpha text on page one.", "Beta text on page two."])
     chunks = Chunker(500, 50).chunk(parse("p.pdf", path.read_bytes()))
     assert [(c.page, c.text) for c in chunks] == [
-        (1, "Alpha text on page one."), (2, "Beta text on page two.")]
+        (1, "Alpha text on page one."),
+        (2, "Beta text on page two."),
+    ]
 
 
 def test_repeated_chunks_are_dropped() -> None:

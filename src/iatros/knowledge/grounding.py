@@ -40,8 +40,11 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content
-                        if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
     return ""
 
 
@@ -63,8 +66,9 @@ def _source_header(n: int, passage: Passage) -> str:
     return f"[{n}] {passage.document}{where}"
 
 
-def build_grounded_messages(messages: Sequence[dict[str, Any]], passages: Sequence[Passage],
-                            *, max_chars: int = 3000) -> list[dict[str, Any]]:
+def build_grounded_messages(
+    messages: Sequence[dict[str, Any]], passages: Sequence[Passage], *, max_chars: int = 3000
+) -> list[dict[str, Any]]:
     """``messages`` preceded by a system message carrying the numbered sources.
 
     ``max_chars`` bounds the sources' text (about 750 tokens by default, so the prompt

@@ -96,10 +96,24 @@ def parse(filename: str, data: bytes) -> ParsedDocument:
     return doc
 
 
-_LATIN_GUESSES = frozenset({
-    "cp1250", "cp1252", "cp1254", "cp1257", "latin_1", "iso8859_2", "iso8859_9", "iso8859_15",
-    "iso8859_13", "iso8859_16", "mac_roman", "mac_latin2", "cp850", "cp437",
-})
+_LATIN_GUESSES = frozenset(
+    {
+        "cp1250",
+        "cp1252",
+        "cp1254",
+        "cp1257",
+        "latin_1",
+        "iso8859_2",
+        "iso8859_9",
+        "iso8859_15",
+        "iso8859_13",
+        "iso8859_16",
+        "mac_roman",
+        "mac_latin2",
+        "cp850",
+        "cp437",
+    }
+)
 
 
 def decode_text(data: bytes) -> tuple[str, str | None]:

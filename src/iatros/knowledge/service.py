@@ -120,8 +120,14 @@ class KnowledgeBase:
             (no cross-encoder ships offline with Iatros, so none is used by default).
     """
 
-    def __init__(self, settings: KnowledgeSettings, data_dir: Path, embed: EmbedFn, *,
-                 rerank: RerankFn | None = None) -> None:
+    def __init__(
+        self,
+        settings: KnowledgeSettings,
+        data_dir: Path,
+        embed: EmbedFn,
+        *,
+        rerank: RerankFn | None = None,
+    ) -> None:
         self.settings = settings
         self.root = Path(data_dir) / "knowledge"
         self._embed = embed
@@ -154,10 +160,12 @@ class KnowledgeBase:
         if self.settings.backend == "qdrant":
             from iatros.knowledge.backends.qdrant import QdrantBackend
 
-            return QdrantBackend(url=self.settings.qdrant_url,
-                                 api_key=self.settings.qdrant_api_key,
-                                 path=self.root / "qdrant",
-                                 collection=self.settings.qdrant_collection)
+            return QdrantBackend(
+                url=self.settings.qdrant_url,
+                api_key=self.settings.qdrant_api_key,
+                path=self.root / "qdrant",
+                collection=self.settings.qdrant_collection,
+            )
         from iatros.knowledge.backends.embedded import EmbeddedBackend
 
         return EmbeddedBackend(self.root / "embedded")
@@ -198,9 +206,15 @@ class KnowledgeBase:
 
     # --- ingestion ----------------------------------------------------------------
 
-    async def ingest_file(self, tenant: str, collection: str, path_or_bytes: Path | str | bytes,
-                          filename: str | None = None, *,
-                          metadata: dict[str, Any] | None = None) -> FileReport:
+    async def ingest_file(
+        self,
+        tenant: str,
+        collection: str,
+        path_or_bytes: Path | str | bytes,
+        filename: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> FileReport:
         """Ingest one file (a path, or bytes with their ``filename``); never raises for
         a bad file: the report says what went wrong."""
         _check_tenant(tenant)
@@ -215,9 +229,15 @@ class KnowledgeBase:
         report = await self._ingest_items(tenant, collection, [item], None, metadata or {})
         return report.reports[0]
 
-    async def ingest_paths(self, tenant: str, collection: str, paths: Sequence[Path | str],
-                           progress: ProgressFn | None = None, *,
-                           metadata: dict[str, Any] | None = None) -> IngestReport:
+    async def ingest_paths(
+        self,
+        tenant: str,
+        collection: str,
+        paths: Sequence[Path | str],
+        progress: ProgressFn | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> IngestReport:
         """Ingest files and folders (recursively; hidden files are ignored)."""
         _check_tenant(tenant)
         _check_collection(collection)
@@ -238,8 +258,9 @@ class KnowledgeBase:
                 found: list[Path] = []
                 for dirpath, dirnames, filenames in os.walk(base):
                     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                    found.extend(Path(dirpath) / f for f in sorted(filenames)
-                                 if not f.startswith("."))
+                    found.extend(
+                        Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")
+                    )
                 for file in found:
                     rel = file.relative_to(base.parent).as_posix()
                     items.append(self._item(rel, path=file))
@@ -250,7 +271,11 @@ class KnowledgeBase:
         return items
 
     async def _ingest_items(
-        self, tenant: str, collection: str, items: list[_Item], progress: ProgressFn | None,
+        self,
+        tenant: str,
+        collection: str,
+        items: list[_Item],
+        progress: ProgressFn | None,
         metadata: dict[str, Any],
         on_report: Callable[[FileReport], Awaitable[None]] | None = None,
     ) -> IngestReport:
@@ -262,20 +287,24 @@ class KnowledgeBase:
         groups = await self._run(self._groups, items)
         pending: asyncio.Future[list[_Prepared]] | None = None
         for i, group in enumerate(groups):
-            prepared = await pending if pending is not None else await self._run(
-                self._prepare_group, tenant, collection, group)
+            prepared = (
+                await pending
+                if pending is not None
+                else await self._run(self._prepare_group, tenant, collection, group)
+            )
             pending = None
             if i + 1 < len(groups):  # parse the next group while this one is embedded
                 loop = asyncio.get_running_loop()
                 pending = loop.run_in_executor(
-                    self._executor,
-                    partial(self._prepare_group, tenant, collection, groups[i + 1]))
+                    self._executor, partial(self._prepare_group, tenant, collection, groups[i + 1])
+                )
             await self._embed_group(prepared)
             async with self._write_lock:
                 # One transaction per file (all or nothing), one index update per group
                 # (a tantivy commit per small file would dominate the ingestion time).
-                written = [await self._write(tenant, collection, item, metadata)
-                           for item in prepared]
+                written = [
+                    await self._write(tenant, collection, item, metadata) for item in prepared
+                ]
                 if any(r.status in ("indexed", "replaced") for r in written):
                     await self._run(self._sync_backend, written)
             for file_report in written:
@@ -285,9 +314,16 @@ class KnowledgeBase:
                 if on_report is not None:
                     await on_report(file_report)
         report.seconds = time.perf_counter() - started
-        log.info("ingested", extra={"files": report.files, "chunks": report.chunks,
-                                    "skipped": report.skipped, "errors": len(report.errors),
-                                    "seconds": round(report.seconds, 2)})
+        log.info(
+            "ingested",
+            extra={
+                "files": report.files,
+                "chunks": report.chunks,
+                "skipped": report.skipped,
+                "errors": len(report.errors),
+                "seconds": round(report.seconds, 2),
+            },
+        )
         return report
 
     def _groups(self, items: list[_Item]) -> list[list[_Item]]:
@@ -310,8 +346,7 @@ class KnowledgeBase:
             groups.append(current)
         return groups
 
-    def _prepare_group(self, tenant: str, collection: str,
-                       group: list[_Item]) -> list[_Prepared]:
+    def _prepare_group(self, tenant: str, collection: str, group: list[_Item]) -> list[_Prepared]:
         return [self._prepare(tenant, collection, item) for item in group]
 
     def _prepare(self, tenant: str, collection: str, item: _Item) -> _Prepared:
@@ -422,8 +457,9 @@ class KnowledgeBase:
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         return np.asarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
 
-    async def _write(self, tenant: str, collection: str, item: _Prepared,
-                     metadata: dict[str, Any]) -> FileReport:
+    async def _write(
+        self, tenant: str, collection: str, item: _Prepared, metadata: dict[str, Any]
+    ) -> FileReport:
         """Store one file's document and chunks (the caller holds the write lock)."""
         report = item.report
         if report.status != "indexed" or item.vectors is None:
@@ -442,8 +478,9 @@ class KnowledgeBase:
             report.chunks = len(item.chunks)
         return report
 
-    def _write_sync(self, tenant: str, collection: str, item: _Prepared,
-                    metadata: dict[str, Any]) -> str | None:
+    def _write_sync(
+        self, tenant: str, collection: str, item: _Prepared, metadata: dict[str, Any]
+    ) -> str | None:
         assert item.vectors is not None
         dim = int(item.vectors.shape[1])
         if self._dim is None:
@@ -457,9 +494,16 @@ class KnowledgeBase:
         if self._already_stored(tenant, collection, item):  # e.g. twice in one upload
             return None
         result = self.store.write_document(
-            tenant, collection, name=item.name, content_type=item.report.content_type or "",
-            content_hash=item.content_hash, size=item.size, pages=item.report.pages,
-            chunks=item.chunks, vectors=item.vectors, metadata=metadata,
+            tenant,
+            collection,
+            name=item.name,
+            content_type=item.report.content_type or "",
+            content_hash=item.content_hash,
+            size=item.size,
+            pages=item.report.pages,
+            chunks=item.chunks,
+            vectors=item.vectors,
+            metadata=metadata,
             warnings=item.report.warnings,
         )
         if result.replaced:
@@ -483,8 +527,9 @@ class KnowledgeBase:
         _check_tenant(tenant)
         _check_collection(collection)
         async with self._write_lock:
-            _, removed = await self._run(self.store.delete_document, tenant, collection,
-                                         document_id)
+            _, removed = await self._run(
+                self.store.delete_document, tenant, collection, document_id
+            )
             await self._run(self._sync_backend)
         return removed
 
@@ -510,9 +555,15 @@ class KnowledgeBase:
 
     # --- retrieval ----------------------------------------------------------------
 
-    async def search(self, tenant: str, collection: str, query: str, k: int | None = None,
-                     filters: dict[str, Any] | None = None,
-                     mode: SearchMode = "hybrid") -> list[Passage]:
+    async def search(
+        self,
+        tenant: str,
+        collection: str,
+        query: str,
+        k: int | None = None,
+        filters: dict[str, Any] | None = None,
+        mode: SearchMode = "hybrid",
+    ) -> list[Passage]:
         """The ``k`` best passages for ``query`` (raises NotFound for an unknown collection).
 
         Filters match document fields (``document_id``, ``document``, ``content_type``),
@@ -537,15 +588,20 @@ class KnowledgeBase:
             vector = (await self._embed_texts([query]))[0]
         if self._rerank is None or mode != "hybrid":
             return await self._run(self._search_sync, ref, query, vector, k, allowed, mode)
-        passages = await self._run(self._search_sync, ref, query, vector, max(k, 20),
-                                   allowed, mode)
+        passages = await self._run(self._search_sync, ref, query, vector, max(k, 20), allowed, mode)
         scores = await self._rerank(query, [p.text for p in passages])
         order = sorted(range(len(passages)), key=lambda i: -scores[i])[:k]
         return [dataclasses.replace(passages[i], rank_score=float(scores[i])) for i in order]
 
-    def _search_sync(self, ref: CollectionRef, query: str,
-                     vector: npt.NDArray[np.float32] | None, k: int,
-                     allowed: npt.NDArray[np.int64] | None, mode: SearchMode) -> list[Passage]:
+    def _search_sync(
+        self,
+        ref: CollectionRef,
+        query: str,
+        vector: npt.NDArray[np.float32] | None,
+        k: int,
+        allowed: npt.NDArray[np.int64] | None,
+        mode: SearchMode,
+    ) -> list[Passage]:
         depth = max(self.settings.candidates, k)
         dense: Hits = []
         lexical: Hits = []
@@ -572,21 +628,35 @@ class KnowledgeBase:
                 score = max(0.0, min(1.0, float(row.vector @ vector) / norm))
             else:
                 score = rank_score / (rank_score + 10.0)
-            passages.append(Passage(
-                document_id=row.document_id, document=row.document, page=row.page,
-                chunk_id=str(key), text=row.text, snippet=snippet(row.text, query),
-                score=round(score, 4), rank_score=round(rank_score, 6), section=row.section,
-                collection=ref.name, metadata=row.metadata,
-            ))
+            passages.append(
+                Passage(
+                    document_id=row.document_id,
+                    document=row.document,
+                    page=row.page,
+                    chunk_id=str(key),
+                    text=row.text,
+                    snippet=snippet(row.text, query),
+                    score=round(score, 4),
+                    rank_score=round(rank_score, 6),
+                    section=row.section,
+                    collection=ref.name,
+                    metadata=row.metadata,
+                )
+            )
             if len(passages) >= k:
                 break
         return passages
 
     # --- background upload jobs ---------------------------------------------------
 
-    async def submit_upload(self, tenant: str, collection: str,
-                            files: Sequence[tuple[str, bytes]], *,
-                            metadata: dict[str, Any] | None = None) -> str:
+    async def submit_upload(
+        self,
+        tenant: str,
+        collection: str,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
         """Store the uploaded files and queue their ingestion; returns the job id.
 
         Files over ``max_file_bytes`` are not stored: the job reports them as errors.
@@ -604,8 +674,9 @@ class KnowledgeBase:
     def _upload_dir(self, job_id: str) -> Path:
         return self.root / "uploads" / job_id
 
-    def _save_upload(self, tenant: str, job_id: str, files: list[tuple[str, bytes]],
-                     metadata: dict[str, Any]) -> None:
+    def _save_upload(
+        self, tenant: str, job_id: str, files: list[tuple[str, bytes]], metadata: dict[str, Any]
+    ) -> None:
         folder = self._upload_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         limit = self.settings.max_file_bytes
@@ -628,15 +699,25 @@ class KnowledgeBase:
             except Exception as exc:
                 log.exception("knowledge job failed")
                 with contextlib.suppress(Exception):
-                    await self._run(partial(self.store.update_job, tenant, job_id,
-                                            state="failed", error=str(exc)))
+                    await self._run(
+                        partial(
+                            self.store.update_job, tenant, job_id, state="failed", error=str(exc)
+                        )
+                    )
 
     async def _run_job(self, tenant: str, job_id: str) -> None:
         job = await self._run(self.store.job, tenant, job_id)
         folder = self._upload_dir(job_id)
         if not folder.exists():
-            await self._run(partial(self.store.update_job, tenant, job_id, state="failed",
-                                    error="the uploaded files were lost (restart?)"))
+            await self._run(
+                partial(
+                    self.store.update_job,
+                    tenant,
+                    job_id,
+                    state="failed",
+                    error="the uploaded files were lost (restart?)",
+                )
+            )
             return
         await self._run(partial(self.store.update_job, tenant, job_id, state="running"))
         metadata_path = folder / "metadata.json"
@@ -648,18 +729,23 @@ class KnowledgeBase:
             if stored.exists():
                 items.append(self._item(name, path=stored))
             else:
-                items.append(_Item(name, error=f"file too large: over the {_mib(limit)} limit "
-                                               "(knowledge.max_file_bytes)"))
+                items.append(
+                    _Item(
+                        name,
+                        error=f"file too large: over the {_mib(limit)} limit "
+                        "(knowledge.max_file_bytes)",
+                    )
+                )
         results: list[FileReport] = []
 
         async def on_report(report: FileReport) -> None:
             results.append(report)
             await self._run(partial(self.store.update_job, tenant, job_id, results=results))
 
-        report = await self._ingest_items(tenant, job.collection, items, None, metadata,
-                                          on_report)
-        await self._run(partial(self.store.update_job, tenant, job_id, state="done",
-                                results=report.reports))
+        report = await self._ingest_items(tenant, job.collection, items, None, metadata, on_report)
+        await self._run(
+            partial(self.store.update_job, tenant, job_id, state="done", results=report.reports)
+        )
         await self._run(partial(shutil.rmtree, folder, ignore_errors=True))
 
 
@@ -688,4 +774,3 @@ def reciprocal_rank_fusion(rankings: Sequence[Hits], k: int = 60) -> Hits:
         for rank, (key, _) in enumerate(ranking, 1):
             scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-

@@ -106,8 +106,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 """
 
-_DOC_COLUMNS = {"document_id": "d.id", "document": "d.name", "content_type": "d.content_type",
-                "page": "c.page", "section": "c.section"}
+_DOC_COLUMNS = {
+    "document_id": "d.id",
+    "document": "d.name",
+    "content_type": "d.content_type",
+    "page": "c.page",
+    "section": "c.section",
+}
 _META_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _RANGE_OPS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
 
@@ -184,8 +189,9 @@ class MetaStore:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                 check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -227,10 +233,14 @@ class MetaStore:
     # --- collections and documents (tenant-scoped) --------------------------------
 
     def collection(self, tenant: str, name: str) -> CollectionRef | None:
-        row = self._db().execute(
-            "SELECT id, uid, version FROM collections WHERE tenant = ? AND name = ?",
-            (tenant, name),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT id, uid, version FROM collections WHERE tenant = ? AND name = ?",
+                (tenant, name),
+            )
+            .fetchone()
+        )
         return None if row is None else CollectionRef(row[0], tenant, name, row[1], row[2])
 
     def require_collection(self, tenant: str, name: str) -> CollectionRef:
@@ -240,46 +250,80 @@ class MetaStore:
         return ref
 
     def list_collections(self, tenant: str) -> list[CollectionInfo]:
-        rows = self._db().execute(
-            """SELECT c.name, c.uid, c.version, c.created_at, c.updated_at,
+        rows = (
+            self._db()
+            .execute(
+                """SELECT c.name, c.uid, c.version, c.created_at, c.updated_at,
                       COUNT(d.id), COALESCE(SUM(d.chunks), 0)
                FROM collections c LEFT JOIN documents d ON d.collection_id = c.id
                WHERE c.tenant = ? GROUP BY c.id ORDER BY c.name""",
-            (tenant,),
-        ).fetchall()
+                (tenant,),
+            )
+            .fetchall()
+        )
         return [CollectionInfo(r[0], r[5], r[6], f"{r[1]}.{r[2]}", r[3], r[4]) for r in rows]
 
     def list_documents(self, tenant: str, collection: str) -> list[DocumentInfo]:
         ref = self.require_collection(tenant, collection)
-        rows = self._db().execute(
-            """SELECT id, name, content_type, content_hash, bytes, pages, chunks, created_at,
+        rows = (
+            self._db()
+            .execute(
+                """SELECT id, name, content_type, content_hash, bytes, pages, chunks, created_at,
                       updated_at, metadata, warnings
                FROM documents WHERE collection_id = ? ORDER BY name""",
-            (ref.id,),
-        ).fetchall()
+                (ref.id,),
+            )
+            .fetchall()
+        )
         return [
-            DocumentInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-                         json.loads(r[9]), json.loads(r[10]))
+            DocumentInfo(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                json.loads(r[9]),
+                json.loads(r[10]),
+            )
             for r in rows
         ]
 
-    def find_document(self, tenant: str, collection: str, *, name: str | None = None,
-                      content_hash: str | None = None) -> tuple[str, str, str] | None:
+    def find_document(
+        self,
+        tenant: str,
+        collection: str,
+        *,
+        name: str | None = None,
+        content_hash: str | None = None,
+    ) -> tuple[str, str, str] | None:
         """(id, name, content_hash) of a document by name or content hash, if any."""
         ref = self.collection(tenant, collection)
         if ref is None:
             return None
         if name is not None:
-            row = self._db().execute(
-                "SELECT id, name, content_hash FROM documents WHERE collection_id = ? AND name = ?",
-                (ref.id, name),
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    "SELECT id, name, content_hash FROM documents"
+                    " WHERE collection_id = ? AND name = ?",
+                    (ref.id, name),
+                )
+                .fetchone()
+            )
         else:
-            row = self._db().execute(
-                """SELECT id, name, content_hash FROM documents
+            row = (
+                self._db()
+                .execute(
+                    """SELECT id, name, content_hash FROM documents
                    WHERE collection_id = ? AND content_hash = ? LIMIT 1""",
-                (ref.id, content_hash),
-            ).fetchone()
+                    (ref.id, content_hash),
+                )
+                .fetchone()
+            )
         return None if row is None else (row[0], row[1], row[2])
 
     def write_document(
@@ -323,8 +367,12 @@ class MetaStore:
             if existing is not None:
                 document_id = str(existing[0])
                 old_keys = np.fromiter(
-                    (r[0] for r in db.execute(
-                        "SELECT id FROM chunks WHERE document_id = ?", (document_id,))),
+                    (
+                        r[0]
+                        for r in db.execute(
+                            "SELECT id FROM chunks WHERE document_id = ?", (document_id,)
+                        )
+                    ),
                     dtype=np.int64,
                 )
                 db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
@@ -332,8 +380,17 @@ class MetaStore:
                     """UPDATE documents SET content_type = ?, content_hash = ?, bytes = ?,
                        pages = ?, chunks = ?, metadata = ?, warnings = ?, updated_at = ?
                        WHERE id = ?""",
-                    (content_type, content_hash, size, pages, len(chunks),
-                     json.dumps(metadata), json.dumps(warnings), now, document_id),
+                    (
+                        content_type,
+                        content_hash,
+                        size,
+                        pages,
+                        len(chunks),
+                        json.dumps(metadata),
+                        json.dumps(warnings),
+                        now,
+                        document_id,
+                    ),
                 )
             else:
                 document_id = uuid.uuid4().hex
@@ -341,16 +398,36 @@ class MetaStore:
                     """INSERT INTO documents (id, collection_id, name, content_type, content_hash,
                        bytes, pages, chunks, metadata, warnings, created_at, updated_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (document_id, collection_id, name, content_type, content_hash, size, pages,
-                     len(chunks), json.dumps(metadata), json.dumps(warnings), now, now),
+                    (
+                        document_id,
+                        collection_id,
+                        name,
+                        content_type,
+                        content_hash,
+                        size,
+                        pages,
+                        len(chunks),
+                        json.dumps(metadata),
+                        json.dumps(warnings),
+                        now,
+                        now,
+                    ),
                 )
             new_keys = np.empty(len(chunks), dtype=np.int64)
             for i, chunk in enumerate(chunks):
                 cur = db.execute(
                     """INSERT INTO chunks (document_id, collection_id, ord, page, page_end,
                        section, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (document_id, collection_id, chunk.ord, chunk.page, chunk.page_end,
-                     chunk.section, chunk.text, blobs[i].tobytes()),
+                    (
+                        document_id,
+                        collection_id,
+                        chunk.ord,
+                        chunk.page,
+                        chunk.page_end,
+                        chunk.section,
+                        chunk.text,
+                        blobs[i].tobytes(),
+                    ),
                 )
                 new_keys[i] = int(cur.lastrowid or 0)
             if len(old_keys):
@@ -371,8 +448,9 @@ class MetaStore:
         ref = CollectionRef(collection_id, tenant, collection, uid, version)
         return WriteResult(ref, document_id, existing is not None, new_keys, old_keys)
 
-    def delete_document(self, tenant: str, collection: str,
-                        document_id: str) -> tuple[CollectionRef, int]:
+    def delete_document(
+        self, tenant: str, collection: str, document_id: str
+    ) -> tuple[CollectionRef, int]:
         with self._tx() as db:
             row = db.execute(
                 """SELECT c.id, c.uid, c.version FROM documents d
@@ -384,8 +462,12 @@ class MetaStore:
                 raise NotFound(f"no document {document_id!r} in collection {collection!r}")
             collection_id, uid, version = row
             keys = np.fromiter(
-                (r[0] for r in db.execute(
-                    "SELECT id FROM chunks WHERE document_id = ?", (document_id,))),
+                (
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM chunks WHERE document_id = ?", (document_id,)
+                    )
+                ),
                 dtype=np.int64,
             )
             db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
@@ -478,17 +560,26 @@ class MetaStore:
         keys = list(dict.fromkeys(int(k) for k in keys))
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
-            rows = self._db().execute(
-                f"""SELECT c.id, d.id, d.name, c.page, c.section, c.text, c.vector, d.metadata
+            rows = (
+                self._db()
+                .execute(
+                    f"""SELECT c.id, d.id, d.name, c.page, c.section, c.text, c.vector, d.metadata
                     FROM chunks c JOIN documents d ON d.id = c.document_id
                     JOIN collections k ON k.id = c.collection_id
                     WHERE k.tenant = ? AND c.collection_id = ?
                       AND c.id IN ({", ".join("?" * len(part))})""",
-                (ref.tenant, ref.id, *part),
-            ).fetchall()
+                    (ref.tenant, ref.id, *part),
+                )
+                .fetchall()
+            )
             for r in rows:
                 out[int(r[0])] = ChunkRow(
-                    int(r[0]), r[1], r[2], r[3], r[4], r[5],
+                    int(r[0]),
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5],
                     np.frombuffer(r[6], dtype=np.float16).astype(np.float32),
                     json.loads(r[7]),
                 )
@@ -496,20 +587,29 @@ class MetaStore:
 
     # --- index log (internal, by collection id) -----------------------------------
 
-    def log_entries(self, after_seq: int, collection_id: int | None = None,
-                    limit: int = 1000) -> list[LogEntry]:
+    def log_entries(
+        self, after_seq: int, collection_id: int | None = None, limit: int = 1000
+    ) -> list[LogEntry]:
         if collection_id is None:
-            rows = self._db().execute(
-                "SELECT seq, collection_id, op, keys FROM index_log WHERE seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT seq, collection_id, op, keys FROM index_log WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (after_seq, limit),
+                )
+                .fetchall()
+            )
         else:
-            rows = self._db().execute(
-                "SELECT seq, collection_id, op, keys FROM index_log "
-                "WHERE collection_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (collection_id, after_seq, limit),
-            ).fetchall()
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT seq, collection_id, op, keys FROM index_log "
+                    "WHERE collection_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (collection_id, after_seq, limit),
+                )
+                .fetchall()
+            )
         return [LogEntry(r[0], r[1], r[2], _blob_keys(r[3])) for r in rows]
 
     def last_seq(self) -> int:
@@ -528,29 +628,41 @@ class MetaStore:
         key_list = [int(k) for k in keys]
         for start in range(0, len(key_list), 500):
             part = key_list[start : start + 500]
-            rows = self._db().execute(
-                f"SELECT id, vector, section, text FROM chunks "
-                f"WHERE id IN ({', '.join('?' * len(part))}) ORDER BY id",
-                part,
-            ).fetchall()
+            rows = (
+                self._db()
+                .execute(
+                    f"SELECT id, vector, section, text FROM chunks "
+                    f"WHERE id IN ({', '.join('?' * len(part))}) ORDER BY id",
+                    part,
+                )
+                .fetchall()
+            )
             for r in rows:
                 found.append(int(r[0]))
                 vectors.append(np.frombuffer(r[1], dtype=np.float16))
                 texts.append(f"{r[2]}\n{r[3]}" if r[2] else r[3])
-        matrix = (np.vstack(vectors).astype(np.float32) if vectors
-                  else np.empty((0, 0), dtype=np.float32))
+        matrix = (
+            np.vstack(vectors).astype(np.float32) if vectors else np.empty((0, 0), dtype=np.float32)
+        )
         return np.asarray(found, dtype=np.int64), matrix, texts
 
     def collection_keys(self, collection_id: int) -> Keys:
         return np.fromiter(
-            (r[0] for r in self._db().execute(
-                "SELECT id FROM chunks WHERE collection_id = ?", (collection_id,))),
+            (
+                r[0]
+                for r in self._db().execute(
+                    "SELECT id FROM chunks WHERE collection_id = ?", (collection_id,)
+                )
+            ),
             dtype=np.int64,
         )
 
     def has_chunks(self, collection_id: int) -> bool:
-        row = self._db().execute(
-            "SELECT 1 FROM chunks WHERE collection_id = ? LIMIT 1", (collection_id,)).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT 1 FROM chunks WHERE collection_id = ? LIMIT 1", (collection_id,))
+            .fetchone()
+        )
         return row is not None
 
     def collection_ids(self) -> list[int]:
@@ -569,8 +681,15 @@ class MetaStore:
             )
         return job_id
 
-    def update_job(self, tenant: str, job_id: str, *, state: JobState | None = None,
-                   results: list[FileReport] | None = None, error: str | None = None) -> None:
+    def update_job(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        state: JobState | None = None,
+        results: list[FileReport] | None = None,
+        error: str | None = None,
+    ) -> None:
         sets: list[str] = ["updated_at = ?"]
         params: list[Any] = [time.time()]
         if state is not None:
@@ -589,23 +708,38 @@ class MetaStore:
             )
 
     def job(self, tenant: str, job_id: str) -> JobStatus:
-        row = self._db().execute(
-            """SELECT id, collection, state, created_at, updated_at, files, results, error
+        row = (
+            self._db()
+            .execute(
+                """SELECT id, collection, state, created_at, updated_at, files, results, error
                FROM jobs WHERE tenant = ? AND id = ?""",
-            (tenant, job_id),
-        ).fetchone()
+                (tenant, job_id),
+            )
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"no job {job_id!r}")
         return JobStatus(
-            row[0], row[1], row[2], row[3], row[4], json.loads(row[5]),
-            [FileReport.from_dict(r) for r in json.loads(row[6])], row[7],
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            json.loads(row[5]),
+            [FileReport.from_dict(r) for r in json.loads(row[6])],
+            row[7],
         )
 
     def unfinished_jobs(self) -> list[tuple[str, str]]:
         """(tenant, job id) of jobs a previous process left queued or running."""
-        rows = self._db().execute(
-            "SELECT tenant, id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT tenant, id FROM jobs"
+                " WHERE state IN ('queued', 'running') ORDER BY created_at"
+            )
+            .fetchall()
+        )
         return [(r[0], r[1]) for r in rows]
 
 

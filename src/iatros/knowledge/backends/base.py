@@ -44,13 +44,15 @@ class SearchBackend(ABC):
         """Make applied changes durable (a no-op for engines that persist on write)."""
 
     @abstractmethod
-    def search_dense(self, collection_id: int, vector: Vector, k: int,
-                     allowed: Keys | None) -> Hits:
+    def search_dense(
+        self, collection_id: int, vector: Vector, k: int, allowed: Keys | None
+    ) -> Hits:
         """Top ``k`` keys by cosine similarity, best first."""
 
     @abstractmethod
-    def search_lexical(self, collection_id: int, terms: list[str], k: int,
-                       allowed: Keys | None) -> Hits:
+    def search_lexical(
+        self, collection_id: int, terms: list[str], k: int, allowed: Keys | None
+    ) -> Hits:
         """Top ``k`` keys by BM25, best first."""
 
     @abstractmethod

@@ -70,8 +70,14 @@ class _Collection:
         self.dirty = False
 
     def _new_dense(self) -> Index:
-        return Index(ndim=self.dim, metric="cos", dtype="f16", connectivity=16,
-                     expansion_add=64, expansion_search=64)
+        return Index(
+            ndim=self.dim,
+            metric="cos",
+            dtype="f16",
+            connectivity=16,
+            expansion_add=64,
+            expansion_search=64,
+        )
 
     def writer(self) -> Any:
         if self._writer is None:
@@ -160,25 +166,32 @@ class _Collection:
             return []
         searcher = self.searcher
         text_query = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "body", w))
-             for w in unique]
+            [
+                (tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "body", w))
+                for w in unique
+            ]
         )
         fetch = k
         query = text_query
         if allowed is not None:
             if len(allowed) <= TERM_SET_BELOW:
                 key_filter = tantivy.Query.const_score_query(
-                    tantivy.Query.term_set_query(self.schema, "key", allowed.tolist()), 0.0)
+                    tantivy.Query.term_set_query(self.schema, "key", allowed.tolist()), 0.0
+                )
                 query = tantivy.Query.boolean_query(
-                    [(tantivy.Occur.Must, text_query), (tantivy.Occur.Must, key_filter)])
+                    [(tantivy.Occur.Must, text_query), (tantivy.Occur.Must, key_filter)]
+                )
             else:
                 fetch = k * 10
         result = searcher.search(query, fetch, count=False)
         if not result.hits:
             return []
         keys = searcher.fast_field_values("key", [addr for _, addr in result.hits])
-        hits = [(int(key), float(score))
-                for (score, _), key in zip(result.hits, keys, strict=True) if key is not None]
+        hits = [
+            (int(key), float(score))
+            for (score, _), key in zip(result.hits, keys, strict=True)
+            if key is not None
+        ]
         if allowed is not None and len(allowed) > TERM_SET_BELOW:
             allowed_set = set(allowed.tolist())
             hits = [h for h in hits if h[0] in allowed_set]
@@ -249,9 +262,15 @@ class EmbeddedBackend(SearchBackend):
         dense_n, lexical_n = coll.counts()
         if dense_n == len(keys) and lexical_n == len(keys):
             return
-        log.warning("rebuilding collection index from the store",
-                    extra={"collection_id": collection_id, "chunks": len(keys),
-                           "dense": dense_n, "lexical": lexical_n})
+        log.warning(
+            "rebuilding collection index from the store",
+            extra={
+                "collection_id": collection_id,
+                "chunks": len(keys),
+                "dense": dense_n,
+                "lexical": lexical_n,
+            },
+        )
         coll.close()
         shutil.rmtree(coll.root, ignore_errors=True)
         fresh = _Collection(coll.root, coll.dim)
@@ -313,13 +332,15 @@ class EmbeddedBackend(SearchBackend):
         if self._store is not None:
             self._store.trim_log(self._durable)
 
-    def search_dense(self, collection_id: int, vector: Vector, k: int,
-                     allowed: Keys | None) -> Hits:
+    def search_dense(
+        self, collection_id: int, vector: Vector, k: int, allowed: Keys | None
+    ) -> Hits:
         coll = self._collection(collection_id, create=False)
         return [] if coll is None else coll.search_dense(vector, k, allowed)
 
-    def search_lexical(self, collection_id: int, terms: list[str], k: int,
-                       allowed: Keys | None) -> Hits:
+    def search_lexical(
+        self, collection_id: int, terms: list[str], k: int, allowed: Keys | None
+    ) -> Hits:
         coll = self._collection(collection_id, create=False)
         return [] if coll is None else coll.search_lexical(terms, k, allowed)
 

@@ -57,8 +57,9 @@ def sparse_query(words: list[str]) -> models.SparseVector:
 class QdrantBackend(SearchBackend):
     name = "qdrant"
 
-    def __init__(self, *, url: str | None, api_key: str | None, path: Path,
-                 collection: str) -> None:
+    def __init__(
+        self, *, url: str | None, api_key: str | None, path: Path, collection: str
+    ) -> None:
         self.local = not url
         if url:
             self.client = QdrantClient(url=url, api_key=api_key, timeout=30)
@@ -91,16 +92,22 @@ class QdrantBackend(SearchBackend):
         if not exists:
             self.client.create_collection(
                 self.collection,
-                vectors_config={"dense": models.VectorParams(
-                    size=dim, distance=models.Distance.COSINE, on_disk=True)},
-                sparse_vectors_config={"bm25": models.SparseVectorParams(
-                    modifier=models.Modifier.IDF)},
+                vectors_config={
+                    "dense": models.VectorParams(
+                        size=dim, distance=models.Distance.COSINE, on_disk=True
+                    )
+                },
+                sparse_vectors_config={
+                    "bm25": models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
             )
             if not self.local:  # local mode has no payload indexes
                 self.client.create_payload_index(
-                    self.collection, "cid",
+                    self.collection,
+                    "cid",
                     field_schema=models.KeywordIndexParams(
-                        type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+                        type=models.KeywordIndexType.KEYWORD, is_tenant=True
+                    ),
                 )
         self._ready = True
 
@@ -115,8 +122,10 @@ class QdrantBackend(SearchBackend):
                     points = [
                         models.PointStruct(
                             id=int(key),
-                            vector={"dense": vectors[start + i].tolist(),
-                                    "bm25": sparse_document(texts[start + i])},
+                            vector={
+                                "dense": vectors[start + i].tolist(),
+                                "bm25": sparse_document(texts[start + i]),
+                            },
                             payload={"cid": str(entry.collection_id)},
                         )
                         for i, key in enumerate(found[start : start + 256])
@@ -129,16 +138,16 @@ class QdrantBackend(SearchBackend):
                 with self._lock:
                     self.client.delete(
                         self.collection,
-                        points_selector=models.PointIdsList(
-                            points=[int(k) for k in entry.keys]),
+                        points_selector=models.PointIdsList(points=[int(k) for k in entry.keys]),
                         wait=True,
                     )
             elif entry.op == "drop":
                 with self._lock:
                     self.client.delete(
                         self.collection,
-                        points_selector=models.FilterSelector(filter=self._filter(
-                            entry.collection_id, None)),
+                        points_selector=models.FilterSelector(
+                            filter=self._filter(entry.collection_id, None)
+                        ),
                         wait=True,
                     )
         if entries:
@@ -154,15 +163,20 @@ class QdrantBackend(SearchBackend):
             must.append(models.HasIdCondition(has_id=[int(k) for k in allowed]))
         return models.Filter(must=must)
 
-    def _query(self, collection_id: int, query: Any, using: str, k: int,
-               allowed: Keys | None) -> Hits:
+    def _query(
+        self, collection_id: int, query: Any, using: str, k: int, allowed: Keys | None
+    ) -> Hits:
         if not self._ready:
             return []
         post = allowed is not None and len(allowed) > ID_FILTER_BELOW
         with self._lock:
             result = self.client.query_points(
-                self.collection, query=query, using=using, limit=k * 10 if post else k,
-                query_filter=self._filter(collection_id, allowed), with_payload=False,
+                self.collection,
+                query=query,
+                using=using,
+                limit=k * 10 if post else k,
+                query_filter=self._filter(collection_id, allowed),
+                with_payload=False,
             )
         hits = [(int(p.id), float(p.score)) for p in result.points]
         if post and allowed is not None:
@@ -170,12 +184,14 @@ class QdrantBackend(SearchBackend):
             hits = [h for h in hits if h[0] in allowed_set]
         return hits[:k]
 
-    def search_dense(self, collection_id: int, vector: Vector, k: int,
-                     allowed: Keys | None) -> Hits:
+    def search_dense(
+        self, collection_id: int, vector: Vector, k: int, allowed: Keys | None
+    ) -> Hits:
         return self._query(collection_id, np.asarray(vector).tolist(), "dense", k, allowed)
 
-    def search_lexical(self, collection_id: int, terms: list[str], k: int,
-                       allowed: Keys | None) -> Hits:
+    def search_lexical(
+        self, collection_id: int, terms: list[str], k: int, allowed: Keys | None
+    ) -> Hits:
         if not terms:
             return []
         return self._query(collection_id, sparse_query(terms), "bm25", k, allowed)
