@@ -88,30 +88,53 @@ def git_state() -> dict[str, Any] | None:
 # -- targets ------------------------------------------------------------------------------------
 
 
+def _row(rows: list[dict[str, Any]], scenario: str, target: str) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in rows
+            if r["scenario"] == scenario
+            and r["target"] == target
+            and r["concurrency"] == OVERHEAD_TARGET_CLIENTS
+        ),
+        None,
+    )
+
+
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's acceptance targets, each met / not met / not measured, with the figure."""
+    """The issue's acceptance targets, each met / not met / not measured, with the figure.
+
+    The overhead target is defined on ``x-iatros-overhead-ms``; since that header cannot
+    see queueing, the same bound on the end-to-end *added* latency is checked alongside
+    (``acceptance: False``: informative, not part of the issue's text).
+    """
     targets: list[dict[str, Any]] = []
     rows = (results.get("scenarios", {}).get("passthrough") or {}).get("rows", [])
+    where = f"at {OVERHEAD_TARGET_CLIENTS} clients"
     for scenario, label in (("chat", "non-streaming"), ("chat-stream", "streaming")):
-        row = next(
-            (
-                r
-                for r in rows
-                if r["scenario"] == scenario
-                and r["target"] == "iatros"
-                and r["concurrency"] == OVERHEAD_TARGET_CLIENTS
-            ),
-            None,
-        )
-        value = (row or {}).get("overhead_ms") or {}
-        p99 = value.get("p99")
+        row, direct = _row(rows, scenario, "iatros"), _row(rows, scenario, "direct")
+        p99 = ((row or {}).get("overhead_ms") or {}).get("p99")
         targets.append(
             {
-                "name": f"overhead p99 < {OVERHEAD_TARGET_MS:g} ms at {OVERHEAD_TARGET_CLIENTS} "
-                f"clients ({label})",
+                "name": f"overhead (x-iatros-overhead-ms) p99 < {OVERHEAD_TARGET_MS:g} ms "
+                f"{where} ({label})",
                 "value": p99,
                 "unit": "ms",
                 "met": None if p99 is None else bool(p99 < OVERHEAD_TARGET_MS),
+                "acceptance": True,
+            }
+        )
+        added = None
+        if row and direct:
+            added = round(row["latency_ms"]["p99"] - direct["latency_ms"]["p99"], 3)
+        targets.append(
+            {
+                "name": f"added latency p99 (Iatros minus direct) < {OVERHEAD_TARGET_MS:g} ms "
+                f"{where} ({label})",
+                "value": added,
+                "unit": "ms",
+                "met": None if added is None else bool(added < OVERHEAD_TARGET_MS),
+                "acceptance": False,
             }
         )
     modes = (results.get("scenarios", {}).get("local") or {}).get("modes", {})
@@ -124,6 +147,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": ratio,
                 "unit": "ratio",
                 "met": None if ratio is None else bool(ratio >= LOCAL_RATIO_TARGET),
+                "acceptance": True,
             }
         )
     return targets
@@ -210,7 +234,9 @@ def _local_table(local: dict[str, Any]) -> list[str]:
         "median TTFT (ms) | tokens | same answer as direct | CPU % bench / iatros / others |",
         "|---|---:|---|---|---:|---:|---:|---|",
     ]
-    for mode, m in modes.items():
+    order = ["direct", "iatros-stream", "iatros-nonstream"]
+    for mode in sorted(modes, key=lambda name: order.index(name) if name in order else 99):
+        m = modes[mode]
         c = cpu.get(mode) or {}
         out.append(
             "| "
@@ -263,7 +289,8 @@ def markdown(results: dict[str, Any]) -> str:
             if t["value"] is None
             else (f" ({t['value']:.2f} ms)" if t["unit"] == "ms" else f" ({t['value']:.1%})")
         )
-        lines.append(f"- {t['name']}: {state}{value}")
+        extra = "" if t.get("acceptance", True) else " *(end-to-end check, not in the issue)*"
+        lines.append(f"- {t['name']}: {state}{value}{extra}")
     for failure in results.get("failures", []):
         lines.append(f"- scenario **{failure['scenario']} failed**: {failure['error']}")
     pt = results["scenarios"].get("passthrough")
@@ -335,9 +362,15 @@ def _notes(results: dict[str, Any]) -> list[str]:
             + ", ".join(noisy)
             + ". Those latencies are pessimistic; CPU ms / request is little affected."
         )
+    if (results["scenarios"].get("passthrough") or {}).get("fake_upstream_shim_applied"):
+        notes.append(
+            "- This revision's fake upstream asserts `isinstance(transport, asyncio.Transport)`, "
+            "which uvloop's transports fail (it never answers when started as `python -m "
+            "iatros.testing.fake_upstream`); `bench/fake_upstream_shim.py` dropped the assertion."
+        )
     notes.append(
-        "- The fake upstream runs through `bench/fake_upstream_shim.py`: "
-        "`python -m iatros.testing.fake_upstream` installs uvloop, whose transports fail the "
-        "module's `isinstance(transport, asyncio.Transport)` assertion, so it never answers."
+        "- The overhead header counts only time between the gateway's own awaits: queueing "
+        "in the event loop (before the handler starts, or while a finished upstream answer "
+        "waits for the loop) is invisible to it. *added* is what clients experience."
     )
     return ["", "## Notes", "", *notes]

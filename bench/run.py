@@ -71,6 +71,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="benchmark this git revision's src/ (exported to the work dir) instead of the "
         "working tree, e.g. while the tree is being edited",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only re-check the targets and rewrite latest.md (next to it) from a results JSON",
+    )
     return parser.parse_args(argv)
 
 
@@ -136,8 +142,21 @@ def _source(revision: dict[str, Any] | None) -> dict[str, Any]:
     return info
 
 
+def _render(json_path: Path) -> int:
+    """Rebuild the targets and the markdown from saved figures (after a report change)."""
+    results = orjson.loads(json_path.read_bytes())
+    results["targets"] = report.evaluate_targets(results)
+    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    md = report.markdown(results)
+    (json_path.parent / "latest.md").write_text(md)
+    print(md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.render is not None:
+        return _render(args.render)
     started = time.perf_counter()
     soft, hard = raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="iatros-bench-"))

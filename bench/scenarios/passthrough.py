@@ -71,6 +71,7 @@ async def run(settings: BenchSettings, procs: Processes) -> dict[str, Any]:
         try:
             rows = await _measure(settings, upstream, gateway)
             log_counts = _log_levels(gateway)
+            shim_applied = "assertion bypassed" in upstream.log_tail(50)
         finally:
             procs.stop(gateway)
     finally:
@@ -81,6 +82,7 @@ async def run(settings: BenchSettings, procs: Processes) -> dict[str, Any]:
         "iatros_env": sorted(gateway.env),
         "iatros_config": iatros_config(upstream),
         "iatros_log_levels": log_counts,
+        "fake_upstream_shim_applied": shim_applied,
         "rows": rows,
     }
 
