@@ -246,9 +246,10 @@ class ResponseCache:
         core.metrics.semantic_hit.inc()
         return self._hit(semantic_hit[0], "semantic", semantic_hit[1], started)
 
-    async def _semantic_lookup(self, req: CacheRequest) -> tuple[CachedResponse, float] | None:
-        settings, core = self.settings, self._core
-        parts = core.keys.semantic_parts(
+    async def _question_vector(self, req: CacheRequest) -> tuple[Any, Vector] | None:
+        """The semantic parts of ``req`` and their embedding; None when it has none."""
+        settings = self.settings
+        parts = self._core.keys.semantic_parts(
             req,
             max_turns=settings.semantic_max_turns,
             max_chars=settings.semantic_max_chars,
@@ -257,8 +258,14 @@ class ResponseCache:
         if parts is None:
             return None
         vector = await self._embedding(parts.embed_text)
-        if vector is None:
+        return None if vector is None else (parts, vector)
+
+    async def _semantic_lookup(self, req: CacheRequest) -> tuple[CachedResponse, float] | None:
+        settings, core = self.settings, self._core
+        question = await self._question_vector(req)
+        if question is None:
             return None
+        parts, vector = question
         candidates = await self._call(
             "search",
             core.backend.search(
@@ -355,19 +362,12 @@ class ResponseCache:
 
     async def _semantic_row(self, req: CacheRequest) -> SemanticRow | None:
         """What makes this answer findable by meaning; None when it should not be."""
-        settings, core = self.settings, self._core
+        core = self._core
         try:
-            parts = core.keys.semantic_parts(
-                req,
-                max_turns=settings.semantic_max_turns,
-                max_chars=settings.semantic_max_chars,
-                embedding_model=settings.embedding_model,
-            )
-            if parts is None:
+            found = await self._question_vector(req)
+            if found is None:
                 return None
-            vector = await self._embedding(parts.embed_text)
-            if vector is None:
-                return None
+            parts, vector = found
             return SemanticRow(parts.scope, vector, signature(parts.question).encode())
         except Exception as exc:  # store exact-only rather than not at all
             core.metrics.errors.labels("cache", "semantic").inc()

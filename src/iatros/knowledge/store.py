@@ -366,16 +366,7 @@ class MetaStore:
             old_keys = np.empty(0, dtype=np.int64)
             if existing is not None:
                 document_id = str(existing[0])
-                old_keys = np.fromiter(
-                    (
-                        r[0]
-                        for r in db.execute(
-                            "SELECT id FROM chunks WHERE document_id = ?", (document_id,)
-                        )
-                    ),
-                    dtype=np.int64,
-                )
-                db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+                old_keys = _drop_chunks(db, document_id)
                 db.execute(
                     """UPDATE documents SET content_type = ?, content_hash = ?, bytes = ?,
                        pages = ?, chunks = ?, metadata = ?, warnings = ?, updated_at = ?
@@ -461,16 +452,7 @@ class MetaStore:
             if row is None:
                 raise NotFound(f"no document {document_id!r} in collection {collection!r}")
             collection_id, uid, version = row
-            keys = np.fromiter(
-                (
-                    r[0]
-                    for r in db.execute(
-                        "SELECT id FROM chunks WHERE document_id = ?", (document_id,)
-                    )
-                ),
-                dtype=np.int64,
-            )
-            db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+            keys = _drop_chunks(db, document_id)
             db.execute("DELETE FROM documents WHERE id = ?", (document_id,))
             if len(keys):
                 db.execute(
@@ -745,3 +727,13 @@ class MetaStore:
 
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
+
+
+def _drop_chunks(db: sqlite3.Connection, document_id: str) -> Keys:
+    """Delete a document's chunks; return their keys (the indexes must drop them too)."""
+    keys = np.fromiter(
+        (r[0] for r in db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))),
+        dtype=np.int64,
+    )
+    db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+    return keys
