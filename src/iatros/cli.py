@@ -63,16 +63,19 @@ def serve(
     settings = _settings(None)  # validate before forking workers
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("IATROS_DATA_DIR", str(settings.data_dir))
+    count = settings.server.worker_count
+    if count > 1:
+        _prepare_multiprocess_metrics(settings.data_dir / "prometheus")
     err.print(
         f"Iatros serving on http://{settings.server.host}:{settings.server.port} "
-        f"(docs at /docs, {settings.server.workers} worker(s))"
+        f"(docs at /docs, {count} worker(s))"
     )
     uvicorn.run(
         "iatros.api.app:app_from_env",
         factory=True,
         host=settings.server.host,
         port=settings.server.port,
-        workers=settings.server.workers,
+        workers=count,
         loop="uvloop",
         http="httptools",
         log_config=None,
@@ -80,6 +83,17 @@ def serve(
         timeout_keep_alive=30,
         backlog=4096,
     )
+
+
+def _prepare_multiprocess_metrics(directory: Path) -> None:
+    """An empty directory for the workers' metric files (see observability.metrics)."""
+    from iatros.observability.metrics import MULTIPROC_ENV
+
+    if directory.exists():
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
 
 
 def _client(url: str, key: str | None) -> httpx.Client:

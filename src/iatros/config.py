@@ -14,7 +14,7 @@ import os
 import re
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -36,9 +36,16 @@ class _Strict(BaseModel):
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
+    """Worker processes; ``auto`` = one per core. Several workers need shared state:
+    Redis (``redis_url``) for the cache and rate limits to be shared, and no embedded
+    knowledge index (it has a single writer)."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(300.0, gt=0)
+
+    @property
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else self.workers
 
 
 class ProviderConfig(BaseModel):
@@ -234,6 +241,15 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"embeddings.default_model: {default_embed!r} is not an embedding deployment"
                 )
+        knowledge = self.knowledge
+        shared_index = knowledge.backend == "qdrant" and knowledge.qdrant_url is not None
+        if self.server.worker_count > 1 and default_embed is not None and not shared_index:
+            raise ValueError(
+                f"server.workers: {self.server.worker_count} workers cannot share the embedded "
+                "knowledge index (one writer per index); use workers: 1, or knowledge.backend: "
+                "qdrant with knowledge.qdrant_url, or embeddings.default_model: null to run "
+                "without a knowledge base"
+            )
         return self
 
     def _check_fallback_cycles(self) -> None:

@@ -27,6 +27,7 @@ from iatros.errors import (
 )
 from iatros.gateway.caching import CacheStep
 from iatros.gateway.context import RequestContext
+from iatros.observability.logging import log_request
 from iatros.observability.metrics import Metrics
 from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
@@ -242,8 +243,11 @@ class Gateway:
             ctx.deployment = deployment.name
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(None if math.isinf(timeout) else timeout):
+                if math.isinf(timeout):
                     result = await deployment.provider.chat(deployment.config, call)
+                else:
+                    async with asyncio.timeout(timeout):
+                        result = await deployment.provider.chat(deployment.config, call)
             except TimeoutError:
                 failure: GatewayError = UpstreamTimeout(
                     f"deployment {deployment.name!r} did not answer within {timeout:.1f} s"
@@ -362,9 +366,9 @@ class Gateway:
             completion_tokens=ctx.usage.completion_tokens,
         )
         if log.isEnabledFor(logging.INFO):
-            log.info(
-                "request",
-                extra={
+            log_request(
+                "iatros.gateway",
+                {
                     "request_id": ctx.request_id,
                     "endpoint": ctx.endpoint,
                     "tenant": ctx.principal.tenant,

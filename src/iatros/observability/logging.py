@@ -2,6 +2,12 @@
 
 Only metadata is logged (request id, model, status, timings, token counts).
 Prompts and answers are added only when ``log_content`` is on; secrets never.
+
+The per-request line has its own path (:func:`log_request`): the gateway writes one
+for every request, and a ``logging`` record for it (record, copy for the queue,
+formatting) measured about 100 µs of CPU, a tenth of a request's budget. The line
+is serialised once with orjson and written by the same background thread, in
+batches, in the same format as every other line.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any
 
@@ -22,6 +29,56 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "color_message",
 }
 _listener: logging.handlers.QueueListener | None = None
+_REQUEST_FLUSH_S = 0.1
+_requests: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+_request_writer: threading.Thread | None = None
+_write_lock = threading.Lock()
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
+    global _ts_cache
+    second = int(now)
+    cached_second, text = _ts_cache
+    if cached_second != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _ts_cache = (second, text)
+    return f"{text}.{int((now - second) * 1000):03d}Z"
+
+
+def log_request(logger: str, fields: dict[str, Any]) -> None:
+    """Queue one ``request`` line (INFO); the caller checks the level first."""
+    entry = {"ts": _timestamp(time.time()), "level": "info", "logger": logger, "msg": "request"}
+    entry.update(fields)
+    _requests.put(orjson.dumps(entry, default=str))
+    if _request_writer is None:
+        _start_request_writer()
+
+
+def _write_requests() -> None:
+    lines: list[bytes] = []
+    while True:
+        try:
+            lines.append(_requests.get_nowait())
+        except queue.Empty:
+            break
+    if lines:
+        lines.append(b"")
+        text = b"\n".join(lines).decode()
+        with _write_lock:
+            stream = sys.stderr
+            stream.write(text)
+            stream.flush()
+
+
+def _request_writer_loop() -> None:
+    while True:
+        time.sleep(_REQUEST_FLUSH_S)
+        try:
+            _write_requests()
+        except Exception:  # a closed stderr at exit: nothing left to tell
+            return
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,6 +124,7 @@ def configure_logging(level: str = "info") -> None:
     _listener = logging.handlers.QueueListener(q, stream, respect_handler_level=False)
     _listener.start()
     atexit.register(_listener.stop)
+    _start_request_writer()
     for name in ("iatros", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
@@ -75,8 +133,21 @@ def configure_logging(level: str = "info") -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+def _start_request_writer() -> None:
+    global _request_writer
+    if _request_writer is None or not _request_writer.is_alive():
+        thread = threading.Thread(
+            target=_request_writer_loop, name="iatros-request-log", daemon=True
+        )
+        if _request_writer is None:
+            atexit.register(_write_requests)
+        _request_writer = thread
+        thread.start()
+
+
 def flush_logging() -> None:
     """Write out queued records now (the process may be ended by a signal right after)."""
+    _write_requests()
     if _listener is not None:
         _listener.stop()
         _listener.start()

@@ -2,16 +2,44 @@
 
 Label children are cached so recording a request costs a few dictionary
 lookups, not a label-resolution per observation.
+
+With several worker processes (``server.workers`` > 1) ``iatros serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start: every value then lives in
+a per-process file, and whichever worker answers a scrape sums them all
+(prometheus_client's multiprocess mode). Collectors computed at scrape time
+(provider readiness, breaker state, cache entries) come from that worker.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _Merged:
+    """Every process's values (multiprocess files) plus this process's scrape-time collectors."""
+
+    def __init__(self, registry: CollectorRegistry, directory: str) -> None:
+        self._registry = registry
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        collector = MultiProcessCollector(None, self._directory)  # type: ignore[no-untyped-call]
+        shared = list(collector.collect())  # type: ignore[no-untyped-call]
+        names = {family.name for family in shared}
+        yield from shared
+        for family in self._registry.collect():
+            if family.name not in names and family.samples:
+                yield family
 
 LATENCY_BUCKETS = (
     0.005,
@@ -120,6 +148,7 @@ class Metrics:
             "Requests being served",
             ("endpoint",),
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.failures = Counter(
             "iatros_deployment_failures",
@@ -190,4 +219,7 @@ class Metrics:
             self._child(self.tokens, model, "output").inc(completion_tokens)
 
     def render(self) -> bytes:
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory:
+            return generate_latest(_Merged(self.registry, directory))
         return generate_latest(self.registry)

@@ -1,22 +1,24 @@
 """Any OpenAI-compatible HTTP API: OpenAI, Azure OpenAI, Ollama, vLLM, llama.cpp server.
 
-One pooled aiohttp session per provider. Streams are passed through chunk by
-chunk; upstream failures become gateway errors that say whose fault they are
-(the client's request, the upstream's credentials, or an outage worth retrying).
+One pool of keep-alive connections per provider (:mod:`iatros.providers.http`).
+Streams are passed through event by event; upstream failures become gateway errors
+that say whose fault they are (the client's request, the upstream's credentials,
+or an outage worth retrying).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from iatros.errors import GatewayError, InvalidRequest, Overloaded, UpstreamError, UpstreamTimeout
 from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta, Usage
+from iatros.providers.http import HttpClient, HttpError, RequestTimeout
 from iatros.providers.registry import parse_options
 
 if TYPE_CHECKING:
@@ -54,8 +56,7 @@ class OpenAICompatProvider(Provider):
     def __init__(self, name: str, options: OpenAIOptions) -> None:
         super().__init__(name)
         self.options = options
-        self._base = options.base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
         headers = {"content-type": "application/json", **options.headers}
         if options.api_key is not None:
             secret = options.api_key.get_secret_value()
@@ -68,50 +69,54 @@ class OpenAICompatProvider(Provider):
             from iatros.config import ConfigError
 
             raise ConfigError(f"providers.{name}.api_version: required for Azure OpenAI")
+        try:
+            self._make_client()
+        except ValueError as exc:
+            from iatros.config import ConfigError
+
+            raise ConfigError(f"providers.{name}: {exc}") from None
+
+    def _make_client(self) -> HttpClient:
+        return HttpClient(
+            self.options.base_url,
+            headers=self._headers,
+            max_connections=self.options.max_connections,
+            connect_timeout_s=self.options.connect_timeout_s,
+            timeout_s=self.options.timeout_s,
+        )
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.options.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            timeout=aiohttp.ClientTimeout(
-                total=self.options.timeout_s, sock_connect=self.options.connect_timeout_s
-            ),
-            json_serialize=lambda o: orjson.dumps(o).decode(),
-            skip_auto_headers=("User-Agent",),
-        )
+        self._client = self._make_client()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def health_check(self) -> bool:
         """``GET /models``: cheap, authenticated, and served by every compatible API."""
-        if self._session is None:
+        if self._client is None:
             return False
-        url = (
-            f"{self._base}/openai/models?api-version={self.options.api_version}"
+        target = (
+            self._client.url_path("openai/models", f"api-version={self.options.api_version}")
             if self.options.flavor == "azure"
-            else f"{self._base}/models"
+            else self._client.url_path("models")
         )
         try:
-            async with self._session.get(url) as resp:
-                return resp.status < 500 and resp.status != 401
-        except (TimeoutError, aiohttp.ClientError):
+            status, _, _ = await self._client.request("GET", target, limit=4 * 1024 * 1024)
+        except HttpError:
             return False
+        return status < 500 and status != 401
 
     # -- request building -------------------------------------------------
 
-    def _url(self, deployment: DeploymentConfig, op: str) -> str:
+    def _target(self, client: HttpClient, deployment: DeploymentConfig, op: str) -> str:
         if self.options.flavor == "azure":
-            return (
-                f"{self._base}/openai/deployments/{deployment.model}/{op}"
-                f"?api-version={self.options.api_version}"
+            return client.url_path(
+                f"openai/deployments/{deployment.model}/{op}",
+                f"api-version={self.options.api_version}",
             )
-        return f"{self._base}/{op}"
+        return client.url_path(op)
 
     def _chat_body(self, deployment: DeploymentConfig, call: ChatCall, stream: bool) -> bytes:
         body: dict[str, Any] = {**deployment.params, **call.extra, "messages": call.messages}
@@ -128,17 +133,16 @@ class OpenAICompatProvider(Provider):
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
 
-    def _session_or_fail(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _client_or_fail(self) -> HttpClient:
+        if self._client is None:
             raise UpstreamError(f"provider {self.name!r} is not started", retryable=False)
-        return self._session
+        return self._client
 
     # -- error mapping ----------------------------------------------------
 
-    async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
-        if resp.status < 400:
+    def _raise_for_status(self, status: int, headers: Mapping[str, str], raw: bytes) -> None:
+        if status < 400:
             return
-        raw = await resp.read()
         message = raw[:500].decode("utf-8", "replace")
         try:
             parsed = orjson.loads(raw)
@@ -146,31 +150,37 @@ class OpenAICompatProvider(Provider):
                 message = str(parsed["error"].get("message") or message)
         except orjson.JSONDecodeError:
             pass
-        raise _map_status(self.name, resp.status, message, resp.headers.get("retry-after"))
+        raise _map_status(self.name, status, message, headers.get("retry-after"))
 
     def _map_exception(self, exc: BaseException) -> GatewayError:
         if isinstance(exc, GatewayError):
             return exc
-        if isinstance(exc, asyncio.TimeoutError):
+        if isinstance(exc, RequestTimeout | TimeoutError):
             return UpstreamTimeout(f"provider {self.name!r} timed out")
+        if isinstance(exc, orjson.JSONDecodeError):
+            return UpstreamError(f"provider {self.name!r} sent a body that is not JSON")
         return UpstreamError(
-            f"provider {self.name!r} is unreachable: {type(exc).__name__}",
+            f"provider {self.name!r} is unreachable: {exc}",
             code="upstream_unreachable",
         )
+
+    async def _post_json(self, target: str, body: bytes) -> Any:
+        client = self._client_or_fail()
+        try:
+            status, headers, raw = await client.request("POST", target, body)
+            self._raise_for_status(status, headers, raw)
+            return orjson.loads(raw)
+        except (HttpError, orjson.JSONDecodeError) as exc:
+            raise self._map_exception(exc) from exc
 
     # -- operations -------------------------------------------------------
 
     async def chat(self, deployment: DeploymentConfig, call: ChatCall) -> ChatResult:
-        session = self._session_or_fail()
-        try:
-            async with session.post(
-                self._url(deployment, "chat/completions"),
-                data=self._chat_body(deployment, call, stream=False),
-            ) as resp:
-                await self._raise_for_status(resp)
-                data = orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-            raise self._map_exception(exc) from exc
+        client = self._client_or_fail()
+        data = await self._post_json(
+            self._target(client, deployment, "chat/completions"),
+            self._chat_body(deployment, call, stream=False),
+        )
         try:
             choice = data["choices"][0]
             message = dict(choice["message"])
@@ -186,18 +196,20 @@ class OpenAICompatProvider(Provider):
     async def stream(
         self, deployment: DeploymentConfig, call: ChatCall
     ) -> AsyncIterator[StreamDelta]:
-        session = self._session_or_fail()
+        client = self._client_or_fail()
         finished = False
         streaming = False
         try:
-            async with session.post(
-                self._url(deployment, "chat/completions"),
-                data=self._chat_body(deployment, call, stream=True),
+            async with client.stream(
+                "POST",
+                self._target(client, deployment, "chat/completions"),
+                self._chat_body(deployment, call, stream=True),
             ) as resp:
-                await self._raise_for_status(resp)
+                if resp.status >= 400:
+                    self._raise_for_status(resp.status, resp.headers, await resp.read(65536))
                 streaming = True
-                async for raw_line in resp.content:
-                    line = raw_line.strip()
+                chunks = resp.iter_chunks()
+                async for line in _lines(chunks):
                     if not line.startswith(b"data:"):
                         continue
                     payload = line[5:].strip()
@@ -223,11 +235,12 @@ class OpenAICompatProvider(Provider):
                         finish_reason=choice.get("finish_reason"),
                         usage=usage,
                     )
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-            if streaming and not isinstance(exc, asyncio.TimeoutError):
-                finished = False
-            else:
+                if finished and not resp.complete:
+                    await _drain(chunks)
+        except (HttpError, orjson.JSONDecodeError) as exc:
+            if not streaming or isinstance(exc, RequestTimeout):
                 raise self._map_exception(exc) from exc
+            finished = False
         if not finished:
             raise UpstreamError(
                 f"provider {self.name!r} closed the stream before it completed",
@@ -235,24 +248,41 @@ class OpenAICompatProvider(Provider):
             )
 
     async def embed(self, deployment: DeploymentConfig, inputs: list[str]) -> EmbedResult:
-        session = self._session_or_fail()
+        client = self._client_or_fail()
         body: dict[str, Any] = {**deployment.params, "input": inputs}
         if self.options.flavor != "azure":
             body["model"] = deployment.model
-        try:
-            async with session.post(
-                self._url(deployment, "embeddings"), data=orjson.dumps(body)
-            ) as resp:
-                await self._raise_for_status(resp)
-                data = orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-            raise self._map_exception(exc) from exc
+        data = await self._post_json(
+            self._target(client, deployment, "embeddings"), orjson.dumps(body)
+        )
         try:
             items = sorted(data["data"], key=lambda d: d.get("index", 0))
             vectors = [list(map(float, item["embedding"])) for item in items]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UpstreamError(f"provider {self.name!r} sent malformed embeddings") from exc
         return EmbedResult(vectors=vectors, usage=_usage(data.get("usage")) or Usage())
+
+
+async def _drain(chunks: AsyncIterator[bytes], wait_s: float = 1.0) -> None:
+    """Read what follows [DONE] (the body's end) so the connection can be reused; bounded."""
+    with contextlib.suppress(HttpError, TimeoutError):
+        async with asyncio.timeout(wait_s):
+            async for _ in chunks:
+                pass
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Split a byte stream into lines (without their ends); SSE events are line-based."""
+    rest = b""
+    async for chunk in chunks:
+        if rest:
+            chunk = rest + chunk
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line.rstrip(b"\r")
+    if rest:
+        yield rest.rstrip(b"\r")
 
 
 def _map_status(provider: str, status: int, message: str, retry_after: str | None) -> GatewayError:
