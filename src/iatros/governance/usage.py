@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from iatros.store.db import Database
 from iatros.store.models import UsageRecord
@@ -21,26 +20,59 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+_COLUMNS = (
+    "request_id",
+    "ts",
+    "tenant_id",
+    "key_id",
+    "endpoint",
+    "model",
+    "deployment",
+    "route",
+    "cache",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_eur",
+    "latency_ms",
+)
+
+
 def store_usage(db: Database, records: list[dict[str, Any]]) -> None:
-    """Insert a batch; records already stored (same request id) are skipped."""
+    """Insert a batch; records already stored (same request id) are skipped.
+
+    One statement executed for many rows straight on the driver: going through
+    SQLAlchemy's per-row parameter processing cost 12-19 µs a row, a few per cent
+    of the gateway's CPU at a few thousand requests a second.
+    """
     if not records:
         return
-    rows = [{**r, "ts": datetime.fromisoformat(r["ts"])} for r in records]
+    dialect = db.engine.dialect
+    sqlite_dates = dialect.name == "sqlite"
+    rows = []
+    for record in records:
+        ts = datetime.fromisoformat(record["ts"]).astimezone(UTC)
+        row = [record[column] for column in _COLUMNS]
+        # SQLite keeps datetimes as text, in the format SQLAlchemy itself writes and reads.
+        row[1] = ts.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite_dates else ts
+        rows.append(tuple(row))
     with db.engine.begin() as conn:
-        # One compiled statement run for many rows (executemany): compiling a statement
-        # with thousands of bound values for every batch costs more than the insert.
-        conn.execute(_usage_insert(db.engine.dialect.name), rows)
+        conn.exec_driver_sql(_usage_insert(dialect.name, dialect.paramstyle), rows)
 
 
-_INSERTS: dict[str, Any] = {}
+_INSERTS: dict[tuple[str, str], str] = {}
 
 
-def _usage_insert(dialect: str) -> Any:
-    statement = _INSERTS.get(dialect)
+def _usage_insert(dialect: str, paramstyle: str) -> str:
+    statement = _INSERTS.get((dialect, paramstyle))
     if statement is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
-        _INSERTS[dialect] = statement
+        marker = "?" if paramstyle == "qmark" else "%s"
+        statement = (
+            f"INSERT INTO {UsageRecord.__tablename__} ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join([marker] * len(_COLUMNS))}) "
+            "ON CONFLICT (request_id) DO NOTHING"
+        )
+        _INSERTS[(dialect, paramstyle)] = statement
     return statement
 
 
