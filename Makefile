@@ -32,13 +32,17 @@ typecheck: install
 test: install lint typecheck
 	$(BIN)/pytest
 
+# bench/run.py: the 15-minute suite (Iatros vs LiteLLM, installed once into bench/.peers);
+# the local model's tokens/s run apart, into bench/results/local/.
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --only local --out bench/results/local
 	$(BIN)/python bench/chaos.py
 	$(BIN)/python bench/cache_bench.py
 
 bench-smoke: install
 	$(BIN)/python bench/run.py --smoke
+	$(BIN)/python bench/run.py --smoke --only local
 	$(BIN)/python bench/chaos.py --smoke
 	$(BIN)/python bench/cache_bench.py --smoke
 

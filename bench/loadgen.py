@@ -42,6 +42,17 @@ class LoadSpec:
     timeout_s: float = 30.0
     unique_marker: bytes | None = None
     """Replaced in ``body`` by a fresh token per request, so that no answer is cached."""
+    bodies: tuple[bytes, ...] = ()
+    """When set, requests cycle through these bodies instead of ``body`` (paraphrases)."""
+    rate_per_s: float | None = None
+    """Pace the clients to this many requests per second in all (a soak's steady rate);
+    the clients still bound how many are in flight."""
+    grace_s: float | None = None
+    """After the window closes, wait at most this long for the requests in flight; the
+    rest are abandoned and reported as *unfinished*, their age counting as their latency
+    (the percentiles are then lower bounds). None: wait for all, up to ``timeout_s``.
+    A saturated server with 1,000 clients queued would otherwise hold the run for as
+    long as it takes to drain them."""
 
     def __post_init__(self) -> None:
         host = urlsplit(self.url).hostname
@@ -51,6 +62,8 @@ class LoadSpec:
             raise ValueError("durations must be bounded (0 < duration <= 600 s, warm-up <= 60 s)")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.rate_per_s is not None and not 0 < self.rate_per_s <= 50_000:
+            raise ValueError("rate_per_s must be in (0, 50000]")
 
 
 class WindowHook(Protocol):
@@ -71,6 +84,7 @@ class Sample:
     ttfb_s: float | None = None
     error: str | None = None
     cache: str | None = None
+    unfinished: bool = False
 
 
 _tokens = itertools.count(int(time.time() * 1000) % 10**9)
@@ -155,19 +169,37 @@ class LoadResult:
         """The figures the report shows, plus small histograms as the raw shape."""
         measured = self.measured()
         ok = [s for s in measured if s.ok]
+        unfinished = [s for s in measured if s.unfinished]
+        errors = len(measured) - len(ok) - len(unfinished)
+        scope = "window"
+        if not ok and not unfinished:
+            # A saturated server with many clients may answer nothing that was sent inside
+            # a short window (its first wave comes later): then every answer of the cell.
+            ok = [s for s in self.samples if s.ok]
+            scope = "cell"
         finished = sum(
             1
             for s in self.samples
             if s.ok and self.window_start <= s.start + s.latency_s < self.window_end
         )
         window = self.window_end - self.window_start
+        # Throughput over the whole cell, from the first request sent to the last answer:
+        # a saturated server that shares its CPU between all queued requests answers them
+        # in waves (1,000 clients: one wave every several seconds), so a short window
+        # could catch 0 or 2 waves; the whole cell always holds complete waves.
+        answered = [s for s in self.samples if s.ok]
+        span = (
+            max(s.start + s.latency_s for s in answered) - min(s.start for s in self.samples)
+            if answered
+            else 0.0
+        )
         overheads = [s.overhead_ms for s in ok if s.overhead_ms is not None]
         ttfbs = [s.ttfb_s for s in ok if s.ttfb_s is not None]
         cache: dict[str, int] = {}
         for s in ok:
             if s.cache is not None:
                 cache[s.cache] = cache.get(s.cache, 0) + 1
-        latencies = [s.latency_s for s in ok]
+        latencies = [s.latency_s for s in ok] + [s.latency_s for s in unfinished]
         return {
             "concurrency": self.spec.concurrency,
             "duration_s": round(window, 3),
@@ -175,10 +207,16 @@ class LoadResult:
             "stream": self.spec.stream,
             "started": len(measured),
             "completed": len(ok),
-            "errors": len(measured) - len(ok),
+            "errors": errors,
+            "unfinished": len(unfinished),
+            "unfinished_total": sum(1 for s in self.samples if s.unfinished),
+            "latency_lower_bound": bool(unfinished),
+            "latency_scope": scope,
             "warmup_errors": self.warmup_errors,
             "error_kinds": self.error_kinds,
-            "rps": round(finished / window, 1) if window > 0 else math.nan,
+            "rps": round(len(answered) / span, 1) if span > 0 else 0.0,
+            "rps_window": round(finished / window, 1) if window > 0 else math.nan,
+            "cell_s": round(span, 2),
             "latency_ms": distribution(latencies, 1000),
             "overhead_ms": distribution(overheads) if overheads else None,
             "ttfb_ms": distribution(ttfbs, 1000) if ttfbs else None,
@@ -188,11 +226,9 @@ class LoadResult:
         }
 
 
-async def _one(session: aiohttp.ClientSession, spec: LoadSpec) -> Sample:
-    body = spec.body
+async def _one(session: aiohttp.ClientSession, spec: LoadSpec, body: bytes, start: float) -> Sample:
     if spec.unique_marker is not None:
         body = body.replace(spec.unique_marker, unique_token())
-    start = time.perf_counter()
     ttfb: float | None = None
     try:
         async with session.post(spec.url, data=body, headers=spec.headers) as resp:
@@ -245,9 +281,24 @@ async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult
         await asyncio.sleep(max(window_end - time.perf_counter(), 0))
         hook.stop()
 
+    bodies = itertools.cycle(spec.bodies or (spec.body,))
+    slots = itertools.count()
+
     async def client() -> None:
         while time.perf_counter() < window_end:
-            sample = await _one(session, spec)
+            if spec.rate_per_s is not None:
+                delay = t0 + next(slots) / spec.rate_per_s - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if time.perf_counter() >= window_end:
+                    break
+            start = time.perf_counter()
+            try:
+                sample = await _one(session, spec, next(bodies), start)
+            except asyncio.CancelledError:
+                age = time.perf_counter() - start
+                samples.append(Sample(start, age, 0, False, error="unfinished", unfinished=True))
+                raise
             samples.append(sample)
             if not sample.ok and sample.status == 0:
                 await asyncio.sleep(0.01)  # no tight loop against a dead server
@@ -260,19 +311,23 @@ async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult
     ) as session:
         tasks = [asyncio.create_task(client()) for _ in range(spec.concurrency)]
         tasks.append(asyncio.create_task(window()))
+        wait_s = spec.timeout_s + 5 if spec.grace_s is None else spec.grace_s
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*tasks), spec.warmup_s + spec.duration_s + spec.timeout_s + 5
-            )
+            await asyncio.wait_for(asyncio.gather(*tasks), spec.warmup_s + spec.duration_s + wait_s)
+        except TimeoutError:
+            if spec.grace_s is None:
+                raise
         finally:
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*tasks, return_exceptions=True)
-    warmup_errors = sum(1 for s in samples if s.start < window_start and not s.ok)
+    warmup_errors = sum(
+        1 for s in samples if s.start < window_start and not s.ok and not s.unfinished
+    )
     kinds: dict[str, int] = {}
     for s in samples:
-        if not s.ok:
+        if not s.ok and not s.unfinished:
             key = s.error or f"http {s.status}"
             kinds[key] = kinds.get(key, 0) + 1
     return LoadResult(spec, samples, warmup_errors, window_start, window_end, kinds)

@@ -1,15 +1,18 @@
-"""Run the benchmark suite: ``make bench`` (about 4 minutes) or ``make bench-smoke`` (CI, ~15 s).
+"""Run the benchmark suite: ``make bench`` (under 15 minutes) or ``make bench-smoke`` (CI).
 
 Starts every server it needs as a subprocess on free 127.0.0.1 ports, runs the
 scenarios one after another (they would otherwise compete for the two cores),
 writes ``<date>.json`` (raw figures, machine, versions, commands) and
-``latest.md``, and exits non-zero if a scenario failed or any request erred.
-The smoke run writes to a temporary directory so CI never dirties the tree.
+``latest.md``, and exits non-zero if a scenario failed or any Iatros or direct
+request erred (LiteLLM's errors are figures, not failures). LiteLLM is installed
+into ``bench/.peers`` first (once; its time is reported apart); the smoke run skips
+it and writes to a temporary directory so CI never dirties the tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import os
 import shlex
@@ -22,19 +25,33 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 import report
+from peers import ensure_litellm
 from procs import Processes, raise_fd_limit
-from scenarios import local, passthrough
+from scenarios import idle, local, passthrough, semantic, soak
 from settings import BenchSettings
 
 BENCH_DIR = Path(__file__).resolve().parent
 Scenario = Callable[[BenchSettings, Processes], Awaitable[dict[str, Any]]]
-SCENARIOS: dict[str, Scenario] = {"passthrough": passthrough.run, "local": local.run}
+SCENARIOS: dict[str, Scenario] = {
+    "passthrough": passthrough.run,
+    "semantic": semantic.run,
+    "idle": idle.run,
+    "soak": soak.run,
+    "litellm": passthrough.run_litellm,
+    "local": local.run,
+}
+DEFAULT = ("passthrough", "idle", "soak", "semantic", "litellm")
+"""The 15-minute suite. The scenarios after the soak have their slow servers (LiteLLM,
+MiniLM) started during its last minute. ``local`` (Gemma tokens/s, ~2 minutes) runs
+apart (``--only local``)."""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +69,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         choices=sorted(SCENARIOS),
         action="append",
-        help="run only this scenario (repeatable)",
+        help=f"run only this scenario (repeatable; default: {', '.join(DEFAULT)})",
+    )
+    parser.add_argument(
+        "--no-litellm",
+        action="store_true",
+        help="do not install or measure LiteLLM (always the case with --smoke)",
     )
     parser.add_argument(
         "--models-dir",
@@ -84,26 +106,93 @@ async def _run_all(settings: BenchSettings, names: list[str]) -> dict[str, Any]:
     scenarios: dict[str, Any] = {}
     failures: list[dict[str, str]] = []
     with Processes(settings.workdir) as procs:
+        if settings.litellm is not None:
+            procs.ahead("litellm", partial(passthrough.start_litellm_servers, settings, procs))
+        procs.ahead("semantic", partial(semantic.start_servers, procs))
+        if settings.smoke:
+            procs.start_ahead()  # no figure of a smoke run means anything: save the time
         for name in names:
+            if name == "litellm" and settings.litellm is None:
+                print(f"== litellm: skipped ({settings.litellm_skipped})", flush=True)
+                continue
             print(f"== {name}", flush=True)
             started = time.perf_counter()
             try:
-                scenarios[name] = await SCENARIOS[name](settings, procs)
+                scenarios[name] = await asyncio.wait_for(
+                    SCENARIOS[name](settings, procs), _budget_s(settings, name)
+                )
             except Exception as exc:
                 traceback.print_exc()
                 failures.append({"scenario": name, "error": f"{type(exc).__name__}: {exc}"})
             print(f"   {name}: {time.perf_counter() - started:.1f} s", flush=True)
-    for row in (scenarios.get("passthrough") or {}).get("rows", []):
-        if row["errors"] or row["warmup_errors"]:
-            failures.append(
-                {
-                    "scenario": "passthrough",
-                    "error": f"{row['scenario']} {row['target']} c={row['concurrency']}: "
-                    f"{row['errors']} errors, {row['warmup_errors']} in warm-up "
-                    f"{row['error_kinds']}",
-                }
-            )
+    failures += _request_failures(scenarios)
     return {"scenarios": scenarios, "failures": failures}
+
+
+def _budget_s(settings: BenchSettings, name: str) -> float:
+    """A hung server must not hang CI: each scenario gets a generous, bounded time."""
+    if name == "soak":
+        return settings.soak_warmup_s + settings.soak_s + 120
+    if name == "local":
+        return settings.local_budget_s + 240
+    return 120 if settings.smoke else 600
+
+
+def _request_failures(scenarios: dict[str, Any]) -> list[dict[str, str]]:
+    """Failed Iatros or direct requests (LiteLLM's are reported as figures, not failures)."""
+    failures = []
+    for name in ("passthrough", "semantic", "litellm"):
+        for row in (scenarios.get(name) or {}).get("rows", []):
+            if row["target"] != "litellm" and (row["errors"] or row["warmup_errors"]):
+                failures.append(
+                    {
+                        "scenario": name,
+                        "error": f"{row['scenario']} {row['label']} c={row['concurrency']}: "
+                        f"{row['errors']} errors, {row['warmup_errors']} in warm-up "
+                        f"{row['error_kinds']}",
+                    }
+                )
+    held = scenarios.get("idle")
+    if held and (held["held"] < held["target_connections"] or held["probe"]["errors"]):
+        failures.append(
+            {
+                "scenario": "idle",
+                "error": f"{held['held']} of {held['target_connections']} idle connections held "
+                f"({held['errors']}), {held['probe']['errors']} probe errors",
+            }
+        )
+    soaked = scenarios.get("soak")
+    if soaked and soaked["errors"]:
+        failures.append({"scenario": "soak", "error": f"{soaked['errors']} failed requests"})
+    return failures
+
+
+def _litellm(args: argparse.Namespace, names: list[str], workdir: Path) -> dict[str, Any]:
+    """Install (or reuse) LiteLLM when the comparison runs; never in the smoke run."""
+    if args.smoke or args.no_litellm or "litellm" not in names:
+        why = "smoke run" if args.smoke else "--no-litellm" if args.no_litellm else "not needed"
+        return {"peer": None, "skipped": why}
+    print("== installing or reusing LiteLLM in bench/.peers (not counted in the elapsed time)")
+    try:
+        peer = ensure_litellm(workdir)
+    except Exception as exc:
+        print(f"LiteLLM unavailable: {exc}", file=sys.stderr)
+        return {"peer": None, "skipped": f"install failed: {exc}"}
+    print(
+        f"   litellm {peer.version} ({'pinned' if peer.pinned else 'newest'}), "
+        f"install {peer.install_s:.0f} s"
+    )
+    return {"peer": peer, "skipped": None}
+
+
+def _fd_note(limit: tuple[int, int], settings: BenchSettings, names: list[str]) -> str | None:
+    wanted = settings.idle_connections + idle.FD_MARGIN
+    if "idle" not in names or limit[0] >= wanted:
+        return None
+    return (
+        f"could not be raised to {wanted:,} (hard limit {limit[1]:,}); the idle connections "
+        "are spread over several client processes and Iatros workers"
+    )
 
 
 def _use_revision(rev: str, workdir: Path) -> dict[str, Any]:
@@ -157,20 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.render is not None:
         return _render(args.render)
-    started = time.perf_counter()
     soft, hard = raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="iatros-bench-"))
+    names = args.only or list(DEFAULT)
+    peer = _litellm(args, names, workdir)
+    started = time.perf_counter()
     revision = _use_revision(args.rev, workdir) if args.rev else None
     source = _source(revision)
     print(f"measuring iatros from {source['imported_from']} ({source.get('commit', '?')})")
+    print(f"open-files limit {soft} (hard {hard})")
     settings = BenchSettings.for_run(args.smoke, workdir, args.models_dir)
+    settings = replace(
+        settings,
+        litellm=peer["peer"],
+        litellm_skipped=peer["skipped"],
+        deadline=time.monotonic() - (time.perf_counter() - started) + settings.budget_s,
+    )
     if args.out is not None:
         out_dir = args.out
     elif args.smoke:
         out_dir = Path(tempfile.mkdtemp(prefix="iatros-bench-smoke-results-"))
     else:
         out_dir = BENCH_DIR / "results"
-    names = args.only or list(SCENARIOS)
 
     def _terminate(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)  # unwinds through the finally blocks: servers stop
@@ -185,12 +282,31 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "elapsed_s": round(time.perf_counter() - started, 1),
+        "scenario_names": names,
         "fd_limit": [soft, hard],
+        "fd_note": _fd_note((soft, hard), settings, names),
+        "litellm": peer["peer"].as_dict() if peer["peer"] else None,
+        "litellm_skipped": peer["skipped"],
+        "litellm_install_s": peer["peer"].install_s if peer["peer"] else None,
         "settings": {
             "concurrency": list(settings.concurrency),
             "warmup_s": settings.warmup_s,
             "duration_s": settings.duration_s,
+            "stream_concurrency": list(settings.stream_concurrency),
             "stream_duration_s": settings.stream_duration_s,
+            "hold_streams": settings.hold_streams,
+            "hold_s": settings.hold_s,
+            "cache_concurrency": settings.cache_concurrency,
+            "semantic_concurrency": settings.semantic_concurrency,
+            "iatros_workers": list(settings.iatros_workers),
+            "litellm_workers": list(settings.litellm_workers),
+            "idle_connections": settings.idle_connections,
+            "idle_hold_s": settings.idle_hold_s,
+            "soak_warmup_s": settings.soak_warmup_s,
+            "soak_s": settings.soak_s,
+            "soak_rate_per_s": settings.soak_rate_per_s,
+            "start_ahead_s": settings.start_ahead_s,
+            "budget_s": settings.budget_s,
             "local_rounds": settings.local_rounds,
             "quiet_waited_s": round(settings.quiet.waited_s, 1),
         },
@@ -206,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "latest.md").write_text(md)
     print("\n" + md)
     print(f"results: {json_path} and {out_dir / 'latest.md'}")
+    print(f"elapsed: {results['elapsed_s']:.0f} s (LiteLLM install apart)")
     failed = bool(outcome["failures"])
     if failed or args.keep_workdir:
         print(f"server configs and logs kept in {workdir}")

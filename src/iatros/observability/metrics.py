@@ -41,6 +41,7 @@ class _Merged:
             if family.name not in names and family.samples:
                 yield family
 
+
 LATENCY_BUCKETS = (
     0.005,
     0.01,
