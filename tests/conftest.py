@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +27,32 @@ ADMIN_KEY = "sk-test-admin-0123456789"
 for _name in list(os.environ):
     if _name.startswith("IATROS_") and not _name.startswith("IATROS_TEST_"):
         del os.environ[_name]
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for servers started in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_ready(
+    url: str, proc: subprocess.Popen[Any] | None = None, timeout_s: float = 60
+) -> None:
+    """Poll ``/readyz`` until it answers 200; fail early with the output if ``proc`` exits."""
+    deadline = time.time() + timeout_s
+    while True:
+        if proc is not None and proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode} before ready: {output!r}")
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"server not ready in {timeout_s:.0f} s")
+        time.sleep(0.1)
 
 
 class RunningServer:
@@ -65,12 +93,7 @@ class RunningServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if httpx.get(self.url + "/readyz").status_code == 200:
-                return
-            time.sleep(0.2)
-        raise RuntimeError("server not ready")
+        wait_until_ready(self.url, timeout_s=timeout)
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.conftest import ADMIN_KEY, RunningServer, upstream_config
+from tests.conftest import ADMIN_KEY, RunningServer, free_port, upstream_config
 
 Q = {"model": "assistant", "messages": [{"role": "user", "content": "What is a dental crown?"}]}
 SECRET = "a-test-secret-of-at-least-16-chars"
@@ -192,19 +192,13 @@ def test_bad_cache_controls(
     assert post(server, Q).status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture()
 def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Redis of our own that the test may kill."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             binary,

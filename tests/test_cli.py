@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.conftest import ADMIN_KEY, RunningServer
+from tests.conftest import ADMIN_KEY, RunningServer, free_port, wait_until_ready
 
 
 def iatros(
@@ -90,18 +88,12 @@ def test_chat_in_process_with_the_local_model(tmp_path: Path) -> None:
     assert "Paris" in result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.model
 def test_serve_runs_the_embedded_defaults(tmp_path: Path) -> None:
     """What ``make run`` does: the default config, local models, a working chat."""
     from tests.conftest import _models_dir
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "IATROS_DATA_DIR": str(tmp_path / "data")}
     env.pop("IATROS_CONFIG", None)
     env.pop("IATROS_ADMIN_KEY", None)
@@ -120,16 +112,7 @@ def test_serve_runs_the_embedded_defaults(tmp_path: Path) -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server not ready in 90 s"
-            time.sleep(0.25)
+        wait_until_ready(url, proc, timeout_s=90)
         resp = httpx.post(
             url + "/v1/chat/completions",
             json={

@@ -6,10 +6,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,23 +20,17 @@ from sqlalchemy import text
 
 from iatros.store.db import Database
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.conftest import ADMIN_KEY, upstream_config
+from tests.conftest import ADMIN_KEY, free_port, upstream_config, wait_until_ready
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HI = {"model": "assistant", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
     """``iatros serve`` in its own process."""
 
     def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config, self.env = config, env
         self.proc = self._spawn()
@@ -59,16 +51,12 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz").status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        proc.kill()
-        raise RuntimeError("server did not start")
+        try:
+            wait_until_ready(self.url, proc)
+        except RuntimeError:
+            proc.kill()
+            raise
+        return proc
 
     def restart(self) -> None:
         self.proc = self._spawn()

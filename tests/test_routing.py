@@ -223,7 +223,9 @@ def test_breaker_opens_then_probes_and_closes_after_recovery(
 ) -> None:
     fakes["eu"].behaviour.fail_status = 500
     models = {"assistant": {"deployments": ["gpt-eu", "gpt-us"], "retry": {"max_attempts": 1}}}
-    quick = {"breaker": {"failure_threshold": 3, "cooldown_s": 0.3}}
+    # The cooldown must outlast the five requests below (50 ms each upstream, more on a
+    # busy machine), or the breaker half-opens while they run.
+    quick = {"breaker": {"failure_threshold": 3, "cooldown_s": 1.0}}
     server = server_factory(config(fakes, models, routing=quick))
     admin = server.http()
 
@@ -239,7 +241,7 @@ def test_breaker_opens_then_probes_and_closes_after_recovery(
         assert chat(server).headers["x-iatros-model"] == "gpt-us"
     assert fakes["eu"].served == served  # open: no traffic
     fakes["eu"].behaviour.fail_status = None
-    time.sleep(0.35)  # cooldown
+    time.sleep(1.05)  # cooldown
     assert state() == "half_open"
     resp = chat(server)
     assert resp.headers["x-iatros-model"] == "gpt-eu"  # the probe went through and succeeded

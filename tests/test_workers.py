@@ -13,15 +13,7 @@ import httpx
 import yaml
 
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.conftest import ADMIN_KEY, upstream_config
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import ADMIN_KEY, free_port, upstream_config, wait_until_ready
 
 
 def _serve(tmp_path: Path, config: dict[str, object], *args: str) -> subprocess.Popen[str]:
@@ -48,22 +40,13 @@ def _requests_counted(metrics: str) -> float:
 
 
 def test_two_workers_share_metrics_and_usage(tmp_path: Path, upstream: FakeUpstream) -> None:
-    port = _free_port()
+    port = free_port()
     config = upstream_config(upstream, embeddings={"default_model": None})
     proc = _serve(tmp_path, config, "--port", str(port), "--workers", "2")
     url = f"http://127.0.0.1:{port}"
     headers = {"authorization": f"Bearer {ADMIN_KEY}"}
     try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server not ready in 60 s"
-            time.sleep(0.25)
+        wait_until_ready(url, proc)
         for i in range(40):  # a new connection each time: the kernel spreads them
             resp = httpx.post(
                 url + "/v1/chat/completions",
