@@ -131,6 +131,34 @@ async def test_nothing_identifying_is_stored_in_clear(prefix: str) -> None:
             assert secret not in rest
 
 
+# -- under load -------------------------------------------------------------------------------
+
+
+def _get_calls() -> int:
+    stats = redis.Redis.from_url(REDIS_URL).info("commandstats")
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_a_burst_on_one_entry_costs_one_get(prefix: str) -> None:
+    async with open_cache("redis", prefix, redis_timeout_ms=200) as cache:
+        await cache.store(request(), response("shared"))
+        before = _get_calls()
+        hits = await asyncio.gather(*(cache.lookup(request()) for _ in range(200)))
+        calls = _get_calls() - before
+    assert all(h is not None and h.message["content"] == "shared" for h in hits)
+    assert calls <= 2, f"{calls} GETs for one burst on one entry"
+
+
+async def test_more_lookups_than_connections_wait_instead_of_failing(prefix: str) -> None:
+    async with open_cache("redis", prefix, redis_timeout_ms=300, redis_max_connections=4) as cache:
+        questions = [f"Question number {i}?" for i in range(150)]
+        for q in questions:
+            await cache.store(request(q), response(q))
+        hits = await asyncio.gather(*(cache.lookup(request(q)) for q in questions))
+        assert [h.message["content"] if h else None for h in hits] == questions
+        assert metric(cache, ERRORS, backend="redis", op="get") == 0
+
+
 # -- failures ---------------------------------------------------------------------------------
 
 
@@ -199,3 +227,27 @@ async def test_redis_killed_mid_test_then_back(prefix: str) -> None:
             await asyncio.sleep(0.05)
         assert hit is not None
     await proxy.kill()
+
+
+async def test_timeouts_noticed_late_do_not_open_the_circuit(prefix: str, black_hole: int) -> None:
+    """A saturated gateway notices timeouts late; that is its own load, not Redis failing."""
+    url = f"redis://127.0.0.1:{black_hole}/0"
+    async with open_cache(
+        "redis", prefix, redis_url=url, redis_timeout_ms=1, redis_retry_after_s=30
+    ) as cache:
+        stop = asyncio.Event()
+
+        async def hog() -> None:  # 20 ms of other work per turn of the loop
+            while not stop.is_set():
+                time.sleep(0.02)  # noqa: ASYNC251 - blocking on purpose: a busy loop
+                await asyncio.sleep(0)
+
+        hogging = asyncio.create_task(hog())
+        try:
+            for _ in range(10):
+                assert await cache.lookup(request()) is None
+        finally:
+            stop.set()
+            await hogging
+        assert metric(cache, ERRORS, backend="redis", op="get") == 10  # each one uncached
+        assert cache.backend._open_until == 0  # type: ignore[attr-defined]

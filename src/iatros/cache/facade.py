@@ -94,6 +94,7 @@ class _Core:
                 timeout_s=settings.redis_timeout_ms / 1000,
                 bulk_timeout_s=settings.redis_bulk_timeout_s,
                 retry_after_s=settings.redis_retry_after_s,
+                max_connections=settings.redis_max_connections,
                 max_mirror_bytes=settings.max_memory_bytes,
                 on_error=self.background_error,
                 on_decode_error=self.metrics.decode_errors.inc,

@@ -48,6 +48,8 @@ class CacheSettings(BaseModel):
     """Per-operation budget on the request path; a slower Redis means "uncached"."""
     redis_bulk_timeout_s: float = Field(10.0, gt=0)
     """Budget for background work: loading another instance's semantic entries."""
+    redis_max_connections: int = Field(512, ge=1)
+    """Connections each instance may open; a request waits (within its budget) for a free one."""
     redis_retry_after_s: float = Field(1.0, ge=0)
     """After a Redis failure, skip Redis for this long instead of timing out every request."""
     max_memory_bytes: int = Field(256 * MiB, ge=MiB)
