@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
+import socket
 import struct
+import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.conftest import RunningServer
+from tests.conftest import ADMIN_KEY, RunningServer
 
 pytestmark = pytest.mark.usefixtures("upstream")
+
+
+@contextlib.contextmanager
+def stream_hi(server: RunningServer) -> Iterator[httpx.Response]:
+    """A streamed "Hi" to the assistant, read line by line by the test."""
+    body = {"model": "assistant", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    with server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        yield resp
 
 
 def test_chat_non_streaming(gateway_server: RunningServer, upstream: FakeUpstream) -> None:
@@ -88,18 +101,7 @@ def test_streaming_with_usage(gateway_server: RunningServer, upstream: FakeUpstr
 
 
 def test_stream_wire_format_ends_with_done(gateway_server: RunningServer) -> None:
-    with (
-        gateway_server.http() as http,
-        http.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={
-                "model": "assistant",
-                "stream": True,
-                "messages": [{"role": "user", "content": "Hi"}],
-            },
-        ) as resp,
-    ):
+    with stream_hi(gateway_server) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         assert resp.headers["x-iatros-model"] == "fake-gpt"
@@ -120,21 +122,54 @@ def test_stream_dropped_by_upstream_ends_with_an_error_event(
         for chunk in stream:
             received.append(chunk)
     assert len(received) >= 3  # the tokens before the drop did arrive
-    with (
-        gateway_server.http() as http,
-        http.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={
-                "model": "assistant",
-                "stream": True,
-                "messages": [{"role": "user", "content": "Hi"}],
-            },
-        ) as resp,
-    ):
+    with stream_hi(gateway_server) as resp:
         lines = [line for line in resp.iter_lines() if line]
     assert '"code":"upstream_stream_dropped"' in lines[-1]
     assert "data: [DONE]" not in lines
+
+
+def test_client_leaving_a_stream_stops_it_at_once(
+    gateway_server: RunningServer, upstream: FakeUpstream
+) -> None:
+    """The upstream would stream for 2 s more; the gateway drops it and records a 499."""
+    upstream.behaviour.token_delay_ms = 250
+    gateway = gateway_server.gateway
+    in_flight = gateway.metrics.in_flight_gauge("chat")
+    body = b'{"model":"assistant","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    ) + body
+    with socket.create_connection(("127.0.0.1", gateway_server.port)) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(65536)
+        assert in_flight._value.get() == 1
+    left = time.monotonic()
+    while in_flight._value.get() != 0:
+        assert time.monotonic() - left < 1.0, "the stream went on after the client left"
+        time.sleep(0.01)
+    metrics = httpx.get(gateway_server.url + "/metrics").text
+    assert 'iatros_requests_total{endpoint="chat",model="fake-gpt",status="499"}' in metrics
+
+
+def test_streamed_events_are_relayed_as_they_come(
+    gateway_server: RunningServer, upstream: FakeUpstream
+) -> None:
+    """Each event reaches the client when the upstream sends it, never held for later ones."""
+    upstream.behaviour.token_delay_ms = 150
+    arrivals: list[tuple[float, str]] = []
+    with stream_hi(gateway_server) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append((time.monotonic(), line))
+    words = [t for t, line in arrivals if '"content":"' in line and '"content":""' not in line]
+    assert len(words) >= 5
+    gaps = [b - a for a, b in itertools.pairwise(words)]
+    assert min(gaps) > 0.1, f"events were held back and sent together: gaps {gaps}"
+    assert arrivals[-1][1] == "data: [DONE]"
 
 
 def test_azure_deployment_path_and_key(

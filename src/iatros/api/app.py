@@ -33,7 +33,7 @@ from iatros import __version__
 from iatros.api import schemas
 from iatros.api.admin import add_admin_routes
 from iatros.api.knowledge import add_knowledge_routes, knowledge_error
-from iatros.api.sse import DONE, error_event, event
+from iatros.api.sse import DONE, EventStreamResponse, error_event, event
 from iatros.auth import Principal
 from iatros.config import Settings, load_settings
 from iatros.errors import (
@@ -638,7 +638,7 @@ def create_app(
                     with contextlib.suppress(Exception):
                         await asyncio.shield(aclose())
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+        return EventStreamResponse(body(), headers=headers)
 
     # -- embeddings -------------------------------------------------------------
 
