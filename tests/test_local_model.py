@@ -179,9 +179,43 @@ def test_local_embeddings(local_server: RunningServer) -> None:
     assert default.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
 
 
+def test_short_batches_on_onnx_embed_as_pytorch_does(local_server: RunningServer) -> None:
+    """Questions run on ONNX Runtime, long batches on PyTorch: one vector space."""
+    provider = local_server.gateway.providers["minilm"]
+    assert provider._onnx is not None, "ONNX Runtime path not loaded"
+    client = local_server.client()
+    question = "What is the amoxicillin dose for a 20 kg child?"
+    short = client.embeddings.create(model="all-minilm-l6-v2", input=[question])
+    long_text = "Guideline on antibiotic prophylaxis before dental extraction. " * 40
+    long = client.embeddings.create(model="all-minilm-l6-v2", input=[question, long_text])
+    assert long.usage.prompt_tokens > provider.options.onnx_max_tokens  # PyTorch's side
+    assert short.data[0].embedding == pytest.approx(long.data[0].embedding, abs=1e-4)
+    assert short.usage.prompt_tokens == len(provider._model.tokenizer(question)["input_ids"])
+
+
 def test_readiness_reports_loaded_models(local_server: RunningServer) -> None:
     body = httpx.get(local_server.url + "/readyz").json()
     assert body == {
         "status": "ready",
         "checks": {"provider:local": True, "provider:minilm": True, "store": True},
     }
+
+
+async def test_embeddings_fall_back_to_pytorch_when_onnx_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from iatros.providers import embeddings
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("export failed: unsupported operator")
+
+    monkeypatch.setattr(embeddings, "_OnnxEncoder", broken)
+    provider = embeddings.SentenceTransformerProvider("minilm", embeddings.EmbeddingOptions())
+    await provider.start()
+    try:
+        await provider.wait_ready(timeout_s=300)
+        assert provider._onnx is None
+        result = await provider.embed(None, ["How do I treat a toothache?"])  # type: ignore[arg-type]
+        assert len(result.vectors[0]) == 384
+    finally:
+        await provider.close()
