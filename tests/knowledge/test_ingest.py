@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +333,56 @@ async def test_unfinished_jobs_resume_after_a_restart(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert kb.job_status(T, job_id).results[0].status == "indexed"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_closing_waits_for_a_write_in_progress(tmp_path: Path, backend: str) -> None:
+    """Closing while a background job is writing lets the write finish, then closes.
+
+    Closing the store under a write still running in a worker thread used to crash the
+    process inside SQLite (or fail the write on a closed connection).
+    """
+    data = tmp_path / "data"
+    entered, closing, outcome = threading.Event(), threading.Event(), []
+    async with open_kb(data, hashing_embed(), backend=backend) as kb:
+        original = kb.store.write_document
+
+        class Slow:  # the first chunk row is slow: the transaction is open meanwhile
+            def __init__(self, chunk: Any) -> None:
+                self.chunk, self.waited = chunk, False
+
+            def __getattr__(self, name: str) -> Any:
+                if not self.waited:
+                    self.waited = True
+                    entered.set()
+                    closing.wait(10)
+                    time.sleep(1.0)  # still writing after close() began
+                return getattr(self.chunk, name)
+
+        def slow_write(*args: Any, **kwargs: Any) -> Any:
+            kwargs["chunks"] = [Slow(c) for c in kwargs["chunks"]]
+            try:
+                result = original(*args, **kwargs)
+            except BaseException as exc:
+                outcome.append(exc)
+                raise
+            outcome.append(result)
+            return result
+
+        kb.store.write_document = slow_write  # type: ignore[method-assign]
+        await kb.submit_upload(T, "c", [("a.txt", b"asthma inhaler technique")])
+        assert await asyncio.to_thread(entered.wait, 10)
+        close = kb.close
+
+        async def closing_now() -> None:
+            closing.set()
+            await close()
+
+        kb.close = closing_now  # type: ignore[method-assign]
+    assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
+    async with open_kb(data, hashing_embed(), backend=backend) as kb:
+        assert [d.name for d in kb.list_documents(T, "c")] == ["a.txt"]
+        assert chunk_count(kb) == 1
 
 
 def test_file_report_round_trips() -> None:

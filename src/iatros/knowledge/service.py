@@ -171,17 +171,24 @@ class KnowledgeBase:
         return EmbeddedBackend(self.root / "embedded")
 
     async def close(self) -> None:
+        """Stop the job worker, let the calls already in worker threads finish, then close.
+
+        Cancelling a task does not stop the thread running its blocking call (and it
+        releases the write lock): closing the store under a write still in progress is a
+        use-after-free inside SQLite, which crashed the process. So the executor is
+        drained first, and the store is closed on the loop's thread, where no synchronous
+        reader can run at the same time.
+        """
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        async with self._write_lock:
-            if self._backend is not None:
-                await self._run(self._backend.close)
-            if self._store is not None:
-                await self._run(self._store.close)
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, True)
+        if self._backend is not None:
+            await asyncio.to_thread(self._backend.close)
+        if self._store is not None:
+            self._store.close()
 
     async def flush(self) -> None:
         """Make every applied change durable now (indexes are otherwise saved every 30 s)."""
