@@ -177,7 +177,8 @@ def test_conversations_new_rename_continue_delete_and_survive_a_reload(
 
     page.reload()
     page.locator("#identity").wait_for(state="visible")  # still signed in: same tab
-    assert page.locator("#conv-list .conv-item").count() == 2
+    # The list is drawn after the identity, once the stored conversations are read.
+    wait_until(lambda: page.locator("#conv-list .conv-item").count() == 2)
     page.locator("#conv-list .conv-open", has_text="Analgesics").click()
     assert page.locator("#conv-current").inner_text() == "Analgesics"
     assert page.locator(".msg-user").first.inner_text().endswith(first_question)
@@ -198,7 +199,7 @@ def test_conversations_new_rename_continue_delete_and_survive_a_reload(
     assert page.locator("#conv-list .conv-item").count() == 1
     page.reload()
     page.locator("#identity").wait_for(state="visible")
-    assert page.locator("#conv-list .conv-item").count() == 1
+    wait_until(lambda: page.locator("#conv-list .conv-item").count() == 1)
 
     # Signing out forgets the key (conversations stay, keyed by tenant and key).
     page.locator("#signout").click()
