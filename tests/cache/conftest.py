@@ -213,6 +213,8 @@ class RedisProxy:
         self.server: asyncio.Server | None = None
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self.client_writes = 0
+        """Chunks read from clients: about one per round trip a client started."""
 
     async def start(self, port: int = 0) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
@@ -225,6 +227,8 @@ class RedisProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    if src is reader:
+                        self.client_writes += 1
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(Exception):

@@ -159,6 +159,38 @@ async def test_more_lookups_than_connections_wait_instead_of_failing(prefix: str
         assert metric(cache, ERRORS, backend="redis", op="get") == 0
 
 
+async def test_concurrent_commands_share_round_trips(prefix: str) -> None:
+    """Lookups and stores of many requests at once go out as a few pipelines, not one each."""
+    proxy = RedisProxy()
+    await proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    questions = [f"Question number {i}?" for i in range(150)]
+    async with open_cache("redis", prefix, redis_url=url, redis_timeout_ms=300) as cache:
+        await cache.lookup(request("warm up the connection"))
+        before = proxy.client_writes
+        await asyncio.gather(*(cache.store(request(q), response(q)) for q in questions))
+        stores = proxy.client_writes - before
+        before = proxy.client_writes
+        hits = await asyncio.gather(*(cache.lookup(request(q)) for q in questions))
+        lookups = proxy.client_writes - before
+        assert [h.message["content"] if h else None for h in hits] == questions
+        assert metric(cache, ERRORS, backend="redis", op="get") == 0
+    await proxy.kill()
+    assert stores <= 10 and lookups <= 10, f"{stores} writes for 150 stores, {lookups} for lookups"
+
+
+async def test_a_lost_script_is_loaded_again(prefix: str) -> None:
+    """After Redis restarts or is flushed, stores load their script again: nothing is lost."""
+    async with open_cache("redis", prefix) as cache:
+        await cache.store(request("before"), response("before"))
+        redis.Redis.from_url(REDIS_URL).script_flush()
+        stores = (cache.store(request(f"after {i}"), response(f"{i}")) for i in range(5))
+        await asyncio.gather(*stores)
+        hits = [await cache.lookup(request(f"after {i}")) for i in range(5)]
+        assert [h.message["content"] if h else None for h in hits] == [f"{i}" for i in range(5)]
+        assert metric(cache, ERRORS, backend="redis", op="put") == 0
+
+
 # -- failures ---------------------------------------------------------------------------------
 
 

@@ -21,6 +21,11 @@ sequence numbers (the stream was trimmed or the scope expired) triggers a reload
 Mirrors may lag by one round trip; that costs a miss, never a wrong answer, because
 a hit is always read back from ``P e:<id>``, which invalidation deletes.
 
+Request-path commands (GET, the PUT script, DEL) from concurrent requests are sent
+together: those issued in one turn of the event loop go out as one pipeline, on one
+connection, in one write (:meth:`RedisBackend._send`). Under load that turns hundreds of
+round trips a second, each with a pool checkout, into a few dozen.
+
 Failures: every request-path operation has a budget of ``redis_timeout_ms``; a
 failure opens a circuit for ``redis_retry_after_s`` during which operations fail at
 once (:class:`BackendUnavailable`) instead of each request waiting for a timeout.
@@ -39,11 +44,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from iatros.cache.backends.base import (
@@ -58,6 +65,7 @@ from iatros.cache.index import Candidate, SemanticIndex, Vector
 log = logging.getLogger("iatros.cache.redis")
 
 T = TypeVar("T")
+_Queued = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 
 STREAM_MAXLEN = 20000
 """Changes kept per scope; a mirror further behind than this reloads the scope."""
@@ -184,6 +192,7 @@ class RedisBackend:
         )
         self._fast: Redis = Redis(connection_pool=fast_pool)
         self._pending_gets: dict[str, asyncio.Future[bytes | None]] = {}
+        self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._bulk: Redis = Redis.from_url(
             url,
             socket_timeout=bulk_timeout_s,
@@ -191,7 +200,6 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
         )
         self._put_script = self._fast.register_script(_PUT)
-        self._delete_rows_fast = self._fast.register_script(_DELETE_ROWS)
         self._delete_rows_bulk = self._bulk.register_script(_DELETE_ROWS)
         self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -238,15 +246,67 @@ class RedisBackend:
 
     # -- failure handling -----------------------------------------------------------------
 
-    async def _fast_op(self, op: str, call: Awaitable[T]) -> T:
+    def _send(self, *command: Any) -> asyncio.Future[Any]:
+        """Queue one command for the pipeline that leaves at the end of this loop turn."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush)
+        self._queued.append((command, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queued = self._queued, []
+        self._spawn(self._pipeline(batch))
+
+    async def _pipeline(self, batch: list[_Queued], retried: bool = False) -> None:
+        """Send a batch in one pipeline; each caller gets its own reply or error.
+
+        Callers enforce their own budgets (a future they gave up on is skipped); a
+        connection failure fails the whole batch. If Redis lost the PUT script (it
+        restarted, or was flushed), the script is loaded and those commands go again.
+        """
+        pipe = self._fast.pipeline(transaction=False)
+        for command, _ in batch:
+            pipe.execute_command(*command)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:
+            for _, future in batch:
+                future.cancel()
+            raise
+        again: list[_Queued] = []
+        for (command, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, NoScriptError) and not retried:
+                again.append((command, future))
+            elif isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+        if again:
+            try:
+                await self._fast.script_load(_PUT)
+            except Exception as exc:
+                for _, future in again:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            await self._pipeline(again, retried=True)
+
+    async def _fast_op(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run one request-path call within the budget, or fail fast while the circuit is open."""
         if self._clock() < self._open_until:
-            if asyncio.iscoroutine(call):
-                call.close()
             raise BackendUnavailable("redis circuit open")
         try:
             async with asyncio.timeout(self._timeout_s * 3 + 2 * self._lag.value):
-                result = await call
+                result = await call()
         except (TimeoutError, RedisTimeoutError) as exc:
             # A busy loop reads replies late: this request goes uncached, but the
             # gateway's own load is no reason to stop using Redis for everyone.
@@ -287,7 +347,7 @@ class RedisBackend:
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._pending_gets[entry_id] = future
         try:
-            value = await self._fast_op("get", self._fast.get(self._entry_key(entry_id)))
+            value = await self._fast_op("get", lambda: self._send("GET", self._entry_key(entry_id)))
             result = None if value is None else _bytes(value)
         except BaseException as exc:
             # Waiters were not cancelled themselves: they see an outage and go uncached.
@@ -318,10 +378,11 @@ class RedisBackend:
             keys.extend(self._scope_keys(row.scope))
             args.extend([entry_id, encode_row(row.vector, expires_at, row.signature)])
             args.append(STREAM_MAXLEN)
-        await self._fast_op("put", self._put_script(keys=keys, args=args))
+        command = ("EVALSHA", self._put_script.sha, len(keys), *keys, *args)
+        await self._fast_op("put", lambda: self._send(*command))
 
     async def delete(self, entry_id: str) -> None:
-        await self._fast_op("delete", self._fast.delete(self._entry_key(entry_id)))
+        await self._fast_op("delete", lambda: self._send("DEL", self._entry_key(entry_id)))
 
     async def invalidate(self, tags: Sequence[str]) -> int:
         """Drop entries carrying all ``tags`` (bulk budget: this is admin work, not a request)."""
@@ -469,8 +530,12 @@ class RedisBackend:
                 reads += 1
                 start = b"(" + mirror.last_id
                 if fast:
-                    call = self._fast.xrange(log_key, min=start, max="+", count=_REFRESH_BATCH)
-                    events: Any = await self._fast_op("refresh", call)
+                    events: Any = await self._fast_op(
+                        "refresh",
+                        partial(
+                            self._fast.xrange, log_key, min=start, max="+", count=_REFRESH_BATCH
+                        ),
+                    )
                 else:
                     count = _REFRESH_BATCH * 10
                     events = await self._bulk.xrange(log_key, min=start, max="+", count=count)
