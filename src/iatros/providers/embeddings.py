@@ -126,10 +126,9 @@ class SentenceTransformerProvider(Provider):
         self._load_error: BaseException | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
         if options.onnx_max_tokens > 0:
-            # Imported here, on the thread that builds the app, before any model loads:
-            # onnxruntime's native initialisation touches libstdc++ locale facets, and
-            # running it on the loader thread while llama.cpp loads crashed the process
-            # (intermittently, SIGSEGV in std::codecvt).
+            # Imported now, on the thread that builds the app, not later on the loader
+            # thread: by then the knowledge base may have loaded usearch, after which
+            # onnxruntime's native initialisation crashes (see knowledge/backends/embedded.py).
             import onnxruntime  # noqa: F401
 
         self._loading: asyncio.Task[None] | None = None

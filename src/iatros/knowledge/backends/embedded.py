@@ -27,6 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# onnxruntime must be loaded before usearch. usearch loads NumKong's library with
+# RTLD_GLOBAL, which exports its own static copy of libstdc++'s locale facets;
+# onnxruntime loaded after it binds to those and crashes in its native initialisation
+# (SIGSEGV in std::codecvt, every time). Loaded first, both work. Kept above usearch
+# by the import sorter (alphabetical); tests/knowledge/test_native_order.py guards it.
+import onnxruntime  # noqa: F401
 import tantivy
 from usearch.index import Index
 
