@@ -248,16 +248,16 @@ class RedisBackend:
 
     def _send(self, *command: Any) -> asyncio.Future[Any]:
         """Queue one command for the pipeline that leaves at the end of this loop turn."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self._queued:
-            loop.call_soon(self._flush)
+            # A new task first runs in the next turn: by then this turn's commands are in.
+            self._spawn(self._flush())
         self._queued.append((command, future))
         return future
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         batch, self._queued = self._queued, []
-        self._spawn(self._pipeline(batch))
+        await self._pipeline(batch)
 
     async def _pipeline(self, batch: list[_Queued], retried: bool = False) -> None:
         """Send a batch in one pipeline; each caller gets its own reply or error.
