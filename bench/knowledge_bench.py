@@ -420,13 +420,23 @@ def random_embed(dim: int = 384) -> Callable[[list[str]], Awaitable[list[list[fl
 async def scale(args: argparse.Namespace) -> dict[str, Any]:
     _, queries = load_pubmedqa()
     questions = [q["question"] for q in queries][: args.queries]
-    model = MiniLM()
-    query_vectors = {q: v for q, v in zip(questions, model.encode(questions), strict=True)}
+    # Queries are embedded as the gateway embeds them: through its embedding provider
+    # (one question at a time on ONNX Runtime, with PyTorch as the fallback).
+    from iatros.providers.embeddings import EmbeddingOptions, SentenceTransformerProvider
+
+    provider = SentenceTransformerProvider("minilm", EmbeddingOptions())
+    await provider.start()
+    await provider.wait_ready(timeout_s=300)
+    vectors = (await provider.embed(None, questions)).vectors  # type: ignore[arg-type]
+    query_vectors = {
+        q: np.asarray(v, dtype=np.float32) for q, v in zip(questions, vectors, strict=True)
+    }
     single = []
     for q in questions[:200]:
         t = time.perf_counter()
-        model.encode([q])
+        await provider.embed(None, [q])  # type: ignore[arg-type]
         single.append((time.perf_counter() - t) * 1000)
+    await provider.close()
     query_embedding = {"p50_ms": pct(single, 50), "p95_ms": pct(single, 95)}
     print("query embedding", query_embedding)
     fake = random_embed()
