@@ -276,9 +276,10 @@ class RedisBackend:
                 if not future.done():
                     future.set_exception(exc)
             return
-        except BaseException:
+        except BaseException:  # closing: the callers go uncached, they are not cancelled
             for _, future in batch:
-                future.cancel()
+                if not future.done():
+                    future.set_exception(BackendUnavailable("redis cache closing"))
             raise
         again: list[_Queued] = []
         for (command, future), reply in zip(batch, replies, strict=True):
