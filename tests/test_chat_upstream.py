@@ -329,6 +329,7 @@ def test_metrics_after_requests(gateway_server: RunningServer) -> None:
     assert 'iatros_tokens_total{direction="output",model="fake-gpt"}' in text
     assert 'iatros_requests_in_flight{endpoint="chat"} 0.0' in text
     assert 'iatros_provider_ready{provider="fake"} 1.0' in text
+    assert "\niatros_event_loop_lag_seconds " in text
 
 
 def test_health_and_readiness(gateway_server: RunningServer) -> None:

@@ -58,6 +58,7 @@ def test_two_workers_share_metrics_and_usage(tmp_path: Path, upstream: FakeUpstr
         for _ in range(6):
             scraped = httpx.get(url + "/metrics").text
             assert _requests_counted(scraped) == 40, scraped[:2000]
+            assert "\niatros_event_loop_lag_seconds " in scraped  # the worst live worker
         journals = {p.name.split("-")[1] for p in (tmp_path / "data" / "journal").glob("usage-*")}
         assert len(journals) == 2, journals  # both workers answered requests
         deadline = time.time() + 10

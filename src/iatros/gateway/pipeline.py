@@ -28,6 +28,7 @@ from iatros.errors import (
 from iatros.gateway.caching import CacheStep
 from iatros.gateway.context import RequestContext
 from iatros.observability.logging import log_request
+from iatros.observability.looplag import LoopLag, loop_lag
 from iatros.observability.metrics import Metrics
 from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
@@ -81,6 +82,7 @@ class Gateway:
         """Called with every finished request (usage records, audit)."""
         self._started = False
         self._health_task: asyncio.Task[None] | None = None
+        self._lag: LoopLag | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
@@ -94,6 +96,8 @@ class Gateway:
         if self._started:
             return
         self._started = True
+        self._lag = loop_lag()
+        self._lag.listeners.append(self.metrics.loop_lag.set)
         for provider in self.providers.values():
             await provider.start()
         await self.cache.start()
@@ -102,6 +106,9 @@ class Gateway:
             self._health_task = asyncio.create_task(self._health_checks(interval))
 
     async def close(self) -> None:
+        if self._lag is not None:
+            with contextlib.suppress(ValueError):
+                self._lag.listeners.remove(self.metrics.loop_lag.set)
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

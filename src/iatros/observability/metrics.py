@@ -151,6 +151,13 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.loop_lag = Gauge(
+            "iatros_event_loop_lag_seconds",
+            "How late the event loop runs its timers (recent worst, decaying over ~0.2 s); "
+            "the worst worker. Tens of ms means the worker is saturated: add workers or cores",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.failures = Counter(
             "iatros_deployment_failures",
             "Failed calls to a deployment (feeding its circuit breaker)",

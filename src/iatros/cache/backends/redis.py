@@ -30,9 +30,9 @@ Failures: every request-path operation has a budget of ``redis_timeout_ms``; a
 failure opens a circuit for ``redis_retry_after_s`` during which operations fail at
 once (:class:`BackendUnavailable`) instead of each request waiting for a timeout.
 The budget is stretched by how late this process's event loop currently runs
-(:class:`_LoopLag`): on a saturated gateway a reply can sit unread for tens of
-milliseconds, and blaming Redis for that would turn load into cache misses, which is
-more load.
+(:func:`iatros.observability.looplag.loop_lag`): on a saturated gateway a reply can
+sit unread for tens of milliseconds, and blaming Redis for that would turn load into
+cache misses, which is more load.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from iatros.cache.backends.base import (
 )
 from iatros.cache.codec import DecodeError, decode_row, encode_row
 from iatros.cache.index import Candidate, SemanticIndex, Vector
+from iatros.observability.looplag import LoopLag, loop_lag
 
 log = logging.getLogger("iatros.cache.redis")
 
@@ -119,23 +120,6 @@ for i = 2, #ARGV do
 end
 return n
 """
-
-
-class _LoopLag:
-    """How late this event loop runs a timer right now, decaying over about 0.2 s."""
-
-    INTERVAL_S = 0.02
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            await asyncio.sleep(self.INTERVAL_S)
-            late = loop.time() - started - self.INTERVAL_S
-            self.value = max(late, self.value * 0.8)
 
 
 @dataclass(slots=True)
@@ -205,7 +189,7 @@ class RedisBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._open_until = 0.0
         self._failures = 0
-        self._lag = _LoopLag()
+        self._lag = LoopLag()  # not running until start(): the running loop's monitor
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -223,7 +207,7 @@ class RedisBackend:
 
     async def start(self) -> None:
         """Open a first connection outside the request budget (the handshake is slower)."""
-        self._spawn(self._lag.run())
+        self._lag = loop_lag()
         try:
             async with asyncio.timeout(self._bulk_timeout_s):
                 await self._fast.ping()
