@@ -215,6 +215,8 @@ class RedisProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.client_writes = 0
         """Chunks read from clients: about one per round trip a client started."""
+        self.reply_delay_s = 0.0
+        """Hold Redis's replies this long (a slow Redis, or a slow network)."""
 
     async def start(self, port: int = 0) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
@@ -229,6 +231,8 @@ class RedisProxy:
                 while data := await src.read(65536):
                     if src is reader:
                         self.client_writes += 1
+                    elif self.reply_delay_s:
+                        await asyncio.sleep(self.reply_delay_s)
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(Exception):

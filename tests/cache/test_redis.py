@@ -159,6 +159,27 @@ async def test_more_lookups_than_connections_wait_instead_of_failing(prefix: str
         assert metric(cache, ERRORS, backend="redis", op="get") == 0
 
 
+async def test_a_reader_giving_up_does_not_fail_the_others(prefix: str) -> None:
+    """Readers of one entry share a GET, but each keeps its own budget.
+
+    Budget 75 ms (3 x 25), replies 100 ms late: the first reader gives up at 75 ms; the
+    second, 50 ms younger, still has its answer at 100 ms. Before, the first reader's
+    timeout failed every reader sharing its GET: a burst of misses.
+    """
+    proxy = RedisProxy()
+    await proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    async with open_cache("redis", prefix, redis_url=url, redis_timeout_ms=25) as cache:
+        await cache.store(request("shared"), response("shared"))
+        proxy.reply_delay_s = 0.1
+        first = asyncio.create_task(cache.lookup(request("shared")))
+        await asyncio.sleep(0.05)
+        second = await cache.lookup(request("shared"))
+        assert await first is None  # over its budget: uncached, not an error
+        assert second is not None and second.message["content"] == "shared"
+    await proxy.kill()
+
+
 async def test_concurrent_commands_share_round_trips(prefix: str) -> None:
     """Lookups and stores of many requests at once go out as a few pipelines, not one each."""
     proxy = RedisProxy()

@@ -123,6 +123,15 @@ return n
 
 
 @dataclass(slots=True)
+class _SharedGet:
+    """One GET in flight, awaited by every concurrent reader of its entry."""
+
+    future: asyncio.Future[Any]
+    blamed: bool = False
+    """A reader's timeout on it was counted as a failure already."""
+
+
+@dataclass(slots=True)
 class _Mirror:
     """This instance's copy of one scope's rows, and where it is in the change stream."""
 
@@ -175,7 +184,7 @@ class RedisBackend:
             health_check_interval=0,
         )
         self._fast: Redis = Redis(connection_pool=fast_pool)
-        self._pending_gets: dict[str, asyncio.Future[bytes | None]] = {}
+        self._pending_gets: dict[str, _SharedGet] = {}
         self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._bulk: Redis = Redis.from_url(
             url,
@@ -285,7 +294,9 @@ class RedisBackend:
                 return
             await self._pipeline(again, retried=True)
 
-    async def _fast_op(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _fast_op(
+        self, op: str, call: Callable[[], Awaitable[T]], shared: _SharedGet | None = None
+    ) -> T:
         """Run one request-path call within the budget, or fail fast while the circuit is open."""
         if self._clock() < self._open_until:
             raise BackendUnavailable("redis circuit open")
@@ -295,7 +306,9 @@ class RedisBackend:
         except (TimeoutError, RedisTimeoutError) as exc:
             # A busy loop reads replies late: this request goes uncached, but the
             # gateway's own load is no reason to stop using Redis for everyone.
-            if self._lag.value < self._timeout_s:
+            if self._lag.value < self._timeout_s and (shared is None or not shared.blamed):
+                if shared is not None:
+                    shared.blamed = True
                 self._failed(op, exc)
             raise
         except Exception as exc:
@@ -324,27 +337,32 @@ class RedisBackend:
         """Read an entry; concurrent reads of one entry share a single round trip.
 
         Hot questions arrive many at a time: one GET serves them all, so a burst costs
-        Redis one command instead of hundreds and the pool stays small.
+        Redis one command instead of hundreds and the pool stays small. Each reader
+        waits within its own budget: the first one giving up (its loop ran late) must
+        not fail the others, or one timeout would become a burst of misses, each of them
+        a paid model call. A shared GET that times out counts as one failure, however
+        many readers gave up on it.
         """
-        pending = self._pending_gets.get(entry_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._pending_gets[entry_id] = future
-        try:
-            value = await self._fast_op("get", lambda: self._send("GET", self._entry_key(entry_id)))
-            result = None if value is None else _bytes(value)
-        except BaseException as exc:
-            # Waiters were not cancelled themselves: they see an outage and go uncached.
-            shared = exc if isinstance(exc, Exception) else BackendUnavailable("lookup cancelled")
-            future.set_exception(shared)
-            future.exception()  # marked retrieved: no "never retrieved" warning without waiters
-            raise
-        else:
-            future.set_result(result)
-        finally:
+        shared = self._pending_gets.get(entry_id)
+        # A GET some reader already timed out on is not joined: a new reader sends its
+        # own, so that a hanging Redis keeps counting failures and opens the circuit.
+        if (shared is None or shared.blamed) and self._clock() >= self._open_until:
+            shared = _SharedGet(self._send("GET", self._entry_key(entry_id)))
+            self._pending_gets[entry_id] = shared
+            shared.future.add_done_callback(partial(self._got, entry_id, shared))
+
+        def wait() -> Awaitable[Any]:
+            assert shared is not None  # _fast_op calls this only with the circuit closed
+            return asyncio.shield(shared.future)
+
+        value = await self._fast_op("get", wait, shared)
+        return None if value is None else _bytes(value)
+
+    def _got(self, entry_id: str, shared: _SharedGet, future: asyncio.Future[Any]) -> None:
+        if self._pending_gets.get(entry_id) is shared:
             del self._pending_gets[entry_id]
-        return result
+        if not future.cancelled():
+            future.exception()  # marked retrieved: every reader may have given up
 
     async def put(
         self,
