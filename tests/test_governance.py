@@ -320,13 +320,16 @@ def test_usage_records_and_patient_references(
     gov_server: RunningServer, db_url: str, tmp_path: Path
 ) -> None:
     key = create_key(gov_server, tenant="clinic", role="clinician")["key"]
+    # A prompt no random id or key prefix can contain by chance ("Hi" once matched one).
+    prompt = "My left knee has been swelling since Tuesday"
+    asked = {**HI, "messages": [{"role": "user", "content": prompt}]}
     for _ in range(3):
         resp = call(
             gov_server,
             key,
             "POST",
             "/v1/chat/completions",
-            {**HI, "iatros": {"patient_id": "PAT-SECRET-0042"}},
+            {**asked, "iatros": {"patient_id": "PAT-SECRET-0042"}},
         )
         assert resp.status_code == 200
     by_model = call(
@@ -345,7 +348,7 @@ def test_usage_records_and_patient_references(
             for table in ("audit", "usage")
             for r in conn.execute(text(f"SELECT * FROM {table}"))
         )
-    assert "PAT-SECRET-0042" not in dump and "Hi" not in dump
+    assert "PAT-SECRET-0042" not in dump and prompt not in dump
     bad = call(gov_server, ADMIN_KEY, "GET", "/admin/usage?group_by=weekday")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
 
