@@ -226,12 +226,16 @@ class SentenceTransformerProvider(Provider):
 
     def _encode(self, inputs: list[str]) -> tuple[list[list[float]], int]:
         model = self._model
-        ids = model.tokenizer(inputs, truncation=True, max_length=model.max_seq_length)
-        lengths = [len(one) for one in ids["input_ids"]]  # counted once: usage and routing
         onnx = self._onnx
-        padded = len(inputs) * max(lengths, default=0)
-        if onnx is not None and padded <= self.options.onnx_max_tokens:
-            return onnx.encode(onnx.tokenize(inputs)).tolist(), sum(lengths)
+        if onnx is not None:
+            # Tokenized once, padded: the token count, the runtime choice and the feed.
+            tokens = onnx.tokenize(inputs)
+            count = int(tokens["attention_mask"].sum())
+            if tokens["input_ids"].size <= self.options.onnx_max_tokens:
+                return onnx.encode(tokens).tolist(), count
+        else:
+            ids = model.tokenizer(inputs, truncation=True, max_length=model.max_seq_length)
+            count = sum(len(one) for one in ids["input_ids"])
         vectors = model.encode(
             inputs,
             batch_size=self.options.batch_size,
@@ -239,7 +243,7 @@ class SentenceTransformerProvider(Provider):
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return vectors.tolist(), sum(lengths)
+        return vectors.tolist(), count
 
     async def embed(self, deployment: DeploymentConfig, inputs: list[str]) -> EmbedResult:
         await self.wait_ready(timeout_s=120)

@@ -122,6 +122,13 @@ return n
 """
 
 
+def _fail(batch: list[_Queued], exc: Exception) -> None:
+    """Give the error to every caller of the batch still waiting."""
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
 @dataclass(slots=True)
 class _SharedGet:
     """One GET in flight, awaited by every concurrent reader of its entry."""
@@ -185,7 +192,7 @@ class RedisBackend:
         )
         self._fast: Redis = Redis(connection_pool=fast_pool)
         self._pending_gets: dict[str, _SharedGet] = {}
-        self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._queued: list[_Queued] = []
         self._bulk: Redis = Redis.from_url(
             url,
             socket_timeout=bulk_timeout_s,
@@ -265,14 +272,10 @@ class RedisBackend:
         try:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
         except BaseException:  # closing: the callers go uncached, they are not cancelled
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(BackendUnavailable("redis cache closing"))
+            _fail(batch, BackendUnavailable("redis cache closing"))
             raise
         again: list[_Queued] = []
         for (command, future), reply in zip(batch, replies, strict=True):
@@ -288,9 +291,7 @@ class RedisBackend:
             try:
                 await self._fast.script_load(_PUT)
             except Exception as exc:
-                for _, future in again:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(again, exc)
                 return
             await self._pipeline(again, retried=True)
 
