@@ -280,6 +280,80 @@ def test_store_refuses_cross_tenant_writes(db_url: str, tmp_path: Path) -> None:
         )
 
 
+def test_usage_batches_span_statements_and_skip_stored_records(db_url: str, tmp_path: Path) -> None:
+    """A flush larger than one INSERT, with repeats inside it and of stored records."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import event, func, select
+
+    from iatros.governance.usage import ROWS_PER_STATEMENT, store_usage
+    from iatros.store.models import UsageRecord
+
+    db = Database(database_url(db_url, tmp_path))
+    if db.engine.dialect.name == "sqlite":
+        # As an SQLite before 3.32 allows: 999 parameters, 71 rows per statement.
+        @event.listens_for(db.engine, "connect")
+        def _old_limit(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    db.upgrade()
+    base = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+
+    def record(i: int) -> dict[str, Any]:
+        return {
+            "request_id": f"req-{i}",
+            "ts": (base + timedelta(seconds=i)).isoformat(timespec="microseconds"),
+            "tenant_id": "acme" if i % 2 else "globex",
+            "key_id": f"key-{i % 3}",
+            "endpoint": "chat.completions",
+            "model": "assistant",
+            "deployment": "fake",
+            "route": "assistant",
+            "cache": "miss",
+            "status": 200,
+            "prompt_tokens": i,
+            "completion_tokens": 2 * i,
+            "cost_eur": i / 1000,
+            "latency_ms": 1.5,
+        }
+
+    total = 2 * ROWS_PER_STATEMENT + 7
+    # Timestamps in other forms than the gateway's own (an offset, no microseconds).
+    odd = [
+        {**record(total), "ts": "2026-03-04T07:06:07+02:00"},
+        {**record(total + 1), "ts": "2026-03-04T05:06:07.5+00:00"},
+    ]
+    store_usage(db, odd)
+    store_usage(db, [record(i) for i in range(10)])
+    # Stored records again (a journal replayed after a crash), and repeats inside the
+    # batch: of a stored record and of a new one, within one statement.
+    store_usage(db, [record(i) for i in range(total)] + [record(3), record(total - 2)])
+    with db.engine.connect() as conn:
+        count, tokens, spent = conn.execute(
+            select(
+                func.count(),
+                func.sum(UsageRecord.completion_tokens),
+                func.sum(UsageRecord.cost_eur),
+            )
+        ).one()
+        stamps = {
+            row.request_id: row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=UTC)
+            for row in conn.execute(select(UsageRecord.request_id, UsageRecord.ts))
+        }
+        last = conn.execute(
+            select(UsageRecord).where(UsageRecord.request_id == f"req-{total - 1}")
+        ).one()
+    assert count == total + 2
+    assert tokens == sum(2 * i for i in range(total + 2))
+    assert spent == pytest.approx(sum(i / 1000 for i in range(total + 2)))
+    assert stamps[f"req-{total - 1}"] == base + timedelta(seconds=total - 1)
+    assert stamps[f"req-{total}"] == datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert stamps[f"req-{total + 1}"] == datetime(2026, 3, 4, 5, 6, 7, 500000, tzinfo=UTC)
+    assert (last.tenant_id, last.key_id) == ("globex", f"key-{(total - 1) % 3}")
+    db.close()
+
+
 # -- budgets and rate limits --------------------------------------------------------------
 
 
