@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from iatros import __version__
+from iatros import __version__, heap
 from iatros.api import schemas
 from iatros.api.admin import add_admin_routes
 from iatros.api.knowledge import add_knowledge_routes, knowledge_error
@@ -308,14 +308,20 @@ def create_app(
         await gw.start()
         if kb is not None:
             await kb.start()
+        heap.freeze("started")
+        models = asyncio.create_task(_freeze_when_loaded(gw), name="iatros-heap-freeze")
         log.info("iatros started", extra={"version": __version__, "pid": os.getpid()})
         try:
             yield
         finally:
+            models.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await models
             if kb is not None:
                 await kb.close()
             await gw.close()
             await gov.close()
+            heap.thaw()
             log.info("iatros stopped", extra={"pid": os.getpid()})
             flush_logging()
 
@@ -778,6 +784,18 @@ class Grounding:
 
     def payload(self) -> dict[str, Any]:
         return {"sources": self.sources, "confidence": self.confidence, "escalate": self.escalate}
+
+
+async def _freeze_when_loaded(gw: Gateway) -> None:
+    """Freeze again once the models have loaded in the background (their objects too).
+
+    An optimisation only: whatever goes wrong here is logged, never raised into shutdown.
+    """
+    try:
+        if await gw.loaded():
+            heap.freeze("models loaded")
+    except Exception as exc:
+        log.warning("could not freeze the heap after loading", extra={"error": repr(exc)})
 
 
 def knowledge_base(settings: Settings, gw: Gateway) -> KnowledgeBase | None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
+from iatros import heap
 from iatros.config import Settings
 from iatros.errors import (
     GatewayError,
@@ -98,6 +99,8 @@ class Gateway:
         self._started = True
         self._lag = loop_lag()
         self._lag.listeners.append(self.metrics.loop_lag.set)
+        heap.watch()
+        self._lag.listeners.append(self._record_gc_pauses)
         for provider in self.providers.values():
             await provider.start()
         await self.cache.start()
@@ -107,8 +110,9 @@ class Gateway:
 
     async def close(self) -> None:
         if self._lag is not None:
-            with contextlib.suppress(ValueError):
-                self._lag.listeners.remove(self.metrics.loop_lag.set)
+            for listener in (self.metrics.loop_lag.set, self._record_gc_pauses):
+                with contextlib.suppress(ValueError):
+                    self._lag.listeners.remove(listener)
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -118,6 +122,22 @@ class Gateway:
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()
+
+    def _record_gc_pauses(self, _lag: float) -> None:
+        """Move the collections timed since the last tick (every 20 ms) into the metrics."""
+        pauses = heap.pauses
+        while pauses:
+            generation, seconds = pauses.popleft()
+            self.metrics.gc_pauses.labels(str(generation)).observe(seconds)
+
+    async def loaded(self) -> bool:
+        """Wait until every provider's background loading (models) has ended.
+
+        True if some provider had something to load.
+        """
+        return any(
+            await asyncio.gather(*(provider.loaded() for provider in self.providers.values()))
+        )
 
     def readiness(self) -> dict[str, bool]:
         return {name: provider.ready() for name, provider in self.providers.items()}

@@ -74,6 +74,8 @@ OVERHEAD_BUCKETS = (
     0.5,
 )
 
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
 
 class _ProviderCollector(Collector):
     def __init__(self, readiness: Callable[[], dict[str, bool]]) -> None:
@@ -157,6 +159,15 @@ class Metrics:
             "the worst worker. Tens of ms means the worker is saturated: add workers or cores",
             registry=self.registry,
             multiprocess_mode="livemax",
+        )
+        self.gc_pauses = Histogram(
+            "iatros_gc_pause_seconds",
+            "Garbage collections of the worker processes, by generation: the event loop "
+            "serves nothing meanwhile. Full (generation 2) passes stay short because the "
+            "start-up heap is frozen",
+            ("generation",),
+            buckets=GC_BUCKETS,
+            registry=self.registry,
         )
         self.failures = Counter(
             "iatros_deployment_failures",

@@ -7,6 +7,7 @@ or loaded model, and serves any deployment that names it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,8 @@ class Provider:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._loading: asyncio.Task[None] | None = None
+        """What ``start`` loads in the background (a model), for providers that do."""
 
     async def start(self) -> None:
         """Load models / open pools. Called once, inside the running event loop."""
@@ -93,6 +96,16 @@ class Provider:
         """Release resources. Called once at shutdown."""
 
     def ready(self) -> bool:
+        return True
+
+    async def loaded(self) -> bool:
+        """Wait until what ``start`` loads in the background has loaded or failed.
+
+        True if there was such a load (a model), False if there was nothing to wait for.
+        """
+        if self._loading is None:
+            return False
+        await asyncio.wait({self._loading})
         return True
 
     async def health_check(self) -> bool:

@@ -131,8 +131,6 @@ class SentenceTransformerProvider(Provider):
             # onnxruntime's native initialisation crashes (see knowledge/backends/embedded.py).
             import onnxruntime  # noqa: F401
 
-        self._loading: asyncio.Task[None] | None = None
-
     async def start(self) -> None:
         self._loading = asyncio.create_task(self._load(), name=f"{self.name}-load")
 

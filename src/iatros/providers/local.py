@@ -131,7 +131,6 @@ class LocalProvider(Provider):
         self._queue: FairQueue | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
         self._dispatcher: asyncio.Task[None] | None = None
-        self._loading: asyncio.Task[None] | None = None
         self._avg_job_s = 2.0
         self._busy = False
 

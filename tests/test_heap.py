@@ -1,0 +1,120 @@
+"""The start-up heap is frozen (short full collections) and handed back at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iatros import heap
+from iatros.api.app import _freeze_when_loaded, create_app
+from iatros.config import load_settings
+from iatros.gateway import Gateway
+from iatros.providers.base import Provider
+from iatros.testing.fake_upstream import FakeUpstream
+from tests.conftest import ADMIN_KEY, RunningServer, upstream_config
+
+
+def test_a_running_gateway_has_its_heap_frozen_and_reports_collections(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    settings = load_settings(
+        overrides={"data_dir": str(tmp_path), **upstream_config(fake_upstream)}
+    )
+    server = RunningServer(settings, create_app(settings))
+    try:
+        # Everything alive once started is out of the collector's reach: a full pass walks
+        # only what requests made since.
+        assert gc.get_freeze_count() > 10_000
+        for i in range(20):
+            resp = httpx.post(
+                server.url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                json={"model": "assistant", "messages": [{"role": "user", "content": f"q{i}"}]},
+            )
+            assert resp.status_code == 200, resp.text
+        gc.collect()  # a full pass, timed like any other
+        deadline = time.monotonic() + 5
+        text = ""
+        while time.monotonic() < deadline:  # moved into the metrics every 20 ms
+            text = httpx.get(server.url + "/metrics").text
+            if 'iatros_gc_pause_seconds_count{generation="2"}' in text:
+                break
+            time.sleep(0.05)
+        counts = dict(
+            re.findall(r'^iatros_gc_pause_seconds_count\{generation="(\d)"\} (\S+)$', text, re.M)
+        )
+        assert float(counts.get("2", 0)) >= 1, text[-3000:]
+    finally:
+        server.stop()
+    assert gc.get_freeze_count() == 0  # stopped: its objects are the collector's again
+
+
+class _SlowLoad(Provider):
+    """A provider whose model loads in the background until released."""
+
+    def __init__(self) -> None:
+        super().__init__("slow")
+        self.release = asyncio.Event()
+
+    async def start(self) -> None:
+        self._loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        await self.release.wait()
+
+
+async def test_the_heap_is_frozen_again_once_models_have_loaded(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        overrides={"data_dir": str(tmp_path), **upstream_config(fake_upstream)}
+    )
+    remote_only = Gateway.from_settings(settings)
+    assert await remote_only.loaded() is False  # nothing loads in the background
+
+    slow = _SlowLoad()
+    gw = Gateway(settings, {**remote_only.providers, "slow": slow})
+    await slow.start()
+    try:
+        heap.freeze("started")
+        at_start = gc.get_freeze_count()
+        freezing = asyncio.create_task(_freeze_when_loaded(gw))
+        model = [[i] for i in range(1000)]  # what loading the model made (lists are tracked)
+        await asyncio.sleep(0.05)
+        before = gc.get_freeze_count()  # frozen objects still go when nothing refers to them
+        assert not freezing.done() and before <= at_start
+        slow.release.set()
+        await asyncio.wait_for(freezing, 5)
+        assert gc.get_freeze_count() >= before + len(model)
+    finally:
+        slow.release.set()
+        heap.thaw()
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_app_freezes_again_when_a_real_provider_has_finished_loading(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the app's lifespan, with the local model's own background load (which fails
+    at once here: its file is missing). A failed load still ends the wait."""
+    reasons: list[str] = []
+    monkeypatch.setattr(heap, "freeze", lambda reason: reasons.append(reason) or 0)
+    config = upstream_config(fake_upstream)
+    config["providers"]["local"] = {"type": "local", "model_path": str(tmp_path / "none.gguf")}
+    settings = load_settings(overrides={"data_dir": str(tmp_path), **config})
+    server = RunningServer(settings, create_app(settings))
+    try:
+        deadline = time.monotonic() + 10
+        while len(reasons) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reasons == ["started", "models loaded"]
+        local = server.gateway.providers["local"]
+        assert not local.ready()  # it failed, and the freeze did not wait forever
+    finally:
+        server.stop()
