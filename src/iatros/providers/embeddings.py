@@ -77,6 +77,11 @@ class _OnnxEncoder:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.enable_cpu_mem_arena = False  # batches are small; no arena to keep
+            # Idle worker threads sleep instead of spinning: spinning ones took the cores
+            # from the event loop and from NumPy's search right after each embedding
+            # (semantic lookup at 100k entries, side by side: p99 13.7/10.3 -> 8.9/8.0 ms,
+            # same median).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(
                 str(exported), options, providers=["CPUExecutionProvider"]
             )
