@@ -60,12 +60,13 @@ async function signedIn(me) {
   $("#who-tenant").textContent = me.tenant;
   $("#who-role").textContent = t(`role.${me.role}`);
   $("#who-role").dataset.role = me.role;
-  $("#identity").hidden = false;
   const allowed = allowedViews(me);
   for (const link of $$("#nav a")) link.hidden = !allowed.includes(link.dataset.view);
   $("#nav").hidden = allowed.length < 2;
   for (const name of allowed) await views[name].init(me);
   route();
+  // Shown last: the identity bar means "signed in and the first view is ready" (tests wait on it).
+  $("#identity").hidden = false;
 }
 
 function signOut() {
