@@ -1,7 +1,8 @@
 """Cache benchmark: exact hits through the HTTP API, semantic lookups at 100k entries, hit ratio.
 
-1. **Exact hits**: Iatros (in-process cache) in front of the fake upstream; one question is
-   answered once, then 100 and 500 closed-loop clients ask it again and again.
+1. **Exact hits**: Iatros (one worker; in-process cache, then Redis) in front of the fake
+   upstream; one question is answered once, then 100 and 500 clients ask it again and
+   again, as fast as answered (closed loop) and paced to 3,000 req/s in all.
 2. **Semantic lookup at 100k entries, embedding included**: a ResponseCache holds 100,000
    semantic entries (random unit vectors, the index's worst case: no structure to exploit);
    each lookup embeds a real question with the local MiniLM and searches the index.
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iatros.cache import CachedResponse, CacheRequest, CacheSettings, ResponseCache
 from loadgen import LoadSpec, distribution, run_load
 from procs import Processes, raise_fd_limit, start_fake_upstream, start_iatros
+from scenarios.passthrough import CACHE_SECRET, REDIS_URL, redis_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEY = "sk-bench-cache"
@@ -39,17 +41,27 @@ TARGET_RPS = 3000.0
 """The exact-hit throughput target; the paced cells offer this rate."""
 
 
-async def exact_hits(workdir: Path, durations: tuple[float, float]) -> list[dict[str, Any]]:
+async def exact_hits(
+    workdir: Path, durations: tuple[float, float], backend: str
+) -> list[dict[str, Any]]:
+    """One Iatros worker with the given cache backend (Redis: the local server, flushed)."""
     rows = []
     with Processes(workdir) as procs:
         upstream = start_fake_upstream(procs, 50)
-        config = {
+        config: dict[str, Any] = {
             "providers": {"fake": {"type": "openai", "base_url": upstream.url + "/v1"}},
             "deployments": {"fake": {"provider": "fake", "model": "fake"}},
             "models": {"assistant": {"deployments": ["fake"]}},
             "embeddings": {"default_model": None},
         }
-        iatros = start_iatros(procs, "iatros-cache", config, KEY)
+        if backend == "redis":
+            config["cache"] = {
+                "backend": "redis",
+                "redis_url": REDIS_URL,
+                "tag_secret": CACHE_SECRET,
+                "key_prefix": "iatros-bench:",
+            }
+        iatros = start_iatros(procs, f"iatros-cache-{backend}", config, KEY)
         body = orjson.dumps(
             {
                 "model": "assistant",
@@ -77,12 +89,13 @@ async def exact_hits(workdir: Path, durations: tuple[float, float]) -> list[dict
                         "concurrency",
                         "rps",
                         "latency_ms",
+                        "latency_from_schedule_ms",
                         "overhead_ms",
                         "errors",
                         "cache_outcomes",
                     )
                 }
-                rows.append({**row, "offered_rps": rate})
+                rows.append({**row, "offered_rps": rate, "backend": backend})
     return rows
 
 
@@ -194,27 +207,37 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Cache benchmark — {result['date']}",
         "",
-        "## Exact hits through the HTTP API (in-process cache, one Iatros worker)",
+        "## Exact hits through the HTTP API (one Iatros worker)",
         "",
         "Closed loop: each client sends again as soon as it is answered (the capacity; "
         "latency is then about clients / throughput, by Little's law). Paced: the same "
         f"clients together offer {TARGET_RPS:,.0f} req/s (the throughput target), and the "
-        "latency is what a client sees at that rate.",
+        "latency is what a client sees at that rate; the last latency column counts from "
+        "each request's slot in the schedule, so a request sent late is charged for it "
+        "(no coordinated omission). The load generator runs on the same two cores, with "
+        "its garbage collector off during a cell (its pauses would be charged to the "
+        "server).",
         "",
-        "| clients | load | req/s | latency p50 / p95 / p99 (ms) | overhead header p99 (ms) "
-        "| errors | outcomes |",
-        "|---:|---|---:|---|---:|---:|---|",
+        "| cache | clients | load | req/s | latency p50 / p95 / p99 (ms) "
+        "| overhead header p99 (ms) | errors | outcomes | from the schedule p50 / p99 (ms) |",
+        "|---|---:|---|---:|---|---:|---:|---|---|",
     ]
     for row in result["exact"]:
         lat = row["latency_ms"]
         over = row["overhead_ms"] or {}
         offered = row.get("offered_rps")
         load = "closed loop" if offered is None else f"paced, {offered:,.0f} req/s"
+        sched = row.get("latency_from_schedule_ms")
+        from_slot = f"{sched['p50']} / {sched['p99']}" if sched else "-"
+        backend = "Redis" if row.get("backend") == "redis" else "in-process"
         lines.append(
-            f"| {row['concurrency']} | {load} | {row['rps']} | {lat['p50']} / {lat['p95']} / "
+            f"| {backend} | {row['concurrency']} | {load} | {row['rps']} | "
+            f"{lat['p50']} / {lat['p95']} / "
             f"{lat['p99']} | {over.get('p99', '-')} | {row['errors']} | "
-            f"{row['cache_outcomes']} |"
+            f"{row['cache_outcomes']} | {from_slot} |"
         )
+    if result.get("redis_problem"):
+        lines += ["", f"Redis rows skipped: {result['redis_problem']}."]
     sem = result["semantic"]
     lat = sem["lookup_ms_including_embedding"]
     emb = sem["embedding_alone_ms"]
@@ -255,7 +278,13 @@ def main() -> int:
     entries, lookups = (2_000, 20) if args.smoke else (100_000, 2_000)
     durations = (1.0, 0.5) if args.smoke else (8.0, 2.0)
     with tempfile.TemporaryDirectory(prefix="iatros-cache-bench-") as work:
-        exact = asyncio.run(exact_hits(Path(work), durations))
+        exact = asyncio.run(exact_hits(Path(work), durations, "memory"))
+    redis_problem = redis_ready()
+    if redis_problem is None:
+        with tempfile.TemporaryDirectory(prefix="iatros-cache-bench-") as work:
+            exact += asyncio.run(exact_hits(Path(work), durations, "redis"))
+    else:
+        print(f"Redis rows skipped: {redis_problem}")
     semantic = asyncio.run(semantic_lookups(entries, lookups))
     zipf = asyncio.run(
         zipf_hit_ratio(1_000 if args.smoke else 5_000, 1_000 if not args.smoke else 200)
@@ -265,6 +294,7 @@ def main() -> int:
         "date": date,
         "command": " ".join(["python", "bench/cache_bench.py", *sys.argv[1:]]),
         "exact": exact,
+        "redis_problem": redis_problem,
         "semantic": semantic,
         "zipf": zipf,
     }
