@@ -10,12 +10,14 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch comes first, pinned: pip then takes the local CPU build instead of a CUDA one.
-# llama-cpp-python compiles llama.cpp (about 4 minutes the first time; pip caches the wheel).
-$(STAMP): pyproject.toml
+# llama-cpp-python compiles llama.cpp (about 4 minutes the first time on a machine; the
+# script keeps the wheel per CPU and says why it does not leave that to pip).
+$(STAMP): pyproject.toml scripts/install-llama.sh
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	$(BIN)/pip install --quiet torch==2.13.0
+	bash scripts/install-llama.sh $(BIN)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	bash scripts/install-browser.sh
 	touch $(STAMP)
