@@ -168,6 +168,7 @@ def gateway_server(
     data = tmp_path_factory.mktemp("data")
     settings = load_settings(overrides={"data_dir": str(data), **upstream_config(fake_upstream)})
     running = RunningServer(settings, create_app(settings))
+    running.wait_ready()
     yield running
     running.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -84,18 +85,65 @@ async def test_the_heap_is_frozen_again_once_models_have_loaded(
     try:
         heap.freeze("started")
         at_start = gc.get_freeze_count()
-        freezing = asyncio.create_task(_freeze_when_loaded(gw))
+        settled = asyncio.Event()
+        freezing = asyncio.create_task(_freeze_when_loaded(gw, settled))
         model = [[i] for i in range(1000)]  # what loading the model made (lists are tracked)
         await asyncio.sleep(0.05)
         before = gc.get_freeze_count()  # frozen objects still go when nothing refers to them
-        assert not freezing.done() and before <= at_start
+        assert not freezing.done() and before <= at_start and not settled.is_set()
         slow.release.set()
         await asyncio.wait_for(freezing, 5)
+        assert settled.is_set()
         assert gc.get_freeze_count() >= before + len(model)
     finally:
         slow.release.set()
         heap.thaw()
     assert gc.get_freeze_count() == 0
+
+
+class _HeldLoad(Provider):
+    """A provider ready at once whose background load ends when another thread says so."""
+
+    def __init__(self) -> None:
+        super().__init__("held")
+        self.release = threading.Event()
+
+    async def start(self) -> None:
+        self._loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        await asyncio.to_thread(self.release.wait)
+
+
+def test_readiness_waits_for_the_freeze_after_loading(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """That freeze stops the loop once (a collection of the models' objects): traffic routed
+    on readiness must not meet it."""
+    reasons: list[str] = []
+    monkeypatch.setattr(heap, "freeze", lambda reason: reasons.append(reason) or 0)
+    settings = load_settings(
+        overrides={"data_dir": str(tmp_path), **upstream_config(fake_upstream)}
+    )
+    held = _HeldLoad()
+    remote = Gateway.from_settings(settings)
+    gw = Gateway(settings, {**remote.providers, "held": held})
+    server = RunningServer(settings, create_app(settings, gateway=gw))
+    try:
+        deadline = time.monotonic() + 10
+        while not reasons and time.monotonic() < deadline:
+            time.sleep(0.02)
+        body = httpx.get(server.url + "/readyz").json()
+        assert body["status"] == "starting" and body["checks"]["heap"] is False, body
+        assert body["checks"]["provider:held"] is True  # only the freeze is awaited
+        assert reasons == ["started"]
+        held.release.set()
+        server.wait_ready()
+        assert reasons == ["started", "models loaded"]
+        assert httpx.get(server.url + "/readyz").json()["checks"]["heap"] is True
+    finally:
+        held.release.set()
+        server.stop()
 
 
 def test_the_app_freezes_again_when_a_real_provider_has_finished_loading(
