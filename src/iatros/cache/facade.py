@@ -183,7 +183,10 @@ class ResponseCache:
 
     def classify(self, req: CacheRequest) -> RequestType:
         """The request type that picks the TTL: ``patient``, ``practice`` or ``general``."""
-        return classify_request(req)
+        kind = req.request_type
+        if kind is None:
+            kind = req.request_type = classify_request(req)
+        return kind
 
     def ttl_for(self, req: CacheRequest) -> int:
         """Seconds an answer to ``req`` would be kept; 0 means it is never cached (bypass)."""

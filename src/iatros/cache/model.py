@@ -29,6 +29,8 @@ class CacheRequest:
     collection_version: str | None = None
     ttl_override_s: int | None = None
     """Replaces the type's TTL; for patient requests it can only shorten it."""
+    request_type: RequestType | None = field(default=None, init=False, repr=False, compare=False)
+    """Memo of the cache's classification (a hit asks for it twice, a miss three times)."""
 
 
 @dataclass(slots=True)
