@@ -27,11 +27,13 @@ def test_a_running_gateway_has_its_heap_frozen_and_reports_collections(
     settings = load_settings(
         overrides={"data_dir": str(tmp_path), **upstream_config(fake_upstream)}
     )
+    defaults = gc.get_threshold()
     server = RunningServer(settings, create_app(settings))
     try:
         # Everything alive once started is out of the collector's reach: a full pass walks
-        # only what requests made since.
+        # only what requests made since; young passes are rarer.
         assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, *defaults[1:])
         for i in range(20):
             resp = httpx.post(
                 server.url + "/v1/chat/completions",
@@ -54,6 +56,7 @@ def test_a_running_gateway_has_its_heap_frozen_and_reports_collections(
     finally:
         server.stop()
     assert gc.get_freeze_count() == 0  # stopped: its objects are the collector's again
+    assert gc.get_threshold() == defaults
 
 
 class _SlowLoad(Provider):

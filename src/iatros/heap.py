@@ -11,6 +11,9 @@ full passes then walk only what was made since (about 2 ms measured). What is fr
 lives as long as the process anyway; a collection first drops start-up garbage. At
 shutdown :func:`thaw` hands the objects back to the collector (a process that starts
 and stops several apps, such as a test run, then frees their cycles).
+
+The young generation is collected less often (:func:`tune`): hundreds of in-flight
+requests kept its default threshold crossed all the time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ from collections import deque
 from typing import Any
 
 log = logging.getLogger("iatros.heap")
+
+YOUNG_THRESHOLD = 10_000
+"""Net allocations of tracked objects between young-generation collections (CPython: 700).
+
+With hundreds of requests in flight, their live objects alone pass 700: the collector
+then ran ~400 times a second, and what survived (in-flight requests' objects) moved up
+and triggered 10 ms full passes. Paced at 3,000 Redis hits/s from 500 clients, side by
+side in 3 runs: p99 203/368/192 ms -> 37/17/15 ms; GC time per 10 s cell 1.1 s -> 0.6 s
+at capacity. A young pass now walks at most ~10,000 objects (about 3 ms)."""
+_thresholds: list[tuple[int, int, int]] = []
 
 pauses: deque[tuple[int, float]] = deque(maxlen=4096)
 """(generation, seconds) of recent collections, drained into ``/metrics`` by the gateway.
@@ -44,6 +57,14 @@ def watch() -> None:
         gc.callbacks.append(_on_collection)
 
 
+def tune() -> None:
+    """Collect the young generation less often (:data:`YOUNG_THRESHOLD`) until :func:`thaw`."""
+    current = gc.get_threshold()
+    if not _thresholds:
+        _thresholds.append(current)
+    gc.set_threshold(YOUNG_THRESHOLD, current[1], current[2])
+
+
 def freeze(reason: str) -> int:
     """Collect, then freeze everything alive; returns how many objects are frozen."""
     started = time.perf_counter()
@@ -62,5 +83,7 @@ def freeze(reason: str) -> int:
 
 
 def thaw() -> None:
-    """Give the frozen objects back to the collector (the app is stopping)."""
+    """Give the frozen objects back to the collector and restore its thresholds (stopping)."""
     gc.unfreeze()
+    if _thresholds:
+        gc.set_threshold(*_thresholds.pop())

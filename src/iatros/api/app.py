@@ -309,6 +309,7 @@ def create_app(
         await gw.start()
         if kb is not None:
             await kb.start()
+        heap.tune()
         heap.freeze("started")
         settled.clear()
         models = asyncio.create_task(_freeze_when_loaded(gw, settled), name="iatros-heap-freeze")
