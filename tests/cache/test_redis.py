@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.client import Pipeline
 
 from iatros.cache import CacheUnavailable
 from tests.cache.conftest import (
@@ -178,6 +180,33 @@ async def test_a_reader_giving_up_does_not_fail_the_others(prefix: str) -> None:
         assert await first is None  # over its budget: uncached, not an error
         assert second is not None and second.message["content"] == "shared"
     await proxy.kill()
+
+
+async def test_a_reply_read_as_the_budget_ran_out_is_served(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy loop the reply and the timeout can come due in the same turn.
+
+    The reply is read, then the loop is held (other requests' work) past the 15 ms budget:
+    the timeout fires before the lookup runs again. Redis was on time, so the lookup is a
+    hit, not a miss (a paid model call) and not a failure counted against Redis.
+    """
+    real_execute = Pipeline.execute
+
+    async def execute_then_stall(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        replies = await real_execute(self, *args, **kwargs)
+        if stall:
+            time.sleep(0.05)  # noqa: ASYNC251 - blocking on purpose: a busy loop
+        return replies
+
+    stall = False
+    monkeypatch.setattr(Pipeline, "execute", execute_then_stall)
+    async with open_cache("redis", prefix, redis_timeout_ms=5) as cache:
+        await cache.store(request("on time"), response("on time"))
+        stall = True
+        hit = await cache.lookup(request("on time"))
+        assert hit is not None and hit.message["content"] == "on time"
+        assert metric(cache, ERRORS, backend="redis", op="get") == 0
 
 
 async def test_concurrent_commands_share_round_trips(prefix: str) -> None:

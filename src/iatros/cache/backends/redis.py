@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -127,6 +127,11 @@ def _fail(batch: list[_Queued], exc: Exception) -> None:
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
+
+
+def _answered(future: asyncio.Future[Any]) -> bool:
+    """Whether ``future`` holds a reply (not an error, not cancelled)."""
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 @dataclass(slots=True)
@@ -301,13 +306,22 @@ class RedisBackend:
         """Run one request-path call within the budget, or fail fast while the circuit is open."""
         if self._clock() < self._open_until:
             raise BackendUnavailable("redis circuit open")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s * 3 + 2 * self._lag.value
         try:
-            async with asyncio.timeout(self._timeout_s * 3 + 2 * self._lag.value):
+            async with asyncio.timeout_at(deadline):
                 result = await call()
         except (TimeoutError, RedisTimeoutError) as exc:
-            # A busy loop reads replies late: this request goes uncached, but the
-            # gateway's own load is no reason to stop using Redis for everyone.
-            if self._lag.value < self._timeout_s and (shared is None or not shared.blamed):
+            if shared is not None and _answered(shared.future):
+                # The reply was read, but the timeout fired before this request ran again
+                # (both waited in one turn of a busy loop): Redis was on time; use it.
+                self._failures = 0
+                return cast(T, shared.future.result())
+            # A busy loop reads replies late, and runs this handler late too: this
+            # request goes uncached, but the gateway's own load is no reason to stop
+            # using Redis for everyone (that turned load into misses, which is more load).
+            own_delay = max(loop.time() - deadline, self._lag.value)
+            if own_delay < self._timeout_s / 2 and (shared is None or not shared.blamed):
                 if shared is not None:
                     shared.blamed = True
                 self._failed(op, exc)
