@@ -59,51 +59,6 @@ def test_a_running_gateway_has_its_heap_frozen_and_reports_collections(
     assert gc.get_threshold() == defaults
 
 
-class _SlowLoad(Provider):
-    """A provider whose model loads in the background until released."""
-
-    def __init__(self) -> None:
-        super().__init__("slow")
-        self.release = asyncio.Event()
-
-    async def start(self) -> None:
-        self._loading = asyncio.create_task(self._load())
-
-    async def _load(self) -> None:
-        await self.release.wait()
-
-
-async def test_the_heap_is_frozen_again_once_models_have_loaded(
-    fake_upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    settings = load_settings(
-        overrides={"data_dir": str(tmp_path), **upstream_config(fake_upstream)}
-    )
-    remote_only = Gateway.from_settings(settings)
-    assert await remote_only.loaded() is False  # nothing loads in the background
-
-    slow = _SlowLoad()
-    gw = Gateway(settings, {**remote_only.providers, "slow": slow})
-    await slow.start()
-    try:
-        heap.freeze("started")
-        at_start = gc.get_freeze_count()
-        settled = asyncio.Event()
-        freezing = asyncio.create_task(_freeze_when_loaded(gw, settled))
-        model = [[i] for i in range(1000)]  # what loading the model made (lists are tracked)
-        await asyncio.sleep(0.05)
-        before = gc.get_freeze_count()  # frozen objects still go when nothing refers to them
-        assert not freezing.done() and before <= at_start and not settled.is_set()
-        slow.release.set()
-        await asyncio.wait_for(freezing, 5)
-        assert settled.is_set()
-        assert gc.get_freeze_count() >= before + len(model)
-    finally:
-        slow.release.set()
-        heap.thaw()
-    assert gc.get_freeze_count() == 0
-
-
 class _HeldLoad(Provider):
     """A provider ready at once whose background load ends when another thread says so."""
 
@@ -116,6 +71,37 @@ class _HeldLoad(Provider):
 
     async def _load(self) -> None:
         await asyncio.to_thread(self.release.wait)
+
+
+async def test_the_heap_is_frozen_again_once_models_have_loaded(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        overrides={"data_dir": str(tmp_path), **upstream_config(fake_upstream)}
+    )
+    remote_only = Gateway.from_settings(settings)
+    assert await remote_only.loaded() is False  # nothing loads in the background
+
+    held = _HeldLoad()
+    gw = Gateway(settings, {**remote_only.providers, "held": held})
+    await held.start()
+    try:
+        heap.freeze("started")
+        at_start = gc.get_freeze_count()
+        settled = asyncio.Event()
+        freezing = asyncio.create_task(_freeze_when_loaded(gw, settled))
+        model = [[i] for i in range(1000)]  # what loading the model made (lists are tracked)
+        await asyncio.sleep(0.05)
+        before = gc.get_freeze_count()  # frozen objects still go when nothing refers to them
+        assert not freezing.done() and before <= at_start and not settled.is_set()
+        held.release.set()
+        await asyncio.wait_for(freezing, 5)
+        assert settled.is_set()
+        assert gc.get_freeze_count() >= before + len(model)
+    finally:
+        held.release.set()
+        heap.thaw()
+    assert gc.get_freeze_count() == 0
 
 
 def test_readiness_waits_for_the_freeze_after_loading(
