@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -84,6 +85,11 @@ class RunningServer:
     @property
     def gateway(self) -> Any:
         return self.app.state.gateway
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop serving this app (on the server's thread)."""
+        return self.server.servers[0].get_loop()  # type: ignore[no-any-return]
 
     def client(self, key: str | None = ADMIN_KEY, **kw: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, **kw)

@@ -42,6 +42,8 @@ class ServerSettings(_Strict):
     knowledge index (it has a single writer)."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(300.0, gt=0)
+    stall_log_ms: float = Field(500.0, ge=0)
+    """An event loop silent this long is logged with where it is stuck; 0 turns it off."""
 
     @property
     def worker_count(self) -> int:

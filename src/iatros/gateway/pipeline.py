@@ -31,6 +31,7 @@ from iatros.gateway.context import RequestContext
 from iatros.observability.logging import log_request
 from iatros.observability.looplag import LoopLag, loop_lag
 from iatros.observability.metrics import Metrics
+from iatros.observability.stalls import StallWatch
 from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
 from iatros.routing.health import DeploymentHealth
@@ -84,6 +85,7 @@ class Gateway:
         self._started = False
         self._health_task: asyncio.Task[None] | None = None
         self._lag: LoopLag | None = None
+        self._stalls: StallWatch | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Gateway:
@@ -101,6 +103,11 @@ class Gateway:
         self._lag.listeners.append(self.metrics.loop_lag.set)
         heap.watch()
         self._lag.listeners.append(self._record_gc_pauses)
+        threshold_ms = self.settings.server.stall_log_ms
+        if threshold_ms > 0:
+            stalls = self.metrics.loop_stalls
+            self._stalls = StallWatch(self._lag, threshold_ms / 1000, lambda _s: stalls.inc())
+            self._stalls.start()
         for provider in self.providers.values():
             await provider.start()
         await self.cache.start()
@@ -113,6 +120,8 @@ class Gateway:
             for listener in (self.metrics.loop_lag.set, self._record_gc_pauses):
                 with contextlib.suppress(ValueError):
                     self._lag.listeners.remove(listener)
+        if self._stalls is not None:
+            self._stalls.stop()
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

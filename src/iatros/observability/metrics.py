@@ -160,6 +160,12 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.loop_stalls = Counter(
+            "iatros_event_loop_stalls",
+            "Times the event loop ran nothing for server.stall_log_ms or more; each is logged "
+            '("event loop stalled") with where the loop was stuck',
+            registry=self.registry,
+        )
         self.gc_pauses = Histogram(
             "iatros_gc_pause_seconds",
             "Garbage collections of the worker processes, by generation: the event loop "
