@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -82,6 +83,7 @@ async def exact_hits(
                     headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
                     rate_per_s=rate,
                 )
+                logged = iatros.log_path.stat().st_size
                 summary = (await run_load(spec)).summary()
                 row = {
                     k: summary[k]
@@ -95,8 +97,30 @@ async def exact_hits(
                         "cache_outcomes",
                     )
                 }
-                rows.append({**row, "offered_rps": rate, "backend": backend})
+                stalls = _stalls_logged(iatros.log_path, logged)
+                rows.append({**row, "offered_rps": rate, "backend": backend, "stalls": stalls})
     return rows
+
+
+def _stalls_logged(log_path: Path, offset: int) -> list[dict[str, Any]]:
+    """The server's "event loop stalled" reports written since ``offset`` (its watchdog)."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    stalls = []
+    for line in text.splitlines():
+        if '"event loop stalled"' not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            event = json.loads(line[line.index("{") :])
+            stalls.append(
+                {
+                    "silent_ms": event.get("silent_ms"),
+                    "watchdog_late_ms": event.get("watchdog_late_ms"),
+                    "stack": event.get("stack", ""),
+                }
+            )
+    return stalls
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -236,6 +260,27 @@ def markdown(result: dict[str, Any]) -> str:
             f"{lat['p99']} | {over.get('p99', '-')} | {row['errors']} | "
             f"{row['cache_outcomes']} | {from_slot} |"
         )
+    stalled = [row for row in result["exact"] if row.get("stalls")]
+    if stalled:
+        lines += [
+            "",
+            "Stalls the server's watchdog logged (the event loop ran nothing for 500 ms or "
+            "more), with where the loop was stuck at the first one of each cell:",
+            "",
+        ]
+        for row in stalled:
+            first = row["stalls"][0]
+            where = " <- ".join(
+                frame.strip().splitlines()[0]
+                for frame in reversed(first["stack"].split("  File ")[-3:])
+                if frame.strip()
+            )
+            lines.append(
+                f"- {row.get('backend')}, {row['concurrency']} clients, "
+                f"{'closed loop' if row.get('offered_rps') is None else 'paced'}: "
+                f"{len(row['stalls'])} stall(s), the first {first['silent_ms']} ms "
+                f"(watchdog {first['watchdog_late_ms']} ms late) in {where}"
+            )
     if result.get("redis_problem"):
         lines += ["", f"Redis rows skipped: {result['redis_problem']}."]
     sem = result["semantic"]
