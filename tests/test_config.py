@@ -86,6 +86,10 @@ def test_config_from_iatros_config_env(tmp_path: Path, monkeypatch: pytest.Monke
             "embeddings.default_model: 'gemma-3-270m' is not an embedding deployment",
         ),
         ("providers: {p: {base_url: x}}", "providers.p.type: Field required"),
+        (
+            "server: {stall_log_ms: -1}",
+            "server.stall_log_ms: Input should be greater than or equal to 0",
+        ),
         ("server: [1, 2", "not valid YAML"),
         ("- just\n- a list", "the top level must be a mapping"),
         (
