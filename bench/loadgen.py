@@ -19,6 +19,10 @@ send time (its slot in the schedule), as wrk2 does: a request that went out late
 because every client was busy or the generator itself ran late, is charged for the
 wait (no coordinated omission).
 
+The generator also watches its own event loop (a 10 ms ticker) and reports how late it
+ran during the window (``generator_lag_ms``): a late generator reads answers late, and
+without that figure a stall of the client would be charged to the server.
+
 Python's cyclic garbage collector is off while any run goes on (runs may overlap, as
 in the soak), with a collection before and after: a full collection in the generator,
 with tens of thousands of samples alive, paused it for 40-100 ms, and the server was
@@ -182,6 +186,8 @@ class LoadResult:
     window_start: float
     window_end: float
     error_kinds: dict[str, int]
+    lags: list[tuple[float, float]] = field(default_factory=list)
+    """(when, how late) of each tick of the generator's own loop-lag ticker."""
 
     def measured(self) -> list[Sample]:
         """Requests due in the window: sent in it, or (paced) whose slot fell in it."""
@@ -252,6 +258,10 @@ class LoadResult:
             "ttfb_ms": distribution(ttfbs, 1000) if ttfbs else None,
             "cache_outcomes": cache,
             "latency_hist_ms": histogram(latencies, 1000),
+            "generator_lag_ms": distribution(
+                [late for when, late in self.lags if self.window_start <= when < self.window_end],
+                1000,
+            ),
             "overhead_hist_ms": histogram(overheads) if overheads else None,
         }
 
@@ -294,6 +304,7 @@ def _stream_error(status: int, body: bytes) -> str:
     return "stream ended without [DONE]"
 
 
+_LAG_TICK_S = 0.01
 _gc_holders = 0
 _gc_was_enabled = True
 
@@ -322,13 +333,20 @@ async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult
     parts = urlsplit(spec.url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     headers = {"content-type": "application/json", **spec.headers}
-    client = HttpClient(
-        f"{parts.scheme}://{parts.netloc}",
-        headers=headers,
-        max_connections=spec.concurrency,
-        timeout_s=spec.timeout_s,
-        idle_timeout_s=max(spec.timeout_s, 60.0),
-    )
+    # One connection per client, as N real clients would have: a pool shared by all of
+    # them hands out its most recently used connection first, so at a paced rate a few
+    # hot connections carried nearly every request, all served by whichever worker had
+    # accepted them (one worker of two at 79 % CPU, the other at 34 %).
+    clients = [
+        HttpClient(
+            f"{parts.scheme}://{parts.netloc}",
+            headers=headers,
+            max_connections=1,
+            timeout_s=spec.timeout_s,
+            idle_timeout_s=max(spec.timeout_s, 60.0),
+        )
+        for _ in range(spec.concurrency)
+    ]
     samples: list[Sample] = []
     t0 = time.perf_counter()
     window_start = t0 + spec.warmup_s
@@ -342,10 +360,18 @@ async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult
         await asyncio.sleep(max(window_end - time.perf_counter(), 0))
         hook.stop()
 
+    lags: list[tuple[float, float]] = []
+
+    async def watch_lag() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(_LAG_TICK_S)
+            lags.append((before, time.perf_counter() - before - _LAG_TICK_S))
+
     bodies = itertools.cycle(spec.bodies or (spec.body,))
     slots = itertools.count()
 
-    async def client_loop() -> None:
+    async def client_loop(client: HttpClient) -> None:
         while True:
             slot = None
             if spec.rate_per_s is not None:
@@ -373,8 +399,9 @@ async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult
             if not sample.ok and sample.status == 0:
                 await asyncio.sleep(0.01)  # no tight loop against a dead server
 
-    tasks = [asyncio.create_task(client_loop()) for _ in range(spec.concurrency)]
+    tasks = [asyncio.create_task(client_loop(client)) for client in clients]
     tasks.append(asyncio.create_task(window()))
+    watcher = asyncio.create_task(watch_lag())
     wait_s = spec.timeout_s + 5 if spec.grace_s is None else spec.grace_s
     _gc_off()
     try:
@@ -383,11 +410,13 @@ async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult
         if spec.grace_s is None:
             raise
     finally:
+        watcher.cancel()
         for task in tasks:
             task.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
+            await asyncio.gather(*tasks, watcher, return_exceptions=True)
+        for client in clients:
+            await client.close()
         _gc_back()
     warmup_errors = sum(
         1 for s in samples if s.start < window_start and not s.ok and not s.unfinished
@@ -397,4 +426,4 @@ async def run_load(spec: LoadSpec, hook: WindowHook | None = None) -> LoadResult
         if not s.ok and not s.unfinished:
             key = s.error or f"http {s.status}"
             kinds[key] = kinds.get(key, 0) + 1
-    return LoadResult(spec, samples, warmup_errors, window_start, window_end, kinds)
+    return LoadResult(spec, samples, warmup_errors, window_start, window_end, kinds, lags)
