@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from iatros.cache import CacheSettings, ResponseCache, classify
 from iatros.cache.keys import KeyMaker
+from iatros.cache.request_type import MEMO_MAX_CHARS
 from tests.cache.conftest import request
 
 KEYS = KeyMaker(b"k" * 32)
@@ -127,6 +128,14 @@ def test_semantic_is_single_turn_and_text_only_by_default() -> None:
 )
 def test_request_types(question: str, expected: str) -> None:
     assert classify(request(question)) == expected
+    assert classify(request(question)) == expected  # the remembered answer is the same
+
+
+def test_long_texts_are_classified_without_the_memo() -> None:
+    padding = "How do I treat a dry socket? " * (MEMO_MAX_CHARS // 29 + 1)
+    assert len(padding) > MEMO_MAX_CHARS
+    assert classify(request(padding)) == "general"
+    assert classify(request(padding + "My patient is allergic to penicillin.")) == "patient"
 
 
 def test_a_patient_id_makes_any_request_patient_specific() -> None:
