@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from iatros.api.app import create_app
+from iatros.api.protocol import HttpProtocol
 from iatros.config import Settings, load_settings
 from iatros.testing.fake_upstream import FakeUpstream
 
@@ -65,7 +66,7 @@ class RunningServer:
             host="127.0.0.1",
             port=0,
             loop="asyncio",
-            http="httptools",
+            http=HttpProtocol,
             log_config=None,
             access_log=False,
             lifespan="on",

@@ -77,7 +77,7 @@ def serve(
         port=settings.server.port,
         workers=count,
         loop="uvloop",
-        http="httptools",
+        http="iatros.api.protocol:HttpProtocol",  # httptools, one write per response
         log_config=None,
         access_log=False,
         timeout_keep_alive=30,
