@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from iatros.cache import CacheSettings, ResponseCache, classify
+from iatros.cache import CacheSettings, ResponseCache, classify, request_type
 from iatros.cache.keys import KeyMaker
-from iatros.cache.request_type import MEMO_MAX_CHARS
+from iatros.cache.request_type import MEMO_MAX_CHARS, MEMO_SIZE, classify_text
 from tests.cache.conftest import request
 
 KEYS = KeyMaker(b"k" * 32)
@@ -129,6 +129,14 @@ def test_semantic_is_single_turn_and_text_only_by_default() -> None:
 def test_request_types(question: str, expected: str) -> None:
     assert classify(request(question)) == expected
     assert classify(request(question)) == expected  # the remembered answer is the same
+
+
+def test_the_memo_is_bounded_and_keeps_no_text() -> None:
+    for i in range(MEMO_SIZE + 50):
+        assert classify_text(f"What is ibuprofen, question {i}?") == "general"
+    assert len(request_type._memo) == MEMO_SIZE
+    assert all(isinstance(key, bytes) and len(key) == 16 for key in request_type._memo)
+    assert classify_text("My patient has a fever \ud800") == "patient"  # a lone surrogate
 
 
 def test_long_texts_are_classified_without_the_memo() -> None:
