@@ -87,7 +87,7 @@ def serve(
 
 def _prepare_multiprocess_metrics(directory: Path) -> None:
     """An empty directory for the workers' metric files (see observability.metrics)."""
-    from iatros.observability.metrics import MULTIPROC_ENV
+    from iatros.observability.tally import MULTIPROC_ENV
 
     if directory.exists():
         for stale in directory.glob("*.db"):

@@ -230,9 +230,9 @@ class ResponseCache:
         if isinstance(raw, bytes):
             found = await self._decode(key, raw)
             if found is not None:
-                core.metrics.exact_hit.inc()
+                core.metrics.tally.inc(core.metrics.exact_hit)
                 return self._hit(found, "exact", None, started)
-        core.metrics.exact_miss.inc()
+        core.metrics.tally.inc(core.metrics.exact_miss)
         if raw is _FAILED:
             return None
         use_semantic = settings.semantic if semantic is None else semantic
@@ -245,9 +245,9 @@ class ResponseCache:
             core.warn("cache", "semantic", exc)
             semantic_hit = None
         if semantic_hit is None:
-            core.metrics.semantic_miss.inc()
+            core.metrics.tally.inc(core.metrics.semantic_miss)
             return None
-        core.metrics.semantic_hit.inc()
+        core.metrics.tally.inc(core.metrics.semantic_hit)
         return self._hit(semantic_hit[0], "semantic", semantic_hit[1], started)
 
     async def _question_vector(self, req: CacheRequest) -> tuple[Any, Vector] | None:
@@ -309,14 +309,15 @@ class ResponseCache:
         self, found: CachedResponse, kind: HitKind, similarity: float | None, started: float
     ) -> CachedResponse:
         metrics = self._core.metrics
+        tally = metrics.tally
         found.kind = kind
         found.similarity = similarity
-        metrics.tokens_saved[kind].inc(found.prompt_tokens + found.completion_tokens)
+        tally.inc(metrics.tokens_saved[kind], found.prompt_tokens + found.completion_tokens)
         price = self._core.prices.get(found.deployment)
         if price is not None:
             cost = (found.prompt_tokens * price[0] + found.completion_tokens * price[1]) / 1000
-            metrics.cost_saved[kind].inc(cost)
-        metrics.hit_latency[kind].observe(time.perf_counter() - started)
+            tally.inc(metrics.cost_saved[kind], cost)
+        tally.observe(metrics.hit_latency[kind], time.perf_counter() - started)
         return found
 
     async def _decode(self, entry_id: str, raw: bytes) -> CachedResponse | None:

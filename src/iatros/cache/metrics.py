@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from iatros.observability.tally import tally_for
+
 HIT_LATENCY_BUCKETS = (
     0.00005,
     0.0001,
@@ -41,6 +43,8 @@ class _EntriesCollector(Collector):
 class CacheMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.tally = tally_for(registry)
+        """Hits, misses, savings and hit latency go through it (the per-request ones)."""
         lookups = Counter(
             "iatros_cache_lookups",
             "Cache lookups by kind and outcome",

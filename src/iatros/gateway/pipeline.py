@@ -126,6 +126,7 @@ class Gateway:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        self.metrics.tally.fold()
         with contextlib.suppress(Exception):
             await self.cache.close()
         for provider in self.providers.values():

@@ -1,7 +1,9 @@
 """Prometheus metrics for the gateway, kept in one registry per application.
 
 Label children are cached so recording a request costs a few dictionary
-lookups, not a label-resolution per observation.
+lookups, not a label-resolution per observation, and the per-request updates go
+through a :class:`~iatros.observability.tally.Tally` (plain sums, folded into the
+children when the registry is read).
 
 With several worker processes (``server.workers`` > 1) ``iatros serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` before the workers start: every value then lives in
@@ -22,7 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from iatros.observability.tally import MULTIPROC_ENV, tally_for
 
 
 class _Merged:
@@ -118,6 +120,7 @@ class _DeploymentCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.tally = tally_for(self.registry)
         labels = ("endpoint", "model", "status")
         self.requests = Counter(
             "iatros_requests", "Requests answered", labels, registry=self.registry
@@ -194,6 +197,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._series: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
     def watch_providers(self, readiness: Callable[[], dict[str, bool]]) -> None:
         self.registry.register(_ProviderCollector(readiness))
@@ -232,16 +236,26 @@ class Metrics:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        code = str(status)
-        self._child(self.requests, endpoint, model, code).inc()
-        self._child(self.latency, endpoint, model, code).observe(total_s)
-        self._child(self.overhead, endpoint, model, code).observe(max(overhead_s, 0.0))
+        key = (endpoint, model, status)
+        series = self._series.get(key)
+        if series is None:
+            code = str(status)
+            series = self._series[key] = (
+                self._child(self.requests, endpoint, model, code),
+                self._child(self.latency, endpoint, model, code),
+                self._child(self.overhead, endpoint, model, code),
+            )
+        requests, latency, overhead = series
+        tally = self.tally
+        tally.inc(requests)
+        tally.observe(latency, total_s)
+        tally.observe(overhead, max(overhead_s, 0.0))
         if ttft_s is not None:
-            self._child(self.ttft, model).observe(ttft_s)
+            tally.observe(self._child(self.ttft, model), ttft_s)
         if prompt_tokens:
-            self._child(self.tokens, model, "input").inc(prompt_tokens)
+            tally.inc(self._child(self.tokens, model, "input"), prompt_tokens)
         if completion_tokens:
-            self._child(self.tokens, model, "output").inc(completion_tokens)
+            tally.inc(self._child(self.tokens, model, "output"), completion_tokens)
 
     def render(self) -> bytes:
         directory = os.environ.get(MULTIPROC_ENV)
