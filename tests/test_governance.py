@@ -494,3 +494,16 @@ def test_log_lines_hold_no_prompt_unless_asked(
     time.sleep(0.1)
     flush_logging()
     assert secret in capfd.readouterr().err
+
+
+def test_usage_timestamps_are_iso_utc_with_microseconds() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from iatros.governance.usage import now_iso
+
+    before = datetime.now(UTC)
+    text = now_iso()
+    after = datetime.now(UTC)
+    parsed = datetime.fromisoformat(text)
+    assert len(text) == len("2026-03-04T05:06:07.123456+00:00") and text.endswith("+00:00")
+    assert before - timedelta(milliseconds=1) <= parsed <= after + timedelta(milliseconds=1)

@@ -26,7 +26,7 @@ from iatros.governance.keys import KeyMatch, KeyStore, hash_key
 from iatros.governance.ratelimit import Limit, RateLimiter
 from iatros.governance.roles import allowed
 from iatros.governance.secrets import keyed_ref, load_secret
-from iatros.governance.usage import SpendTracker, store_usage
+from iatros.governance.usage import SpendTracker, now_iso, store_usage
 from iatros.store.db import Database, database_url
 
 log = logging.getLogger("iatros.governance")
@@ -265,7 +265,7 @@ class Governance:
         self._usage.append(
             {
                 "request_id": ctx.request_id,
-                "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "ts": now_iso(),
                 "tenant_id": ctx.principal.tenant,
                 "key_id": ctx.principal.key_id,
                 "endpoint": ctx.endpoint,
