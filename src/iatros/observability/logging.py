@@ -36,15 +36,24 @@ _write_lock = threading.Lock()
 _ts_cache: tuple[int, str] = (-1, "")
 
 
-def _timestamp(now: float) -> str:
-    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
+def utc_second(second: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` (UTC) of a Unix second, formatted once per second.
+
+    Per-request timestamps (log lines, usage records) start with it; ``strftime`` or
+    ``datetime.isoformat`` for each one measured a few µs.
+    """
     global _ts_cache
-    second = int(now)
     cached_second, text = _ts_cache
     if cached_second != second:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _ts_cache = (second, text)
-    return f"{text}.{int((now - second) * 1000):03d}Z"
+    return text
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds."""
+    second = int(now)
+    return f"{utc_second(second)}.{int((now - second) * 1000):03d}Z"
 
 
 def log_request(logger: str, fields: dict[str, Any]) -> None:
