@@ -6,7 +6,8 @@ import orjson
 import pytest
 
 from iatros.api import schemas
-from iatros.api.app import ParseMemo
+from iatros.api.app import ParseMemo, _chat_call
+from iatros.auth import Principal
 from iatros.errors import InvalidRequest
 
 
@@ -42,3 +43,15 @@ def test_bounded_by_count_and_body_size() -> None:
     assert list(memo._memo) == bodies[2:]  # the oldest went first
     memo.parse(_body("x" * 300))
     assert len(memo._memo) == 3 and all(len(b) <= 200 for b in memo._memo)
+
+
+def test_calls_built_from_a_shared_model_do_not_share_extra_parameters() -> None:
+    memo = ParseMemo(schemas.ChatCompletionRequest)
+    body = _body("Q?", response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    principal = Principal(tenant="t", key_id="k", role="admin")
+    first = _chat_call(memo.parse(body), principal)
+    first.extra["response_format"]["json_schema"]["name"] = "changed"
+    first.messages[0]["content"] = "changed"
+    again = _chat_call(memo.parse(body), principal)
+    assert again.extra["response_format"]["json_schema"]["name"] == "x"
+    assert again.messages[0]["content"] == "Q?"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import logging
 import os
 import re
@@ -232,7 +233,9 @@ def _chat_call(req: schemas.ChatCompletionRequest, principal: Principal) -> Chat
         raise InvalidRequest(
             "Send max_tokens or max_completion_tokens, not both.", param="max_tokens"
         )
-    extra = dict(req.model_extra or {})
+    # A copy all the way down: the validated request may be shared (ParseMemo) and a
+    # provider may adjust what it forwards.
+    extra = copy.deepcopy(req.model_extra) if req.model_extra else {}
     return ChatCall(
         messages=[m.model_dump(exclude_none=True) for m in req.messages],
         temperature=req.temperature,
