@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from iatros.governance.usage import now_iso
 from iatros.store.db import Database, database_url
 from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import ADMIN_KEY, RunningServer, upstream_config
@@ -497,10 +499,6 @@ def test_log_lines_hold_no_prompt_unless_asked(
 
 
 def test_usage_timestamps_are_iso_utc_with_microseconds() -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from iatros.governance.usage import now_iso
-
     before = datetime.now(UTC)
     text = now_iso()
     after = datetime.now(UTC)
