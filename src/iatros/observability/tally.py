@@ -34,12 +34,12 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 class _Histogram:
     """Running bucket counts and sum of one histogram child, and what was folded of them."""
 
-    __slots__ = ("bounds", "buckets", "child", "folded_hits", "folded_sum", "hits", "sum")
+    __slots__ = ("bounds", "buckets", "folded_hits", "folded_sum", "hits", "sum", "sum_value")
 
-    def __init__(self, child: Any, bounds: list[float], buckets: list[Any]) -> None:
-        self.child = child
+    def __init__(self, bounds: list[float], buckets: list[Any], sum_value: Any) -> None:
         self.bounds = bounds
         self.buckets = buckets
+        self.sum_value = sum_value
         self.hits = [0] * len(bounds)
         self.sum = 0.0
         self.folded_hits = [0] * len(bounds)
@@ -67,14 +67,11 @@ class Tally:
 
     def observe(self, child: Any, value: float) -> None:
         """One observation of a histogram child, bucketed now and published at the next fold."""
-        hist = self._histograms.get(child)
-        if hist is None:
-            hist = None if self.direct else self._track(child)
-            if hist is None:
-                child.observe(value)
-                return
-        if not math.isfinite(value):
-            child.observe(value)  # NaN and infinities keep prometheus_client's own semantics
+        hist = None if self.direct else self._histograms.get(child) or self._track(child)
+        if hist is None or not math.isfinite(value):
+            # several workers, an unknown prometheus_client layout, or NaN and infinities
+            # (prometheus_client's own semantics): the public way
+            child.observe(value)
             return
         hist.hits[bisect.bisect_left(hist.bounds, value)] += 1
         hist.sum += value
@@ -84,9 +81,10 @@ class Tally:
         buckets = getattr(child, "_buckets", None)
         if not isinstance(bounds, list) or not isinstance(buckets, list):
             return None  # another prometheus_client layout: observe the public way
-        if len(bounds) != len(buckets) or not hasattr(child, "_sum"):
+        sum_value = getattr(child, "_sum", None)
+        if len(bounds) != len(buckets) or sum_value is None:
             return None
-        hist = self._histograms[child] = _Histogram(child, list(bounds), buckets)
+        hist = self._histograms[child] = _Histogram(list(bounds), buckets, sum_value)
         return hist
 
     def fold(self) -> None:
@@ -104,7 +102,7 @@ class Tally:
                     if now != before:
                         hist.buckets[index].inc(now - before)
                 if total != hist.folded_sum:
-                    hist.child._sum.inc(total - hist.folded_sum)
+                    hist.sum_value.inc(total - hist.folded_sum)
                 hist.folded_hits = hits
                 hist.folded_sum = total
 
