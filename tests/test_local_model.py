@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import socket
 import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import httpx
 import openai
 import pytest
+import torch
 
 from tests.conftest import RunningServer
+
+if TYPE_CHECKING:
+    from iatros.providers import embeddings as embeddings_module
 
 pytestmark = pytest.mark.model
 
@@ -189,8 +196,87 @@ def test_short_batches_on_onnx_embed_as_pytorch_does(local_server: RunningServer
     long_text = "Guideline on antibiotic prophylaxis before dental extraction. " * 40
     long = client.embeddings.create(model="all-minilm-l6-v2", input=[question, long_text])
     assert long.usage.prompt_tokens > provider.options.onnx_max_tokens  # PyTorch's side
-    assert short.data[0].embedding == pytest.approx(long.data[0].embedding, abs=1e-4)
+    if provider.precision == "float32":
+        assert short.data[0].embedding == pytest.approx(long.data[0].embedding, abs=1e-4)
+    else:  # bfloat16 (a CPU with AMX): the float32 pair is checked on every machine below
+        assert cosine(short.data[0].embedding, long.data[0].embedding) > 0.999
     assert short.usage.prompt_tokens == len(provider._model.tokenizer(question)["input_ids"])
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+LONG_BATCH = [
+    "What is the amoxicillin dose for a 20 kg child?",
+    "Guideline on antibiotic prophylaxis before dental extraction. " * 40,
+]
+
+
+@contextlib.asynccontextmanager
+async def embedding_provider(
+    **options: object,
+) -> AsyncIterator[embeddings_module.SentenceTransformerProvider]:
+    from iatros.providers import embeddings
+
+    provider = embeddings.SentenceTransformerProvider(
+        "minilm", embeddings.EmbeddingOptions.model_validate(options)
+    )
+    await provider.start()
+    try:
+        await provider.wait_ready(timeout_s=300)
+        yield provider
+    finally:
+        await provider.close()
+
+
+async def embed(
+    provider: embeddings_module.SentenceTransformerProvider, texts: list[str]
+) -> list[list[float]]:
+    return (await provider.embed(None, texts)).vectors  # type: ignore[arg-type]
+
+
+async def test_float32_pytorch_and_onnx_embed_alike() -> None:
+    async with embedding_provider(precision="float32") as provider:
+        assert provider.precision == "float32" and provider._onnx is not None
+        short = await embed(provider, LONG_BATCH[:1])  # ONNX Runtime
+        both = await embed(provider, LONG_BATCH)  # PyTorch
+        assert short[0] == pytest.approx(both[0], abs=1e-4)
+
+
+async def test_bfloat16_embeds_as_float32_does() -> None:
+    """Ingestion's fast path (AMX): unit vectors at cosine > 0.999 to float32's."""
+    async with embedding_provider(precision="float32", onnx_max_tokens=0) as provider:
+        reference = await embed(provider, LONG_BATCH)
+    async with embedding_provider(precision="bfloat16", onnx_max_tokens=0) as provider:
+        assert provider.precision == "bfloat16"
+        assert next(provider._model.parameters()).dtype == torch.bfloat16
+        vectors = await embed(provider, LONG_BATCH)
+    for ours, theirs in zip(vectors, reference, strict=True):
+        assert math.isclose(cosine(ours, ours), 1.0, rel_tol=1e-5)
+        assert cosine(ours, theirs) > 0.999
+
+
+async def test_auto_precision_is_float32_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iatros.providers import embeddings
+
+    monkeypatch.setattr(embeddings, "_has_amx", lambda: False)
+    async with embedding_provider(onnx_max_tokens=0) as provider:
+        assert provider.precision == "float32"
+        assert next(provider._model.parameters()).dtype == torch.float32
+
+
+async def test_bfloat16_that_disagrees_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from iatros.providers import embeddings
+
+    monkeypatch.setattr(embeddings, "_AGREEMENT_BFLOAT16", 1.5)  # no model can agree
+    async with embedding_provider(precision="bfloat16", onnx_max_tokens=0) as provider:
+        assert provider.precision == "float32"
+        assert next(provider._model.parameters()).dtype == torch.float32
+        assert len((await embed(provider, LONG_BATCH))[1]) == 384
+    assert "bfloat16 embeddings differ from float32" in caplog.text
 
 
 def test_readiness_reports_loaded_models(local_server: RunningServer) -> None:

@@ -10,12 +10,19 @@ faster. So the transformer is exported to ONNX once at load (from the same weigh
 in memory), and batches of up to ``onnx_max_tokens`` padded tokens (questions: the
 semantic cache, knowledge search) run there. At load both runtimes embed a probe and
 must agree (cosine > 0.9999), otherwise PyTorch does everything.
+
+Long batches are the ingestion bottleneck. Where the CPU multiplies bfloat16 in hardware
+(Intel AMX), PyTorch runs the model in bfloat16: 3-4x the float32 throughput on a 2-core
+Sapphire Rapids VM (MiniLM, 244-token chunks: about 130 against 40 chunks/s), with the
+vectors at cosine 0.9999 to float32's. A long probe must agree (cosine > 0.999) before
+bfloat16 is used; otherwise, or with ``precision: float32``, everything stays float32.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import subprocess
@@ -24,7 +31,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,14 +52,23 @@ class EmbeddingOptions(BaseModel):
 
     model_path: Path | None = None
     """A sentence-transformers model folder. Default: the packaged all-MiniLM-L6-v2."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
+    """Texts per PyTorch forward pass: 16-32 were fastest in float32 and bfloat16 alike."""
     threads: int | None = Field(None, ge=1)
     onnx_max_tokens: int = Field(256, ge=0)
     """Batches of up to this many padded tokens run on ONNX Runtime; 0: PyTorch only."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """PyTorch's precision. auto: bfloat16 where the CPU has AMX, if a probe agrees."""
 
 
 _PROBE = "Amoxicillin 250 mg three times a day for a 20 kg child with otitis media."
 _AGREEMENT = 0.9999
+_LONG_PROBE = (
+    "Antibiotic prophylaxis before a dental extraction in a patient with a prosthetic heart "
+    "valve: amoxicillin 2 g by mouth 30 to 60 minutes before the procedure, or 50 mg/kg for "
+    "a child; clindamycin 600 mg if the patient is allergic to penicillin. "
+) * 6
+_AGREEMENT_BFLOAT16 = 0.999
 _EXPORT_TIMEOUT_S = 300
 
 
@@ -120,6 +136,28 @@ def _mean_pooled_and_normalised(model: Any) -> bool:
     )
 
 
+def _has_amx() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (Intel AMX tiles)."""
+    import torch
+
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
+
+
+def _pooled(model: Any, inputs: list[str], batch_size: int) -> Any:
+    """The model's vectors, normalised in float32 whatever precision the model runs in."""
+    vectors = model.encode(
+        inputs,
+        batch_size=batch_size,
+        normalize_embeddings=False,
+        convert_to_tensor=True,
+        show_progress_bar=False,
+    )
+    array = vectors.float().numpy()
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
 class SentenceTransformerProvider(Provider):
     type_name = "sentence-transformers"
 
@@ -129,6 +167,8 @@ class SentenceTransformerProvider(Provider):
         self._model: Any = None
         self._onnx: _OnnxEncoder | None = None
         self._load_error: BaseException | None = None
+        self.precision = "float32"
+        """PyTorch's precision once loaded (ONNX Runtime runs in float32)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
         if options.onnx_max_tokens > 0:
             # Imported now, on the thread that builds the app, not later on the loader
@@ -152,7 +192,11 @@ class SentenceTransformerProvider(Provider):
             return
         log.info(
             "embedding model loaded",
-            extra={"provider": self.name, "load_s": round(time.perf_counter() - started, 2)},
+            extra={
+                "provider": self.name,
+                "load_s": round(time.perf_counter() - started, 2),
+                "precision": self.precision,
+            },
         )
 
     def _load_sync(self) -> Any:
@@ -175,7 +219,30 @@ class SentenceTransformerProvider(Provider):
         model.encode(["warm up"], batch_size=1, show_progress_bar=False)
         if self.options.onnx_max_tokens > 0:
             self._onnx = self._onnx_encoder(model, str(path), threads)
+        if self._wants_bfloat16():
+            model = self._in_bfloat16(model)
         return model
+
+    def _wants_bfloat16(self) -> bool:
+        if self.options.precision != "auto":
+            return self.options.precision == "bfloat16"
+        return _has_amx()
+
+    def _in_bfloat16(self, model: Any) -> Any:
+        """A bfloat16 copy of the model if it embeds the long probe as float32 does."""
+        import torch
+
+        reference = _pooled(model, [_LONG_PROBE], 1)[0]
+        candidate = copy.deepcopy(model).to(torch.bfloat16)
+        agreement = float(np.dot(_pooled(candidate, [_LONG_PROBE], 1)[0], reference))
+        if agreement < _AGREEMENT_BFLOAT16:
+            log.warning(
+                "bfloat16 embeddings differ from float32; float32 only",
+                extra={"provider": self.name, "cosine": round(agreement, 6)},
+            )
+            return model
+        self.precision = "bfloat16"
+        return candidate
 
     def _onnx_encoder(self, model: Any, model_dir: str, threads: int) -> _OnnxEncoder | None:
         """ONNX Runtime for short batches, if it embeds the probe as PyTorch does."""
@@ -193,10 +260,7 @@ class SentenceTransformerProvider(Provider):
                 extra={"provider": self.name, "error": str(exc)},
             )
             return None
-        reference = model.encode(
-            [_PROBE], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )[0]
-        agreement = float(np.dot(ours, reference))
+        agreement = float(np.dot(ours, _pooled(model, [_PROBE], 1)[0]))
         if agreement < _AGREEMENT:
             log.warning(
                 "ONNX and PyTorch embeddings differ; PyTorch only",
@@ -239,14 +303,7 @@ class SentenceTransformerProvider(Provider):
         else:
             ids = model.tokenizer(inputs, truncation=True, max_length=model.max_seq_length)
             count = sum(len(one) for one in ids["input_ids"])
-        vectors = model.encode(
-            inputs,
-            batch_size=self.options.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return vectors.tolist(), count
+        return _pooled(model, inputs, self.options.batch_size).tolist(), count
 
     async def embed(self, deployment: DeploymentConfig, inputs: list[str]) -> EmbedResult:
         await self.wait_ready(timeout_s=120)
