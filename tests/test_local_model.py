@@ -264,6 +264,7 @@ async def test_auto_precision_is_float32_without_amx(monkeypatch: pytest.MonkeyP
     async with embedding_provider(onnx_max_tokens=0) as provider:
         assert provider.precision == "float32"
         assert next(provider._model.parameters()).dtype == torch.float32
+        assert await embed(provider, []) == []
 
 
 async def test_bfloat16_that_disagrees_is_not_used(
