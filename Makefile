@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed$(subst /,-,$(PYTHON))
 install: $(STAMP)
 
 # torch comes first, pinned: pip then takes the local CPU build instead of a CUDA one.
-# llama-cpp-python compiles llama.cpp (about 4 minutes the first time on a machine; the
+# llama-cpp-python compiles llama.cpp (4 to 12 minutes the first time on a machine; the
 # script keeps the wheel per CPU and says why it does not leave that to pip).
 $(STAMP): pyproject.toml scripts/install-llama.sh
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'

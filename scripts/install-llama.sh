@@ -24,7 +24,7 @@ KEY="$(printf '%s\n%s\n%s\n' "$SPEC" "$FLAGS" "$CPU" | sha256sum | cut -c1-16)"
 WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/iatros/wheels/llama-$KEY"
 
 if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "install-llama: compiling $SPEC (about 4 minutes, once per machine)"
+  echo "install-llama: compiling $SPEC (4 to 12 minutes, once per machine)"
   mkdir -p "$WHEELS.tmp"
   # CMake starts its C and C++ flags from these; gcc lets -mno-* win over -march=native.
   CFLAGS="$FLAGS" CXXFLAGS="$FLAGS" \
