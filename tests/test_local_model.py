@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import math
@@ -306,3 +307,35 @@ async def test_embeddings_fall_back_to_pytorch_when_onnx_fails(
         assert len(result.vectors[0]) == 384
     finally:
         await provider.close()
+
+
+async def test_a_bulk_request_is_embedded_in_pieces_in_the_callers_order() -> None:
+    texts = [
+        f"Note {i}: " + "periodontal pocket depth recorded. " * (1 + (i * 7) % 13) for i in range(9)
+    ]
+    async with embedding_provider(precision="float32", onnx_max_tokens=0) as provider:
+        alone = [(await embed(provider, [text]))[0] for text in texts]
+        provider.options.batch_size = 2  # five pieces, grouped by length
+        result = await provider.embed(None, texts)  # type: ignore[arg-type]
+        tokenizer = provider._model.tokenizer
+    for ours, single in zip(result.vectors, alone, strict=True):
+        assert ours == pytest.approx(single, abs=1e-4)
+    assert result.usage.prompt_tokens == sum(len(tokenizer(t)["input_ids"]) for t in texts)
+
+
+async def test_a_question_waits_for_one_piece_of_a_bulk_request_not_all_of_it() -> None:
+    """The encoder thread takes jobs in turn; a bulk request queues one piece at a time."""
+    passages = ["Guideline on antibiotic prophylaxis before dental extraction. " * 30] * 64
+    async with embedding_provider(precision="float32", onnx_max_tokens=0, batch_size=4) as provider:
+        finished: list[str] = []
+
+        async def bulk() -> None:
+            await embed(provider, passages)  # 16 pieces
+            finished.append("bulk")
+
+        running = asyncio.create_task(bulk())
+        await asyncio.sleep(0)  # the first piece is with the encoder
+        await embed(provider, ["What is the amoxicillin dose for a 20 kg child?"])
+        finished.append("question")
+        await running
+    assert finished == ["question", "bulk"]
