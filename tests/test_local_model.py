@@ -176,10 +176,7 @@ def test_local_embeddings(local_server: RunningServer) -> None:
     assert all(len(v) == 384 for v in vectors)
     assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-3) for v in vectors)
 
-    def cos(a: list[float], b: list[float]) -> float:
-        return sum(x * y for x, y in zip(a, b, strict=True))
-
-    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.3
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
     assert result.usage.prompt_tokens > 10
     default = client.embeddings.create(
         model="all-minilm-l6-v2", input="How do I treat a toothache?"

@@ -293,8 +293,6 @@ class SentenceTransformerProvider(Provider):
             raise ServiceUnavailable(f"embedding model {self.name!r} is not loaded{reason}")
 
     def _encode(self, inputs: list[str]) -> tuple[list[list[float]], int]:
-        if not inputs:
-            return [], 0
         model = self._model
         onnx = self._onnx
         if onnx is not None:
@@ -319,9 +317,6 @@ class SentenceTransformerProvider(Provider):
         await self.wait_ready(timeout_s=120)
         loop = asyncio.get_running_loop()
         step = self.options.batch_size
-        if len(inputs) <= step:
-            vectors, tokens = await loop.run_in_executor(self._executor, self._encode, inputs)
-            return EmbedResult(vectors=vectors, usage=Usage(prompt_tokens=tokens))
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         placed: list[list[float]] = [[] for _ in inputs]
         tokens = 0
