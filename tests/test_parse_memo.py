@@ -6,7 +6,8 @@ import orjson
 import pytest
 
 from iatros.api import schemas
-from iatros.api.app import ParseMemo, _chat_call
+from iatros.api.chat import chat_request
+from iatros.api.http import ParseMemo
 from iatros.auth import Principal
 from iatros.errors import InvalidRequest
 
@@ -49,9 +50,9 @@ def test_calls_built_from_a_shared_model_do_not_share_extra_parameters() -> None
     memo = ParseMemo(schemas.ChatCompletionRequest)
     body = _body("Q?", response_format={"type": "json_schema", "json_schema": {"name": "x"}})
     principal = Principal(tenant="t", key_id="k", role="admin")
-    first = _chat_call(memo.parse(body), principal)
+    first = chat_request(memo.parse(body), principal).call
     first.extra["response_format"]["json_schema"]["name"] = "changed"
     first.messages[0]["content"] = "changed"
-    again = _chat_call(memo.parse(body), principal)
+    again = chat_request(memo.parse(body), principal).call
     assert again.extra["response_format"]["json_schema"]["name"] == "x"
     assert again.messages[0]["content"] == "Q?"

@@ -7,7 +7,7 @@ module knows the gateway's request and response shapes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from iatros.cache import CachedResponse, CacheRequest, ResponseCache
 from iatros.config import Settings
 from iatros.gateway.context import RequestContext
-from iatros.providers.base import ChatCall, ChatResult, Provider, StreamDelta, Usage
+from iatros.providers.base import ChatCall, ChatResult, StreamDelta, Usage
 
+EmbedFn = Callable[[list[str]], Awaitable[list[list[float]]]]
 CacheMode = Literal["default", "no-cache", "no-store", "refresh"]
 _PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 
@@ -26,18 +27,13 @@ class CacheStep:
         self,
         settings: Settings,
         registry: CollectorRegistry,
-        embedder: tuple[Provider, Any] | None,
+        embed: EmbedFn | None,
     ) -> None:
         semantic = settings.cache.semantic or any(
             route.cache.get("semantic") for route in settings.models.values()
         )
-        embed = None
-        if semantic and embedder is not None:
-            provider, deployment = embedder
-
-            async def embed(texts: list[str]) -> list[list[float]]:
-                return (await provider.embed(deployment, texts)).vectors
-
+        if not semantic:
+            embed = None
         self.root = ResponseCache(settings.cache, embed=embed, metrics_registry=registry)
         self.root.set_prices(
             {
@@ -55,6 +51,23 @@ class CacheStep:
 
     async def close(self) -> None:
         await self.root.close()
+
+    async def invalidate(
+        self,
+        *,
+        tenant: str | None = None,
+        patient_id: str | None = None,
+        model: str | None = None,
+        collection: str | None = None,
+    ) -> int:
+        """Drop the entries matching all the given filters (at least one); how many went.
+
+        The one way callers outside the cache forget answers (a document changed, an
+        admin's purge), so none reaches into the cache's internals.
+        """
+        return await self.root.invalidate(
+            tenant=tenant, patient_id=patient_id, model=model, collection=collection
+        )
 
     def for_model(self, model: str) -> ResponseCache:
         return self._views.get(model, self.root)

@@ -1,0 +1,206 @@
+"""The chat service: one request path for every caller.
+
+``ChatService`` owns the whole flow of a chat request — admission (budgets, rate limits),
+grounding (``knowledge:`` routes), the response cache, routing, the call with retries and
+fallback, storing the answer, and accounting — and knows nothing of HTTP. The HTTP
+router, the CLI's in-process mode and every later feature (scribe, agents, experiments)
+call it, so none of them can skip a step or copy the flow.
+
+    service = ChatService(gateway, governance, grounder)
+    reply = await service.ask(principal, ChatRequest("assistant", ChatCall(messages=[...])))
+
+``respond`` is the lower-level entry: it takes the caller's :class:`RequestContext` (whose
+headers the HTTP layer sends) and returns an :class:`Answer` (complete) or a
+:class:`Streaming` (a live stream whose first delta has already arrived). The caller
+accounts for the context with :meth:`finish` when the response has been delivered; a
+stream is accounted when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from iatros.auth import Principal
+from iatros.cache import CachedResponse, CacheRequest
+from iatros.errors import GatewayError
+from iatros.gateway.caching import CacheMode, replay
+from iatros.gateway.context import RequestContext
+from iatros.gateway.grounding import Grounder, Grounding
+from iatros.gateway.pipeline import Gateway
+from iatros.governance.service import Governance
+from iatros.providers.base import ChatCall, ChatResult, StreamDelta
+from iatros.routing.router import estimate_prompt_tokens
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A chat request, transport-free: what to ask, and the ``iatros`` options."""
+
+    model: str
+    call: ChatCall
+    stream: bool = False
+    pin: str | None = None
+    """A deployment of ``model`` to use and no other (``iatros.deployment``)."""
+    cache_mode: CacheMode = "default"
+    cache_ttl_s: int | None = None
+    knowledge: str | None = None
+    """A collection to ground the answer in (else the route's ``knowledge:``, if any)."""
+    knowledge_k: int | None = None
+    patient_id: str | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    """A complete answer: from the model, from the cache, or a refusal without sources."""
+
+    message: dict[str, Any]
+    finish_reason: str
+    grounding: Grounding | None = None
+    cached: CachedResponse | None = None
+
+    @property
+    def content(self) -> str:
+        return str(self.message.get("content") or "")
+
+    @property
+    def extension(self) -> dict[str, Any] | None:
+        return self.grounding.payload() if self.grounding is not None else None
+
+    def deltas(self) -> Iterator[StreamDelta]:
+        """The answer as stream deltas, for a caller that asked for a stream."""
+        if self.cached is not None:
+            yield from replay(self.cached)
+            return
+        yield StreamDelta({"role": "assistant", "content": self.content})
+        yield StreamDelta({}, finish_reason=self.finish_reason)
+
+
+@dataclass(slots=True)
+class Streaming:
+    """A live answer. ``deltas`` starts with the first delta; it stores the answer in the
+    cache when the model finishes, and raises :class:`GatewayError` if the stream fails."""
+
+    deltas: AsyncGenerator[StreamDelta, None]
+    grounding: Grounding | None = None
+
+    @property
+    def extension(self) -> dict[str, Any] | None:
+        return self.grounding.payload() if self.grounding is not None else None
+
+
+class ChatService:
+    def __init__(self, gateway: Gateway, governance: Governance, grounder: Grounder) -> None:
+        self.gateway = gateway
+        self.governance = governance
+        self.grounder = grounder
+        self.settings = gateway.settings
+
+    async def ask(
+        self, principal: Principal, request: ChatRequest, *, endpoint: str = "chat"
+    ) -> tuple[RequestContext, Answer]:
+        """Ask and wait for the whole answer, accounted as one request of ``endpoint``.
+
+        For callers without a transport of their own (features, the CLI's ``--no-stream``).
+        """
+        ctx = RequestContext(principal=principal, endpoint=endpoint)
+        request.stream = False
+        try:
+            reply = await self.respond(ctx, request)
+            assert isinstance(reply, Answer)
+            return ctx, reply
+        except GatewayError as exc:
+            ctx.status = exc.status
+            raise
+        finally:
+            self.finish(ctx)
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Account for a delivered request: metrics, log line, usage and audit records."""
+        self.gateway.finish(ctx)
+
+    async def respond(self, ctx: RequestContext, request: ChatRequest) -> Answer | Streaming:
+        """Admission → grounding → cache → plan → call → store (see the module docstring)."""
+        gw = self.gateway
+        call = request.call
+        ctx.model = request.model
+        if request.patient_id is not None:
+            ctx.patient_id = request.patient_id
+        await self.governance.admit(ctx, estimate_prompt_tokens(call.messages))
+        if self.settings.log_content:
+            ctx.content = {"messages": call.messages}
+        route = self.settings.models.get(request.model)
+        collection = request.knowledge or (route.knowledge if route else None)
+        grounding: Grounding | None = None
+        if collection is not None:
+            grounding = await self.grounder.ground(
+                ctx.principal.tenant, collection, call.messages, request.knowledge_k
+            )
+            if grounding.escalate:  # nothing supports an answer: say so, ask no model
+                ctx.route = f"{request.model}; knowledge={collection}; escalate"
+                ctx.deployment = ""
+                message = {"role": "assistant", "content": grounding.refusal}
+                return Answer(message, "stop", grounding)
+        cache_req = gw.cache.request(
+            ctx,
+            call,
+            pin=request.pin,
+            ttl_s=request.cache_ttl_s,
+            collection=collection,
+            collection_version=grounding.version if grounding else None,
+        )
+        hit = await gw.cache.lookup(ctx, cache_req, request.cache_mode)
+        if hit is not None:
+            return Answer(hit.message, hit.finish_reason, grounding, cached=hit)
+        if grounding is not None:
+            call.messages = grounding.messages
+        plan = gw.plan(ctx, request.model, call, pin=request.pin)
+        if request.stream:
+            first, deltas = await gw.open_stream(ctx, plan, call)
+            relay = self._relay(ctx, cache_req, request.cache_mode, first, deltas)
+            return Streaming(relay, grounding)
+        result = await gw.chat(ctx, plan, call)
+        if ctx.content is not None:
+            ctx.content["answer"] = result.message.get("content")
+        await gw.cache.store(ctx, cache_req, request.cache_mode, result)
+        return Answer(result.message, result.finish_reason, grounding)
+
+    async def _relay(
+        self,
+        ctx: RequestContext,
+        cache_req: CacheRequest,
+        mode: CacheMode,
+        first: StreamDelta | None,
+        deltas: AsyncIterator[StreamDelta],
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """Pass the deltas on; when the model has finished, store the whole answer."""
+        pieces: list[str] = []
+        finish: str | None = None
+        try:
+            if first is not None:
+                if first.finish_reason is not None:
+                    finish = first.finish_reason
+                pieces.append(first.delta.get("content") or "")
+                yield first
+            async for delta in deltas:
+                if delta.finish_reason is not None:
+                    finish = delta.finish_reason
+                pieces.append(delta.delta.get("content") or "")
+                yield delta
+            if finish is None:
+                raise GatewayError("The model stream ended without a finish reason.")
+            message = {"role": "assistant", "content": "".join(pieces)}
+            if ctx.content is not None:
+                ctx.content["answer"] = message["content"]
+            await self.gateway.cache.store(
+                ctx, cache_req, mode, ChatResult(message, finish, ctx.usage)
+            )
+        finally:
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                # Shielded: a cancelled client still releases the provider's resources.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(aclose())
