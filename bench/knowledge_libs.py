@@ -3,7 +3,8 @@
 Lexical: SQLite FTS5 ``bm25()``, tantivy (block-max WAND), bm25s (static sparse matrix).
 Dense: exact numpy matmul, usearch HNSW, faiss HNSW. Queries are the 500 PubMedQA
 questions over synthetic passages (lexical) and random unit vectors (dense). Writes
-``bench/results/knowledge-libs.{json,md}``. Libraries that are not installed are skipped.
+``bench/results/knowledge-libs-<n>.json`` (``--parsers-only``: the parsers' speed, into
+``bench/results/knowledge-parsers.json``). Libraries that are not installed are skipped.
 """
 
 from __future__ import annotations

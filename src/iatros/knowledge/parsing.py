@@ -1,7 +1,7 @@
 """Turn file bytes into structured blocks (headings and paragraphs with page numbers).
 
 One function per format, all returning :class:`ParsedDocument`. Libraries (chosen by
-measurement, see bench/results/knowledge-libs.md): pypdf for the PDF text layer (pure
+measurement, see bench/results/knowledge-parsers.json): pypdf for the PDF text layer (pure
 Python, no system library), python-docx, markdown-it-py (already a dependency through
 rich), selectolax (Lexbor) for HTML. Text files are decoded as UTF-8; anything else is
 decoded with charset-normalizer's best guess (Windows-1252 when the guess is any Latin
