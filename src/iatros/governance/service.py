@@ -16,18 +16,28 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from iatros.auth import ANONYMOUS, Principal
 from iatros.config import Settings
 from iatros.errors import AuthenticationFailed, GatewayError, PermissionDenied, RateLimited
 from iatros.gateway.context import RequestContext
 from iatros.governance import audit as audit_chain
-from iatros.governance.journal import Journal
+from iatros.governance.journal import (
+    Journal,
+    Quarantine,
+    Record,
+    storable_json,
+    storable_text,
+    store_isolating,
+)
 from iatros.governance.keys import KeyMatch, KeyStore, hash_key
 from iatros.governance.ratelimit import Limit, RateLimiter
 from iatros.governance.roles import allowed
 from iatros.governance.secrets import keyed_ref, load_secret
-from iatros.governance.usage import SpendTracker, now_iso, store_usage
-from iatros.store.db import Database, database_url
+from iatros.governance.usage import SpendTracker, now_iso, store_usage, usage_problem
+from iatros.observability.metrics import journal_quarantine_counter
+from iatros.store.db import Database, database_url, is_data_error
 
 log = logging.getLogger("iatros.governance")
 KEY_CACHE_S = 5.0
@@ -61,9 +71,17 @@ class Governance:
             settings.admin_key.get_secret_value().encode() if settings.admin_key else None
         )
         self._journal_dir = settings.data_dir / "journal"
+        self._quarantine_dir = settings.data_dir / "quarantine"
+        self.quarantined = journal_quarantine_counter(
+            limiter_registry if limiter_registry is not None else CollectorRegistry()
+        )
         self._usage: Journal | None = None
         self._audit: Journal | None = None
         self._flusher: asyncio.Task[None] | None = None
+        # One flush at a time: two overlapping ones (the background task and a handler that
+        # wants its records visible) could empty the journal file while the other's batch
+        # is not stored yet, and could chain audit records out of order.
+        self._flush_lock = asyncio.Lock()
         self._key_cache: OrderedDict[str, tuple[KeyMatch | None, float]] = OrderedDict()
         self._has_keys: tuple[bool, float] = (False, 0.0)
         self._anonymous = settings.allow_anonymous_loopback and settings.is_loopback
@@ -83,28 +101,76 @@ class Governance:
         self._flusher = asyncio.create_task(self._flush_forever(), name="governance-flush")
 
     def _recover(self) -> None:
-        """Store what dead processes journaled but did not get into the database."""
-        for kind, store in (("usage", self._store_usage), ("audit", self._store_audit)):
-            for path, records in Journal.orphans(self._journal_dir, kind):
-                store(records)
-                path.unlink(missing_ok=True)
-                if records:
+        """Store what dead processes journaled but did not get into the database.
+
+        Records the database refuses, and lines that are not JSON, are quarantined: a
+        damaged journal must not stop the gateway from starting. An outage raises (the
+        files stay for the next start).
+        """
+        for kind in ("usage", "audit"):
+            for orphan in Journal.orphans(self._journal_dir, kind):
+                self._set_aside(kind, [(line, "unreadable_line") for line in orphan.unreadable])
+                self._store_or_set_aside(kind, orphan.records)
+                orphan.path.unlink(missing_ok=True)
+                if orphan.records:
                     log.warning(
-                        "recovered journaled records", extra={"kind": kind, "count": len(records)}
+                        "recovered journaled records",
+                        extra={"kind": kind, "count": len(orphan.records)},
                     )
 
-    def _store_usage(self, records: list[dict[str, Any]]) -> None:
+    def _store_usage(self, records: list[Record]) -> None:
         store_usage(self.db, records)
 
-    def _store_audit(self, records: list[dict[str, Any]]) -> None:
+    def _store_audit(self, records: list[Record]) -> None:
         audit_chain.append_events(self.db, records)
+
+    def _store_or_set_aside(self, kind: str, records: list[Record]) -> None:
+        """Store the records the database takes, quarantine those it refuses (in a thread)."""
+        if not records:
+            return
+        if kind == "usage":
+            store, problem = self._store_usage, usage_problem
+        else:
+            store, problem = self._store_audit, _audit_problem
+
+        def refused(exc: BaseException, batch: list[Record]) -> bool:
+            return is_data_error(exc) or any(problem(r) is not None for r in batch)
+
+        bad = store_isolating(store, records, refused)
+        self._set_aside(
+            kind, [(record, problem(record) or type(exc).__name__) for record, exc in bad]
+        )
+
+    def _set_aside(self, kind: str, entries: list[tuple[Any, BaseException | str]]) -> None:
+        if not entries:
+            return
+        quarantine = Quarantine(self._quarantine_dir, kind)
+        quarantine.add(entries)
+        self.quarantined.labels(kind).inc(len(entries))
+        # Alert-level, and without the records or the errors' messages (which may quote
+        # them): the file holds the records, for an operator to repair and replay.
+        log.critical(
+            "journal records refused by the database were quarantined",
+            extra={
+                "kind": kind,
+                "count": len(entries),
+                "reasons": sorted({_reason(why) for _, why in entries}),
+                "file": str(quarantine.path),
+            },
+        )
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:  # an outage: the journal files keep the records for next start
+            log.error(
+                "could not store the last records; kept in the journal for the next start",
+                extra={"error": type(exc).__name__},
+            )
         for journal in (self._usage, self._audit):
             if journal is not None:
                 journal.close()
@@ -120,18 +186,23 @@ class Governance:
                 log.warning("could not store records yet", extra={"error": type(exc).__name__})
 
     async def flush(self) -> None:
-        for journal, store in ((self._usage, self._store_usage), (self._audit, self._store_audit)):
-            if journal is None:
-                continue
-            batch = journal.take()
-            if not batch:
-                continue
-            try:
-                await asyncio.to_thread(store, batch)
-            except BaseException:
-                journal.put_back(batch)
-                raise
-            journal.stored()
+        """Store every journaled record; quarantine those the database refuses.
+
+        Raises only when the store is unavailable (the records stay pending).
+        """
+        async with self._flush_lock:
+            for kind, journal in (("usage", self._usage), ("audit", self._audit)):
+                if journal is None:
+                    continue
+                batch = journal.take()
+                if not batch:
+                    continue
+                try:
+                    await asyncio.to_thread(self._store_or_set_aside, kind, batch)
+                except BaseException:
+                    journal.put_back(batch)
+                    raise
+                journal.stored()
 
     def ready(self) -> bool:
         return self.db.ping()
@@ -266,13 +337,13 @@ class Governance:
             {
                 "request_id": ctx.request_id,
                 "ts": now_iso(),
-                "tenant_id": ctx.principal.tenant,
-                "key_id": ctx.principal.key_id,
-                "endpoint": ctx.endpoint,
-                "model": ctx.model[:128],
-                "deployment": ctx.deployment[:128],
-                "route": ctx.route[:512],
-                "cache": ctx.cache,
+                "tenant_id": storable_text(ctx.principal.tenant, 64),
+                "key_id": storable_text(ctx.principal.key_id, 32),
+                "endpoint": storable_text(ctx.endpoint, 32),
+                "model": storable_text(ctx.model, 128),
+                "deployment": storable_text(ctx.deployment, 128),
+                "route": storable_text(ctx.route, 512),
+                "cache": storable_text(ctx.cache, 16),
                 "status": ctx.status,
                 "prompt_tokens": ctx.usage.prompt_tokens,
                 "completion_tokens": ctx.usage.completion_tokens,
@@ -299,8 +370,17 @@ class Governance:
                 task.add_done_callback(_quiet)
 
     def audit(self, **fields: Any) -> None:
-        """Journal a security event; it joins the chain within a fraction of a second."""
+        """Journal a security event; it joins the chain within a fraction of a second.
+
+        Text fields are cut to their columns' widths and made storable (no NUL), so that
+        whatever a caller passes (a query parameter, a path) the event can be stored.
+        """
         if self._audit is not None:
+            for name, width in _AUDIT_TEXT.items():
+                if name in fields:
+                    fields[name] = storable_text(str(fields[name]), width)
+            if fields.get("details"):
+                fields["details"] = storable_json(fields["details"])
             self._audit.append(audit_chain.event(**fields))
 
     def audit_denied(self, actor: str, tenant: str, reason: str) -> None:
@@ -308,6 +388,27 @@ class Governance:
 
     def patient_ref(self, patient_id: str) -> str:
         return keyed_ref(self.secret, patient_id, "patient")
+
+
+_AUDIT_TEXT = {"tenant": 64, "actor": 64, "action": 64, "target": 256, "outcome": 32}
+"""Widths of the audit table's text columns (``event`` takes ``tenant`` for ``tenant_id``)."""
+_AUDIT_FIELDS = ("event_id", "ts", "tenant_id", "actor", "action", "target", "outcome")
+
+
+def _reason(why: BaseException | str) -> str:
+    return why if isinstance(why, str) else type(why).__name__
+
+
+def _audit_problem(record: object) -> str | None:
+    """Why ``record`` is not an audit event the store can take (see ``usage_problem``)."""
+    if not isinstance(record, dict):
+        return "not_an_object"
+    for name in _AUDIT_FIELDS:
+        if not isinstance(record.get(name), str):
+            return f"bad_field:{name}"
+    if not isinstance(record.get("details"), dict):
+        return "bad_field:details"
+    return None
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:

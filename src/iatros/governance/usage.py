@@ -41,6 +41,32 @@ _COLUMNS = (
 )
 
 
+_TEXT_COLUMNS = frozenset(_COLUMNS[:9])
+_INT_COLUMNS = frozenset(("status", "prompt_tokens", "completion_tokens"))
+
+
+def usage_problem(record: object) -> str | None:
+    """Why ``record`` is not a usage record the store can take (``None`` if it looks fine).
+
+    Asked only when a batch failed with an error that does not say whose fault it is
+    (a driver's "cannot adapt type" is a ``ProgrammingError``, like a missing table):
+    a record read back from a damaged journal file is at fault, an outage is not.
+    """
+    if not isinstance(record, dict):
+        return "not_an_object"
+    for column in _COLUMNS:
+        value = record.get(column)
+        if column in _TEXT_COLUMNS:
+            ok = isinstance(value, str)
+        elif column in _INT_COLUMNS:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            return f"bad_field:{column}"
+    return None
+
+
 ROWS_PER_STATEMENT = 500
 """Rows per INSERT at most (7,000 parameters: under PostgreSQL's 65,535 and the 32,766 of
 SQLite since 3.32; an older SQLite's lower limit is read from the connection)."""

@@ -79,6 +79,21 @@ OVERHEAD_BUCKETS = (
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
+def journal_quarantine_counter(registry: CollectorRegistry) -> Counter:
+    """Usage and audit records the database refused, set aside in the quarantine files.
+
+    Alert on any increase: each one is a request whose record is not in the database
+    until an operator repairs and replays it (``<data_dir>/quarantine/<kind>.jsonl``).
+    """
+    return Counter(
+        "iatros_journal_quarantined",
+        "Journaled usage or audit records the database refused, set aside in "
+        "<data_dir>/quarantine/<kind>.jsonl (alert on any increase)",
+        ("kind",),
+        registry=registry,
+    )
+
+
 class _ProviderCollector(Collector):
     def __init__(self, readiness: Callable[[], dict[str, bool]]) -> None:
         self._readiness = readiness

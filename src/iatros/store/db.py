@@ -19,6 +19,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
 
@@ -43,8 +44,17 @@ def database_url(explicit: str | None, data_dir: Path) -> str:
 
 
 def make_engine(url: str) -> Engine:
+    """An engine that never puts bound parameters into its errors or logs.
+
+    ``hide_parameters``: a failing statement's exception (logged with its traceback)
+    would otherwise quote every value it bound: feedback comments, patient references.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -62,7 +72,33 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=5, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+    )
+
+
+_VALUE_ERRORS = (TypeError, ValueError, OverflowError, KeyError)
+"""Raised while rows are built or values bound (``UnicodeError`` is a ``ValueError``)."""
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether a write failed because of the values written, so that retrying cannot help.
+
+    The records' fault: ``DataError`` (a value the column cannot hold: NUL in PostgreSQL
+    text, a number out of range, text too long), ``IntegrityError`` (a constraint), and
+    Python errors raised while rows are built or values bound (``TypeError``,
+    ``ValueError``, ``OverflowError``, ``KeyError``), raw or wrapped in a
+    ``StatementError``. The store's fault, worth retrying later: ``OperationalError``
+    (connection lost, database locked), ``InterfaceError``, ``ProgrammingError`` (a
+    table missing after a failed migration), ``InternalError``, pool timeouts.
+    """
+    if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if isinstance(exc, sa_exc.StatementError):
+        return exc.orig is not None and is_data_error(exc.orig)
+    return isinstance(exc, _VALUE_ERRORS)
 
 
 @event.listens_for(Session, "do_orm_execute")
