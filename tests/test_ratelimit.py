@@ -34,7 +34,19 @@ def _redis_up() -> bool:
     return False
 
 
-needs_redis = pytest.mark.skipif(not _redis_up(), reason="no Redis server on 127.0.0.1:6379")
+def _require_redis() -> None:
+    """Fail, never skip, without Redis: the CI starts one, and a skip would let a broken
+    shared limit pass unseen."""
+    if not _redis_up():
+        pytest.fail("no Redis server on 127.0.0.1:6379 (start redis-server)", pytrace=False)
+
+
+@pytest.fixture
+def redis_required() -> None:
+    _require_redis()
+
+
+needs_redis = pytest.mark.usefixtures("redis_required")
 
 
 @pytest.fixture
@@ -51,6 +63,8 @@ def prefix() -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def limiter(url: str | None, prefix: str, **kw: float) -> AsyncIterator[RateLimiter]:
+    if url is not None:
+        _require_redis()
     rl = RateLimiter(url, prefix=prefix, registry=CollectorRegistry(), **kw)
     await rl.start()
     try:
@@ -72,7 +86,7 @@ async def redis_usage(prefix: str, scope: str) -> int:
         await client.aclose()
 
 
-BACKENDS = [pytest.param(REDIS_URL, id="redis", marks=needs_redis), pytest.param(None, id="local")]
+BACKENDS = [pytest.param(REDIS_URL, id="redis"), pytest.param(None, id="local")]
 
 
 # --- exactness -------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Fixtures for the cache tests: the real Redis on 127.0.0.1, one key prefix per test.
 
-Redis tests skip (they do not fail) when no Redis answers at ``IATROS_TEST_REDIS_URL``
-(default ``redis://127.0.0.1:6379/0``). Every test uses its own prefix and deletes its
-keys afterwards; nothing else in the database is touched.
+Redis tests fail, saying so, when no Redis answers at ``IATROS_TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379/0``): a skip would let a broken Redis backend pass unseen, and the
+CI starts a Redis (``.ci/run``). Every test uses its own prefix and deletes its keys
+afterwards; nothing else in the database is touched.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def redis_available() -> bool:
         return False
 
 
+def require_redis() -> None:
+    if not redis_available():
+        pytest.fail(
+            f"no Redis at {REDIS_URL}: start one (redis-server --port 6379) or set "
+            "IATROS_TEST_REDIS_URL",
+            pytrace=False,
+        )
+
+
 @pytest.fixture()
 def prefix() -> Iterator[str]:
     """A key prefix of this test's own; its keys are deleted afterwards."""
@@ -51,8 +61,7 @@ def prefix() -> Iterator[str]:
 
 @pytest.fixture()
 def sync_redis() -> redis.Redis:
-    if not redis_available():
-        pytest.skip(f"no Redis at {REDIS_URL}")
+    require_redis()
     return redis.Redis.from_url(REDIS_URL, socket_timeout=2)
 
 
@@ -60,8 +69,8 @@ def sync_redis() -> redis.Redis:
 def backend(request: pytest.FixtureRequest) -> str:
     """Runs a test once with the in-process backend and once with the real Redis."""
     kind: str = request.param
-    if kind == "redis" and not redis_available():
-        pytest.skip(f"no Redis at {REDIS_URL}")
+    if kind == "redis":
+        require_redis()
     return kind
 
 

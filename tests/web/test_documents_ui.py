@@ -19,7 +19,7 @@ import pytest
 
 from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningServer
-from tests.web.conftest import ARTIFACTS, knowledge_mounted, shot, sign_in, wait_until
+from tests.web.conftest import ARTIFACTS, shot, sign_in, wait_until
 
 HOSTILE_DOC = '<img src=x onerror="window.__pwned=1">protocol.md'
 HOSTILE_SNIPPET = (
@@ -318,13 +318,16 @@ def test_documents_screen_has_no_serious_accessibility_violations(
     assert serious == []
 
 
-# -- against the real knowledge API (when it is mounted) --------------------------------------
+# -- against the real knowledge API ----------------------------------------------------------
 
 
 @pytest.fixture()
 def real_knowledge(web_server: RunningServer) -> RunningServer:
-    if not knowledge_mounted(web_server):
-        pytest.skip("knowledge API not mounted yet")
+    """The server, once its knowledge API has answered. Anything but a 200 fails the test:
+    this used to be a skip ("not mounted yet"), which turned a 500 into a quiet pass."""
+    with web_server.http() as http:
+        resp = http.get("/v1/knowledge/collections")
+    assert resp.status_code == 200, resp.text
     return web_server
 
 
