@@ -131,6 +131,12 @@ class RoutingSettings(_Strict):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     health_check_interval_s: float | None = Field(None, gt=0)
     """Probe every provider this often (off by default; traffic itself feeds the breakers)."""
+    panic_threshold: float = Field(1.0, ge=0, le=1)
+    """Panic routing (as Envoy's panic threshold): when the share of a route's deployments
+    whose breakers admit traffic is under this, the refused ones stay in the plan as a last
+    resort, tried once each after the admitted ones failed. 1.0: as soon as one breaker
+    refuses; 0: only when every breaker refuses (never less: a request is not refused while
+    a deployment might answer it)."""
 
 
 class EmbeddingSettings(_Strict):

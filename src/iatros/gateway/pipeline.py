@@ -34,7 +34,8 @@ from iatros.observability.metrics import Metrics
 from iatros.observability.stalls import StallWatch
 from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
-from iatros.routing.health import DeploymentHealth
+from iatros.routing.health import DeploymentHealth, State
+from iatros.routing.probes import Prober
 from iatros.routing.router import Deployment, Plan, Router
 
 log = logging.getLogger("iatros.gateway")
@@ -72,6 +73,14 @@ class Gateway:
             for name, cfg in settings.deployments.items()
         }
         self.router = Router(settings, self.deployments)
+        breaker = settings.routing.breaker
+        self.prober = Prober(
+            self.deployments,
+            self.router.health,
+            breaker.probe_interval_s,
+            breaker.probe_timeout_s,
+            self.metrics.count_probe,
+        )
         embedding = self.deployments.get(settings.embeddings.default_model or "")
         self.cache = CacheStep(
             settings,
@@ -111,6 +120,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         await self.cache.start()
+        self.prober.start()
         interval = self.settings.routing.health_check_interval_s
         if interval:
             self._health_task = asyncio.create_task(self._health_checks(interval))
@@ -122,6 +132,7 @@ class Gateway:
                     self._lag.listeners.remove(listener)
         if self._stalls is not None:
             self._stalls.stop()
+        await self.prober.close()
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -212,21 +223,44 @@ class Gateway:
 
     async def _attempts(
         self, ctx: RequestContext, plan: Plan
-    ) -> AsyncGenerator[tuple[Deployment, DeploymentHealth, float], GatewayError | None]:
-        """Yield (deployment, health, timeout) for each try; the caller sends back its failure.
+    ) -> AsyncGenerator[tuple[Deployment, DeploymentHealth, float, bool], GatewayError | None]:
+        """Yield (deployment, health, timeout, probe) for each try; the caller sends back its
+        failure. ``probe``: the try holds a half-open probe slot (to release if it ends
+        without an outcome).
 
         Transient failures are retried on the same deployment with capped exponential
         backoff and full jitter, then the next deployment is tried; a deployment-level
         failure (e.g. rejected credentials) moves on at once; a client error stops.
+
+        Panic routing: a deployment whose breaker refuses the try (open, or half-open with
+        every probe slot taken; in a panic plan the router appended the open ones) is not
+        skipped for good but kept for the end; once every admitted deployment has failed,
+        each kept one gets one try, in plan order (the router put the most recently
+        successful first), within the deadline.
+        ``; panic`` in the route says it happened. If all of them fail too: 503 with
+        ``Retry-After``. A try whose breaker admitted it holds no more than before, so the
+        healthy path costs nothing extra.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (plan.deadline_s or DEFAULT_DEADLINE_S)
         retry = plan.retry
         last: GatewayError | None = None
         tried: list[str] = []
-        for deployment in plan.candidates:
+        queue = plan.candidates
+        refused: list[Deployment] | None = None
+        panicking = False
+        index = 0
+        while True:
+            if index == len(queue):
+                if not refused:
+                    break
+                queue, refused, index, panicking = refused, None, 0, True
+                ctx.route += "; panic"
+                self.metrics.count_panic(plan.model)
+            deployment = queue[index]
+            index += 1
             health = self.router.health[deployment.name]
-            for attempt in range(retry.max_attempts):
+            for attempt in range(1 if panicking else retry.max_attempts):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise UpstreamTimeout(
@@ -234,12 +268,20 @@ class Gateway:
                         code="deadline_exceeded",
                         retryable=False,
                     )
-                if not health.acquire():
-                    break
+                admitted = health.acquire()
+                if not admitted:
+                    if not panicking:
+                        if attempt == 0:
+                            if refused is None:
+                                refused = []
+                            refused.append(deployment)
+                        break
+                    health.panic_tries += 1
+                probe = admitted and health.state is State.HALF_OPEN
                 timeout = deployment.config.timeout_s or plan.attempt_timeout_s or math.inf
                 if deployment.name not in tried:
                     tried.append(deployment.name)
-                failure = yield deployment, health, min(timeout, remaining)
+                failure = yield deployment, health, min(timeout, remaining), probe
                 if failure is None:
                     if len(tried) > 1 or attempt:
                         ctx.route += f"; tried={'>'.join(tried)}"
@@ -247,12 +289,14 @@ class Gateway:
                 last = failure
                 fault = _fault(failure)
                 if fault == "client":
-                    health.release_probe()
+                    if probe:
+                        health.release_probe()
                     raise failure
                 if fault == "context":
-                    health.release_probe()
+                    if probe:
+                        health.release_probe()
                     break
-                health.record_failure(failure.code or "error")
+                health.record_failure(failure.code or "error", probe=probe)
                 self.metrics.count_failure(deployment.name, failure.code or "error")
                 if fault == "deployment" or attempt + 1 >= retry.max_attempts:
                     break
@@ -262,13 +306,16 @@ class Gateway:
                     break
                 self.metrics.count_retry(deployment.name)
                 await asyncio.sleep(pause)
-            if deployment is not plan.candidates[-1]:
+            if index < len(queue) or refused:
                 self.metrics.count_fallback(plan.model, deployment.name)
         ctx.route += f"; tried={'>'.join(tried) or 'none'}"
-        if last is None:
+        if last is None or panicking:
+            after = self.router.retry_after_s(plan.candidates)
+            reason = "" if last is None else f" (last error: {last.code})"
             raise ServiceUnavailable(
-                f"every deployment of model {plan.model!r} is failing; retry shortly",
+                f"every deployment of model {plan.model!r} is failing{reason}; retry in {after} s",
                 code="no_healthy_deployment",
+                headers={"retry-after": str(after)},
             )
         raise last
 
@@ -276,7 +323,7 @@ class Gateway:
         attempts = self._attempts(ctx, plan)
         step = await anext(attempts)
         while True:
-            deployment, health, timeout = step
+            deployment, health, timeout, probe = step
             ctx.deployment = deployment.name
             started = time.perf_counter()
             try:
@@ -292,7 +339,8 @@ class Gateway:
             except GatewayError as exc:
                 failure = exc
             except asyncio.CancelledError:
-                health.release_probe()
+                if probe:
+                    health.release_probe()
                 raise
             else:
                 elapsed = time.perf_counter() - started
@@ -312,7 +360,7 @@ class Gateway:
         attempts = self._attempts(ctx, plan)
         step = await anext(attempts)
         while True:
-            deployment, health, timeout = step
+            deployment, health, timeout, probe = step
             ctx.deployment = deployment.name
             deltas = self._stream(ctx, deployment, health, call)
             try:
@@ -331,7 +379,8 @@ class Gateway:
                 step = await attempts.asend(failure)
                 continue
             except asyncio.CancelledError:
-                health.release_probe()
+                if probe:
+                    health.release_probe()
                 await asyncio.shield(deltas.aclose())
                 raise
             health.record_success(ctx.ttft_s)

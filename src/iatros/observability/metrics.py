@@ -211,6 +211,19 @@ class Metrics:
             ("model", "from_deployment"),
             registry=self.registry,
         )
+        self.panics = Counter(
+            "iatros_panic_routes",
+            "Requests that, every admitted deployment having failed, were sent to deployments "
+            "whose circuit breakers refused them (panic routing, the last resort)",
+            ("model",),
+            registry=self.registry,
+        )
+        self.probes = Counter(
+            "iatros_breaker_probes",
+            "Active probes of open breakers' upstreams (a pass half-opens the breaker)",
+            ("deployment", "outcome"),
+            registry=self.registry,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
@@ -228,6 +241,12 @@ class Metrics:
 
     def count_fallback(self, model: str, deployment: str) -> None:
         self._child(self.fallbacks, model, deployment).inc()
+
+    def count_panic(self, model: str) -> None:
+        self._child(self.panics, model).inc()
+
+    def count_probe(self, deployment: str, passed: bool) -> None:
+        self._child(self.probes, deployment, "pass" if passed else "fail").inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

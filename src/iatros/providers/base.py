@@ -112,6 +112,15 @@ class Provider:
         """Active check used by optional periodic probing; by default, readiness."""
         return self.ready()
 
+    async def probe(self, deployment: DeploymentConfig) -> bool:
+        """A cheap request telling whether ``deployment`` answers again.
+
+        Sent only while the deployment's breaker is open (every
+        ``routing.breaker.probe_interval_s``); a pass half-opens the breaker at once.
+        By default the provider's :meth:`health_check`.
+        """
+        return await self.health_check()
+
     async def chat(self, deployment: DeploymentConfig, call: ChatCall) -> ChatResult:
         raise InvalidRequest(
             f"provider {self.name!r} does not serve chat completions", code="unsupported"

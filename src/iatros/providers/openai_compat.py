@@ -39,6 +39,10 @@ class OpenAIOptions(BaseModel):
     connect_timeout_s: float = Field(5.0, gt=0)
     max_connections: int = Field(1000, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
+    probe: Literal["models", "chat"] = "models"
+    """How an open breaker probes this provider: ``models`` (``GET /models``: free and
+    cheap, shows the API answers) or ``chat`` (a one-token completion of the deployment's
+    model: shows the model answers, costs a token)."""
 
 
 def _usage(data: Any) -> Usage | None:
@@ -107,6 +111,24 @@ class OpenAICompatProvider(Provider):
         except HttpError:
             return False
         return status < 500 and status != 401
+
+    async def probe(self, deployment: DeploymentConfig) -> bool:
+        """``GET /models``, or with ``probe: chat`` a one-token completion of ``deployment``."""
+        if self.options.probe == "models":
+            return await self.health_check()
+        if self._client is None:
+            return False
+        body = self._chat_body(
+            deployment,
+            ChatCall(messages=[{"role": "user", "content": "ping"}], max_tokens=1),
+            stream=False,
+        )
+        target = self._target(self._client, deployment, "chat/completions")
+        try:
+            status, _, _ = await self._client.request("POST", target, body)
+        except HttpError:
+            return False
+        return 200 <= status < 300
 
     # -- request building -------------------------------------------------
 

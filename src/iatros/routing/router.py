@@ -4,18 +4,30 @@ A logical model (``models.<name>`` in the config) orders its deployments by its
 strategy — ``priority`` (as listed), ``complexity`` (small or large model by the
 classifier's score), ``latency`` (lowest recent time to first token), ``weighted``
 (random by weight) or ``cost`` (cheapest) — then appends its ``fallbacks``.
-Deployments whose context window cannot hold the prompt, or whose breaker is
-open, are left out. The gateway walks the resulting plan with retries.
+Deployments whose context window cannot hold the prompt are left out.
+
+Deployments whose breaker refuses traffic go after the admitted ones (panic
+routing, after Envoy's panic threshold): when the share of admitted deployments
+falls under ``routing.panic_threshold`` (1.0 by default: as soon as one breaker
+refuses) or nothing is admitted, the refused ones stay in the plan as a last
+resort, ordered by their most recent success (a passing active probe counts),
+then by the shortest remaining cooldown. The gateway tries them, one try each,
+only after every admitted deployment has failed, within the request's deadline,
+and says so (``; panic`` in ``x-iatros-route``). A breaker protects a failing
+upstream from load; it must not turn a recovered one into an outage (issue #28).
+The healthy path allocates nothing more than before. The gateway walks the
+resulting plan with retries.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from iatros.config import DeploymentConfig, ModelRouteConfig, RetrySettings, Settings
-from iatros.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from iatros.errors import InvalidRequest, ModelNotFound
 from iatros.providers.base import ChatCall, Provider
 from iatros.routing.classifier import Complexity, score
 from iatros.routing.health import DeploymentHealth
@@ -41,6 +53,9 @@ class Plan:
     attempt_timeout_s: float | None = None
     deadline_s: float | None = None
     complexity: Complexity | None = None
+    panic: bool = False
+    """The plan holds deployments whose breakers refuse (after the admitted ones): panic
+    routing may try them, once each, if every admitted one fails."""
 
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -98,20 +113,40 @@ class Router:
         chain = self._dedup(ordered + self._fallback_chain(route, {model}))
         fitting = self._check_context(chain, call, model)
         usable = [d for d in fitting if self.health[d.name].available()]
-        if not usable:
-            wait = min(max(self.health[d.name].cooldown_s() - 0.0, 1.0) for d in fitting)
-            raise ServiceUnavailable(
-                f"every deployment of model {model!r} is failing; retry shortly",
-                code="no_healthy_deployment",
-                headers={"retry-after": str(max(1, round(wait)))},
-            )
+        panic = len(usable) < len(fitting) and (
+            not usable or len(usable) < self.settings.routing.panic_threshold * len(fitting)
+        )
+        candidates = self._with_refused(usable, fitting) if panic else usable
         detail = "" if why == route.strategy else f"; {why}"
-        decision = f"{model}; strategy={route.strategy}{detail}; pick={usable[0].name}"
-        if usable[0] is not ordered[0]:
+        decision = f"{model}; strategy={route.strategy}{detail}; pick={candidates[0].name}"
+        if candidates[0] is not ordered[0]:
             skipped = ordered[0].name
             decision += f"; skipped={skipped}({self._skip_reason(ordered[0], fitting)})"
-        plan = Plan(model, usable, decision, complexity=complexity)
+        plan = Plan(model, candidates, decision, complexity=complexity, panic=panic)
         return self._with_route(plan, route)
+
+    def _with_refused(
+        self, usable: list[Deployment], fitting: list[Deployment]
+    ) -> list[Deployment]:
+        """``usable``, then the deployments whose breakers refuse: the most recently
+        successful first (a passing active probe counts), then the shortest remaining
+        cooldown. Only reached when some breaker refuses, never on the healthy path."""
+        health = self.health
+        refused = [d for d in fitting if d not in usable]
+        refused.sort(
+            key=lambda d: (-health[d.name].last_ok_at, health[d.name].remaining_cooldown_s())
+        )
+        return usable + refused
+
+    def retry_after_s(self, candidates: list[Deployment]) -> int:
+        """When a refused request is worth retrying: the shortest remaining cooldown of
+        ``candidates``, or the probe interval if shorter (a passing probe half-opens a
+        breaker at once); at least 1 s."""
+        wait = min(self.health[d.name].remaining_cooldown_s() for d in candidates)
+        interval = self.settings.routing.breaker.probe_interval_s
+        if interval is not None:
+            wait = min(wait, interval)
+        return max(1, math.ceil(wait))
 
     @staticmethod
     def _with_route(plan: Plan, route: ModelRouteConfig) -> Plan:

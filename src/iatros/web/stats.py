@@ -73,19 +73,21 @@ def route_decision(route: str, deployment: str) -> str:
 
     ``assistant; strategy=complexity; complexity=0.8>=0.5(...); pick=gpt; tried=gpt``
     becomes ``complexity → gpt``; a request answered by another deployment than the
-    pick is marked as a fallback; cache hits, pinned and direct requests say so.
+    pick is marked as a fallback, one sent to a deployment whose breaker refused it as
+    ``panic`` (panic routing); cache hits, pinned and direct requests say so.
     """
     fields = {name: value.strip() for name, value in _FIELD.findall(route)}
+    panic = " (panic)" if "; panic" in route else ""
     if "cache" in fields:
         return f"cache:{fields['cache']}"
     if "pinned" in fields:
-        return f"pinned → {fields['pinned']}"
+        return f"pinned → {fields['pinned']}{panic}"
     if "strategy" in fields:
         pick = fields.get("pick", "?")
         label = f"{fields['strategy']} → {pick}"
         if deployment and pick != deployment:
             label += f" (fallback {deployment})"
-        return label
+        return label + panic
     head = route.split(";", 1)[0].strip()
     return head or "none"
 

@@ -212,6 +212,12 @@ function renderHealth(health) {
     { label: t("dash.failures"), value: (d) => formatNumber(d.failures) },
     { label: t("dash.successes"), value: (d) => formatNumber(d.successes) },
     { label: t("dash.ewma_ttft"), value: (d) => formatMs(d.ewma_ttft_ms) },
+    { label: t("dash.panic_tries"), value: (d) => formatNumber(d.panic_tries ?? 0) },
+    {
+      label: t("dash.probes"),
+      value: (d) => (d.probes_ok || d.probes_failed ? `✓ ${formatNumber(d.probes_ok)} · ✗ ${formatNumber(d.probes_failed)}` : "–"),
+      className: "text",
+    },
     { label: t("dash.last_error"), value: (d) => d.last_error || "–", className: "text" },
   ], health.data || []);
 }
