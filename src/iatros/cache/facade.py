@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import orjson
 from prometheus_client import CollectorRegistry
 
+from iatros.cache.backends import BackendFactory, BackendHooks
 from iatros.cache.backends.base import Backend, SemanticRow
-from iatros.cache.backends.memory import MemoryBackend
 from iatros.cache.codec import DecodeError, decode_entry, encode_entry
 from iatros.cache.guard import CATEGORIES, explain_guard, signature
 from iatros.cache.index import Candidate, Vector, unit_vector, use_one_blas_thread
@@ -37,6 +37,7 @@ from iatros.cache.model import CachedResponse, CacheRequest, HitKind, RequestTyp
 from iatros.cache.request_type import classify as classify_request
 from iatros.cache.settings import CacheSettings
 from iatros.errors import ServiceUnavailable
+from iatros.plugins import CACHE_BACKENDS, load_one
 
 log = logging.getLogger("iatros.cache")
 
@@ -61,6 +62,12 @@ class _Failed:
 _FAILED = _Failed()
 
 
+def _backend_factory(obj: object) -> BackendFactory:
+    if not callable(obj):
+        raise TypeError("a cache backend entry point must name a factory")
+    return obj
+
+
 class _Core:
     """What every route view of one cache shares: backend, keys, metrics, embeddings."""
 
@@ -83,25 +90,10 @@ class _Core:
         self.prices: dict[str, tuple[float, float]] = {}
         self.memo: OrderedDict[str, Vector] = OrderedDict()
         self.warned: dict[tuple[str, str], float] = {}
-        self.backend: Backend
-        if settings.backend == "redis":
-            from iatros.cache.backends.redis import RedisBackend
-
-            assert settings.redis_url is not None  # the settings validator guarantees it
-            self.backend = RedisBackend(
-                settings.redis_url,
-                prefix=settings.key_prefix,
-                timeout_s=settings.redis_timeout_ms / 1000,
-                bulk_timeout_s=settings.redis_bulk_timeout_s,
-                retry_after_s=settings.redis_retry_after_s,
-                max_connections=settings.redis_max_connections,
-                max_mirror_bytes=settings.max_memory_bytes,
-                on_error=self.background_error,
-                on_decode_error=self.metrics.decode_errors.inc,
-                clock=clock,
-            )
-        else:
-            self.backend = MemoryBackend(settings.max_memory_bytes, clock=clock)
+        # Chosen among the iatros.cache_backends entry points, built-ins included.
+        factory = load_one(CACHE_BACKENDS, settings.backend, _backend_factory)
+        hooks = BackendHooks(self.background_error, self.metrics.decode_errors.inc, clock)
+        self.backend: Backend = factory(settings, hooks)
         self.metrics.watch_entries(self.backend.entry_count)
 
     def background_error(self, op: str, exc: BaseException) -> None:

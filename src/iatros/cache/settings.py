@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from iatros.plugins import CACHE_BACKENDS, available
 
 MiB = 1024 * 1024
 
@@ -41,7 +43,8 @@ class CacheSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    backend: Literal["memory", "redis"] = "memory"
+    backend: str = "memory"
+    """An ``iatros.cache_backends`` entry point: ``memory``, ``redis`` or a plugin's."""
     redis_url: str | None = None
     """``redis://host:6379/0``; the caller fills it from ``IATROS_REDIS_URL``."""
     redis_timeout_ms: float = Field(5.0, gt=0)
@@ -72,6 +75,14 @@ class CacheSettings(BaseModel):
     entries nor invalidate each other's; so it is required with ``backend: redis``.
     With the memory backend a random per-process secret is used when it is not set.
     """
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        known = available(CACHE_BACKENDS)
+        if known and name not in known:  # (no entry points at all: not installed, say nothing)
+            raise ValueError(f"unknown cache backend {name!r} (registered: {', '.join(known)})")
+        return name
 
     @model_validator(mode="after")
     def _redis_needs_url_and_secret(self) -> CacheSettings:

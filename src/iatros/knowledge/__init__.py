@@ -1,6 +1,8 @@
 """Knowledge base: ingest documents, retrieve passages (hybrid BM25 + dense), ground answers.
 
 The public surface is re-exported here; the modules behind it are private details.
+``SUPPORTED_EXTENSIONS`` lists the built-in formats; :func:`supported_extensions` also
+counts the parser plugins installed.
 
     kb = KnowledgeBase(KnowledgeSettings(), data_dir, embed)
     await kb.start()
@@ -10,15 +12,12 @@ The public surface is re-exported here; the modules behind it are private detail
 
 from iatros.knowledge import grounding
 from iatros.knowledge.chunking import Chunk, Chunker
+from iatros.knowledge.context import EmbedFn
+from iatros.knowledge.ingestion import ProgressFn
+from iatros.knowledge.parsers import Parser, supported_extensions
 from iatros.knowledge.parsing import EXTENSIONS as SUPPORTED_EXTENSIONS
-from iatros.knowledge.service import (
-    EmbedFn,
-    KnowledgeBase,
-    ProgressFn,
-    RerankFn,
-    reciprocal_rank_fusion,
-    zscore_fusion,
-)
+from iatros.knowledge.retrieval import RerankFn, reciprocal_rank_fusion, zscore_fusion
+from iatros.knowledge.service import KnowledgeBase
 from iatros.knowledge.settings import KnowledgeSettings
 from iatros.knowledge.types import (
     CollectionInfo,
@@ -52,11 +51,13 @@ __all__ = [
     "KnowledgeError",
     "KnowledgeSettings",
     "NotFound",
+    "Parser",
     "Passage",
     "ProgressFn",
     "RerankFn",
     "SearchMode",
     "grounding",
     "reciprocal_rank_fusion",
+    "supported_extensions",
     "zscore_fusion",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from iatros.knowledge.parsing import Block, ParsedDocument
+from iatros.knowledge.document import Block, ParsedDocument
 from iatros.knowledge.text import count_tokens, join_nonempty, sentences
 
 

@@ -15,15 +15,16 @@ import io
 import logging
 import re
 import zipfile
-from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Literal
 
+from iatros.knowledge.document import Block, ParsedDocument
+from iatros.knowledge.parsers import parse_document, registry
 from iatros.knowledge.types import IngestError
 
 log = logging.getLogger("iatros.knowledge.parsing")
 
 ContentType = Literal["pdf", "markdown", "html", "text", "docx"]
+# The built-in formats (their parsers: iatros.knowledge.builtin_parsers); plugins add more.
 EXTENSIONS: dict[str, ContentType] = {
     ".pdf": "pdf",
     ".md": "markdown",
@@ -37,63 +38,15 @@ EXTENSIONS: dict[str, ContentType] = {
 }
 
 
-@dataclass(slots=True)
-class Block:
-    text: str
-    kind: Literal["heading", "paragraph"] = "paragraph"
-    level: int = 0
-    page: int | None = None
-
-
-@dataclass(slots=True)
-class ParsedDocument:
-    content_type: ContentType
-    blocks: list[Block]
-    pages: int | None = None
-    title: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-
-def detect_type(filename: str, head: bytes) -> ContentType:
+def detect_type(filename: str, head: bytes) -> str:
     """The format from the extension, checked against the file's first bytes."""
-    suffix = PurePath(filename).suffix.lower()
-    kind = EXTENSIONS.get(suffix)
-    if kind is None:
-        supported = ", ".join(sorted(EXTENSIONS))
-        shown = suffix or "(no extension)"
-        raise IngestError(f"unsupported file type {shown!r} (supported: {supported})")
-    if kind == "pdf" and b"%PDF-" not in head[:1024]:
-        raise IngestError("not a PDF file (no %PDF header): corrupt or misnamed")
-    if kind == "docx" and not head.startswith(b"PK"):
-        raise IngestError("not a DOCX file (not a zip archive): corrupt or misnamed")
-    return kind
+    return registry.parser_for(filename, head).content_type
 
 
 def parse(filename: str, data: bytes) -> ParsedDocument:
-    """Parse ``data``; raises :class:`IngestError` with a user-readable message."""
-    if not data:
-        raise IngestError("empty file")
-    kind = detect_type(filename, data[:1024])
-    if kind == "pdf":
-        doc = parse_pdf(data)
-    elif kind == "docx":
-        doc = parse_docx(data)
-    else:
-        text, warning = decode_text(data)
-        if kind == "markdown":
-            doc = parse_markdown(text)
-        elif kind == "html":
-            doc = parse_html(text)
-        else:
-            doc = parse_text(text)
-        if warning:
-            doc.warnings.append(warning)
-    doc.blocks = [b for b in doc.blocks if b.text.strip()]
-    if not doc.blocks:
-        if kind == "pdf":
-            raise IngestError("no extractable text: a scanned PDF needs OCR, which is not done")
-        raise IngestError("no text found in the file")
-    return doc
+    """Parse ``data`` with the parser registered for its extension (see
+    :mod:`iatros.knowledge.parsers`); raises :class:`IngestError` with a readable message."""
+    return parse_document(filename, data)
 
 
 _LATIN_GUESSES = frozenset(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from iatros.plugins import KNOWLEDGE_BACKENDS, available
 
 
 class KnowledgeSettings(BaseModel):
@@ -18,7 +20,8 @@ class KnowledgeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["embedded", "qdrant"] = "embedded"
+    backend: str = "embedded"
+    """An ``iatros.knowledge_backends`` entry point: ``embedded``, ``qdrant`` or a plugin's."""
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     qdrant_collection: str = "iatros_chunks"
@@ -29,6 +32,22 @@ class KnowledgeSettings(BaseModel):
     chunk_overlap: int = Field(50, ge=0)
     max_file_bytes: int = Field(50 * 1024 * 1024, ge=1)
     """Files over this size are refused from their size alone, before being read."""
+    archive_max_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
+    """What one document may expand to: the members of a zip-based file (DOCX) together,
+    or the decompressed page contents of a PDF. A 50 MiB DOCX of photos is about 50 MiB
+    expanded; a 444 KB DOCX holding a 400 MiB zero-filled part is refused before it is
+    expanded (see iatros.knowledge.archives)."""
+    archive_max_markup_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    """XML inside a zip-based file, together: it becomes an lxml tree several times its
+    size in memory, so it gets a smaller limit (32 MiB is thousands of pages of text)."""
+    archive_max_ratio: float = Field(200.0, ge=10.0)
+    """Largest expanded:compressed ratio of one zip member (or of a PDF's contents), for
+    anything over 1 MiB expanded. Text and XML compress 3-30:1; zeros about 1000:1."""
+    archive_max_entries: int = Field(10_000, ge=16)
+    """Members of a zip-based file (a DOCX has tens, plus one per image)."""
+    pdf_max_stream_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
+    """Largest decompressed PDF stream (pypdf's own default is 75 MB); a page's text
+    is typically tens of KB. Over it, the PDF is refused as a decompression bomb."""
     embed_batch: int = Field(64, ge=1, le=4096)
     """Texts per call to the embedding function (batches span several small files)."""
 
@@ -52,6 +71,20 @@ class KnowledgeSettings(BaseModel):
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1, le=10_000)
     """Hits taken from each of the dense and lexical indexes before fusion."""
+
+    job_lease_s: float = Field(60.0, gt=0)
+    """How long a claimed upload job stays with its worker without a heartbeat (renewed
+    every third of it); a job of a worker that died is taken over after this."""
+    job_poll_s: float = Field(5.0, gt=0)
+    """How often a worker looks for jobs it did not submit (queued elsewhere, or orphaned)."""
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        known = available(KNOWLEDGE_BACKENDS)
+        if known and name not in known:  # (no entry points at all: not installed, say nothing)
+            raise ValueError(f"unknown knowledge backend {name!r} (registered: {', '.join(known)})")
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> KnowledgeSettings:

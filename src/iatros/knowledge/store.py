@@ -1,13 +1,15 @@
-"""SQLite metadata: the source of truth for collections, documents, chunks, vectors and jobs.
+"""SQLite metadata: the source of truth for collections, documents, chunks and vectors.
 
 This module is the one place where tenants are kept apart: every public method takes
 the tenant and filters on it, and the search indexes are addressed only by an internal
 collection id that callers obtain through :meth:`MetaStore.collection` (tenant-filtered).
 A file's chunks, its vectors, the collection's version bump and the index log entries
 telling the search backend what changed are written in one transaction, so a file is
-either fully ingested or not at all. The backends replay the log (idempotently) and
-every search hit is checked against this store, so an index that lags or kept an
-orphan after a crash can never show a deleted or half-written document.
+either fully ingested or not at all. The backends replay the log (idempotently,
+:mod:`iatros.knowledge.store_feed`) and every hit of a local backend is checked against
+this store, so an index that lags or kept an orphan after a crash can never show a
+deleted or half-written document. Upload jobs share the file
+(:mod:`iatros.knowledge.jobstore`); filters are checked in :mod:`iatros.knowledge.filters`.
 
 Plain ``sqlite3`` (WAL, one connection per thread) keeps this separate from the main
 ``iatros.db`` and its SQLAlchemy models.
@@ -15,14 +17,11 @@ Plain ``sqlite3`` (WAL, one connection per thread) keeps this separate from the 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,16 @@ import numpy as np
 import numpy.typing as npt
 
 from iatros.knowledge.chunking import Chunk
-from iatros.knowledge.types import (
-    CollectionInfo,
-    DocumentInfo,
-    FileReport,
-    InvalidFilter,
-    JobState,
-    JobStatus,
-    NotFound,
-)
+from iatros.knowledge.filters import parse_filters, sql_where
+from iatros.knowledge.jobstore import JobStore
+from iatros.knowledge.sqlite import SqliteFile
+from iatros.knowledge.store_feed import ChunkRecord as ChunkRecord
+from iatros.knowledge.store_feed import IndexFeed
+from iatros.knowledge.store_feed import Key as Key
+from iatros.knowledge.store_feed import Keys as Keys
+from iatros.knowledge.store_feed import LogEntry as LogEntry
+from iatros.knowledge.types import CollectionInfo, DocumentInfo, NotFound
 
-Keys = npt.NDArray[np.int64]
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -92,29 +90,7 @@ CREATE TABLE IF NOT EXISTS index_log (
     keys BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS index_log_collection ON index_log (collection_id, seq);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    collection TEXT NOT NULL,
-    state TEXT NOT NULL,
-    files TEXT NOT NULL,
-    results TEXT NOT NULL DEFAULT '[]',
-    error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 """
-
-_DOC_COLUMNS = {
-    "document_id": "d.id",
-    "document": "d.name",
-    "content_type": "d.content_type",
-    "page": "c.page",
-    "section": "c.section",
-}
-_META_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_RANGE_OPS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +110,7 @@ class CollectionRef:
 
 @dataclass(frozen=True, slots=True)
 class ChunkRow:
-    key: int
+    key: Key
     document_id: str
     document: str
     page: int | None
@@ -142,14 +118,6 @@ class ChunkRow:
     text: str
     vector: npt.NDArray[np.float32]
     metadata: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    seq: int
-    collection_id: int
-    op: str
-    keys: Keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,17 +133,17 @@ def _keys_blob(keys: Sequence[int] | Keys) -> bytes:
     return np.asarray(keys, dtype=np.int64).tobytes()
 
 
-def _blob_keys(blob: bytes) -> Keys:
-    return np.frombuffer(blob, dtype=np.int64).copy()
+class MetaStore(IndexFeed):
+    """Collections, documents, chunks and the index log of one knowledge database.
 
+    Upload jobs live in the same file, behind :attr:`jobs` (:mod:`iatros.knowledge.jobstore`).
+    """
 
-class MetaStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._file = SqliteFile(path)
+        self._db = self._file.db
+        self._tx = self._file.tx
         db = self._db()
         db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self._tx() as db:
@@ -183,42 +151,19 @@ class MetaStore:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-
-    # --- connections --------------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_uid', ?)",
+                (uuid.uuid4().hex,),
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA cache_size=-65536")
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
-        return db
+        self.jobs = JobStore(self._file)
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    @property
+    def uid(self) -> str:
+        """This database's random id: tells its chunks from other instances' in a shared index."""
+        return self.get_meta("store_uid") or ""
 
     def close(self) -> None:
-        with self._lock:
-            for db in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._file.close()
 
     # --- meta ---------------------------------------------------------------------
 
@@ -490,42 +435,10 @@ class MetaStore:
     # --- search support -----------------------------------------------------------
 
     def allowed_keys(self, ref: CollectionRef, filters: dict[str, Any]) -> Keys:
-        """Chunk keys of ``ref`` matching ``filters`` (field: value | [values] | {gte: ...})."""
-        where = ["d.collection_id = ?"]
-        params: list[Any] = [ref.id]
-        for field, value in filters.items():
-            if not isinstance(field, str) or not field:
-                raise InvalidFilter("filter keys must be non-empty strings")
-            prefix: list[Any] = []
-            if field in _DOC_COLUMNS:
-                column = _DOC_COLUMNS[field]
-            elif _META_KEY.match(field):
-                column = "json_extract(d.metadata, ?)"
-                prefix = [f'$."{field}"']
-            else:
-                raise InvalidFilter(f"unusable filter field {field!r}")
-            if isinstance(value, dict):
-                if not value or any(op not in _RANGE_OPS for op in value):
-                    raise InvalidFilter(f"filter {field!r}: ranges use gte, gt, lte, lt")
-                for op, bound in value.items():
-                    if not isinstance(bound, int | float) or isinstance(bound, bool):
-                        raise InvalidFilter(f"filter {field!r}: {op} needs a number")
-                    where.append(f"{column} {_RANGE_OPS[op]} ?")
-                    params.extend([*prefix, bound])
-            elif isinstance(value, list | tuple):
-                if not value or not all(_scalar(v) for v in value):
-                    raise InvalidFilter(f"filter {field!r}: a non-empty list of plain values")
-                where.append(f"{column} IN ({', '.join('?' * len(value))})")
-                params.extend([*prefix, *value])
-            elif _scalar(value):
-                if value is None:
-                    where.append(f"{column} IS NULL")
-                    params.extend(prefix)
-                else:
-                    where.append(f"{column} = ?")
-                    params.extend([*prefix, value])
-            else:
-                raise InvalidFilter(f"filter {field!r}: unsupported value {value!r}")
+        """Chunk keys of ``ref`` matching ``filters`` (see :mod:`iatros.knowledge.filters`)."""
+        terms, params = sql_where(parse_filters(filters))
+        where = ["d.collection_id = ?", *terms]
+        params = [ref.id, *params]
         # CROSS JOIN makes SQLite walk documents first (by their (collection, name) index),
         # then each document's chunks: a one-document filter never scans the collection.
         sql = (
@@ -534,11 +447,11 @@ class MetaStore:
         )
         return np.fromiter((r[0] for r in self._db().execute(sql, params)), dtype=np.int64)
 
-    def chunk_rows(self, ref: CollectionRef, keys: Sequence[int]) -> dict[int, ChunkRow]:
+    def chunk_rows(self, ref: CollectionRef, keys: Sequence[int]) -> dict[Key, ChunkRow]:
         """Rows for ``keys`` that still exist in ``ref`` (orphans simply do not come back)."""
         if not keys:
             return {}
-        out: dict[int, ChunkRow] = {}
+        out: dict[Key, ChunkRow] = {}
         keys = list(dict.fromkeys(int(k) for k in keys))
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
@@ -566,167 +479,6 @@ class MetaStore:
                     json.loads(r[7]),
                 )
         return out
-
-    # --- index log (internal, by collection id) -----------------------------------
-
-    def log_entries(
-        self, after_seq: int, collection_id: int | None = None, limit: int = 1000
-    ) -> list[LogEntry]:
-        if collection_id is None:
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT seq, collection_id, op, keys FROM index_log WHERE seq > ? "
-                    "ORDER BY seq LIMIT ?",
-                    (after_seq, limit),
-                )
-                .fetchall()
-            )
-        else:
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT seq, collection_id, op, keys FROM index_log "
-                    "WHERE collection_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                    (collection_id, after_seq, limit),
-                )
-                .fetchall()
-            )
-        return [LogEntry(r[0], r[1], r[2], _blob_keys(r[3])) for r in rows]
-
-    def last_seq(self) -> int:
-        row = self._db().execute("SELECT MAX(seq) FROM index_log").fetchone()
-        return int(row[0] or 0)
-
-    def trim_log(self, upto_seq: int) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM index_log WHERE seq <= ?", (upto_seq,))
-
-    def vectors_and_texts(self, keys: Keys) -> tuple[Keys, npt.NDArray[np.float32], list[str]]:
-        """Existing chunks among ``keys``: their keys, vectors and indexed texts."""
-        found: list[int] = []
-        vectors: list[npt.NDArray[np.float16]] = []
-        texts: list[str] = []
-        key_list = [int(k) for k in keys]
-        for start in range(0, len(key_list), 500):
-            part = key_list[start : start + 500]
-            rows = (
-                self._db()
-                .execute(
-                    f"SELECT id, vector, section, text FROM chunks "
-                    f"WHERE id IN ({', '.join('?' * len(part))}) ORDER BY id",
-                    part,
-                )
-                .fetchall()
-            )
-            for r in rows:
-                found.append(int(r[0]))
-                vectors.append(np.frombuffer(r[1], dtype=np.float16))
-                texts.append(f"{r[2]}\n{r[3]}" if r[2] else r[3])
-        matrix = (
-            np.vstack(vectors).astype(np.float32) if vectors else np.empty((0, 0), dtype=np.float32)
-        )
-        return np.asarray(found, dtype=np.int64), matrix, texts
-
-    def collection_keys(self, collection_id: int) -> Keys:
-        return np.fromiter(
-            (
-                r[0]
-                for r in self._db().execute(
-                    "SELECT id FROM chunks WHERE collection_id = ?", (collection_id,)
-                )
-            ),
-            dtype=np.int64,
-        )
-
-    def has_chunks(self, collection_id: int) -> bool:
-        row = (
-            self._db()
-            .execute("SELECT 1 FROM chunks WHERE collection_id = ? LIMIT 1", (collection_id,))
-            .fetchone()
-        )
-        return row is not None
-
-    def collection_ids(self) -> list[int]:
-        return [int(r[0]) for r in self._db().execute("SELECT id FROM collections")]
-
-    # --- jobs (tenant-scoped) -----------------------------------------------------
-
-    def create_job(self, tenant: str, collection: str, files: list[str]) -> str:
-        job_id = "job_" + uuid.uuid4().hex[:20]
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                """INSERT INTO jobs (id, tenant, collection, state, files, created_at, updated_at)
-                   VALUES (?, ?, ?, 'queued', ?, ?, ?)""",
-                (job_id, tenant, collection, json.dumps(files), now, now),
-            )
-        return job_id
-
-    def update_job(
-        self,
-        tenant: str,
-        job_id: str,
-        *,
-        state: JobState | None = None,
-        results: list[FileReport] | None = None,
-        error: str | None = None,
-    ) -> None:
-        sets: list[str] = ["updated_at = ?"]
-        params: list[Any] = [time.time()]
-        if state is not None:
-            sets.append("state = ?")
-            params.append(state)
-        if results is not None:
-            sets.append("results = ?")
-            params.append(json.dumps([r.to_dict() for r in results]))
-        if error is not None:
-            sets.append("error = ?")
-            params.append(error)
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE jobs SET {', '.join(sets)} WHERE tenant = ? AND id = ?",
-                (*params, tenant, job_id),
-            )
-
-    def job(self, tenant: str, job_id: str) -> JobStatus:
-        row = (
-            self._db()
-            .execute(
-                """SELECT id, collection, state, created_at, updated_at, files, results, error
-               FROM jobs WHERE tenant = ? AND id = ?""",
-                (tenant, job_id),
-            )
-            .fetchone()
-        )
-        if row is None:
-            raise NotFound(f"no job {job_id!r}")
-        return JobStatus(
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            json.loads(row[5]),
-            [FileReport.from_dict(r) for r in json.loads(row[6])],
-            row[7],
-        )
-
-    def unfinished_jobs(self) -> list[tuple[str, str]]:
-        """(tenant, job id) of jobs a previous process left queued or running."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT tenant, id FROM jobs"
-                " WHERE state IN ('queued', 'running') ORDER BY created_at"
-            )
-            .fetchall()
-        )
-        return [(r[0], r[1]) for r in rows]
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
 
 
 def _drop_chunks(db: sqlite3.Connection, document_id: str) -> Keys:

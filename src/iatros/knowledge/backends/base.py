@@ -13,20 +13,55 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from iatros.knowledge.store import Keys, LogEntry, MetaStore
+from iatros.knowledge.filters import Condition
+from iatros.knowledge.settings import KnowledgeSettings
+from iatros.knowledge.store import ChunkRow, CollectionRef, Key, Keys, LogEntry, MetaStore
 
-Hits = list[tuple[int, float]]
+Hits = list[tuple[Key, float]]
 Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where one search looks: a tenant's collection, narrowed by the request's filters.
+
+    ``allowed`` is the filter resolved by the local store into chunk keys (for backends
+    whose hits are checked against that store); ``conditions`` is the same filter for a
+    :attr:`SearchBackend.shared` backend to apply to its own payload.
+    """
+
+    ref: CollectionRef
+    allowed: Keys | None = None
+    conditions: list[Condition] = field(default_factory=list)
+
+
+class BackendFactory(Protocol):
+    """What an ``iatros.knowledge_backends`` entry point names.
+
+    Args:
+        settings: the knowledge settings (a plugin reads its own options from them or
+            from the environment).
+        root: the knowledge directory (``<data_dir>/knowledge``) for local files.
+    """
+
+    def __call__(self, settings: KnowledgeSettings, root: Path) -> SearchBackend: ...
 
 
 class SearchBackend(ABC):
     name: str = "backend"
+    shared: bool = False
+    """True when the index holds each chunk's text and metadata itself, so several
+    instances (each with its own metadata database) can search each other's documents:
+    results then come from :meth:`rows` and filters from :attr:`Scope.conditions`."""
 
     @abstractmethod
     def open(self, store: MetaStore) -> None:
@@ -44,16 +79,25 @@ class SearchBackend(ABC):
         """Make applied changes durable (a no-op for engines that persist on write)."""
 
     @abstractmethod
-    def search_dense(
-        self, collection_id: int, vector: Vector, k: int, allowed: Keys | None
-    ) -> Hits:
+    def search_dense(self, scope: Scope, vector: Vector, k: int) -> Hits:
         """Top ``k`` keys by cosine similarity, best first."""
 
     @abstractmethod
-    def search_lexical(
-        self, collection_id: int, terms: list[str], k: int, allowed: Keys | None
-    ) -> Hits:
+    def search_lexical(self, scope: Scope, terms: list[str], k: int) -> Hits:
         """Top ``k`` keys by BM25, best first."""
+
+    def rows(self, store: MetaStore, scope: Scope, keys: Sequence[Key]) -> dict[Key, ChunkRow]:
+        """Text, vector and metadata of the hits ``keys`` that still exist.
+
+        By default from the local store, which is the truth: an index that lags or kept
+        an orphan never shows a deleted document. A shared backend reads its payload.
+        """
+        return dict(store.chunk_rows(scope.ref, [int(k) for k in keys]))
+
+    def has_collection(self, tenant: str, name: str) -> bool:
+        """Whether the index holds chunks of a collection this instance's store does not
+        know (only a shared backend can)."""
+        return False
 
     @abstractmethod
     def close(self) -> None: ...

@@ -39,7 +39,8 @@ import onnxruntime  # noqa: F401
 import tantivy
 from usearch.index import Index
 
-from iatros.knowledge.backends.base import Hits, ReadWriteLock, SearchBackend, Vector
+from iatros.knowledge.backends.base import Hits, ReadWriteLock, Scope, SearchBackend, Vector
+from iatros.knowledge.settings import KnowledgeSettings
 from iatros.knowledge.store import Keys, LogEntry, MetaStore
 from iatros.knowledge.text import terms
 
@@ -196,7 +197,7 @@ class _Collection:
         if not result.hits:
             return []
         keys = searcher.fast_field_values("key", [addr for _, addr in result.hits])
-        hits = [
+        hits: Hits = [
             (int(key), float(score))
             for (score, _), key in zip(result.hits, keys, strict=True)
             if key is not None
@@ -341,17 +342,13 @@ class EmbeddedBackend(SearchBackend):
         if self._store is not None:
             self._store.trim_log(self._durable)
 
-    def search_dense(
-        self, collection_id: int, vector: Vector, k: int, allowed: Keys | None
-    ) -> Hits:
-        coll = self._collection(collection_id, create=False)
-        return [] if coll is None else coll.search_dense(vector, k, allowed)
+    def search_dense(self, scope: Scope, vector: Vector, k: int) -> Hits:
+        coll = self._collection(scope.ref.id, create=False)
+        return [] if coll is None else coll.search_dense(vector, k, scope.allowed)
 
-    def search_lexical(
-        self, collection_id: int, terms: list[str], k: int, allowed: Keys | None
-    ) -> Hits:
-        coll = self._collection(collection_id, create=False)
-        return [] if coll is None else coll.search_lexical(terms, k, allowed)
+    def search_lexical(self, scope: Scope, terms: list[str], k: int) -> Hits:
+        coll = self._collection(scope.ref.id, create=False)
+        return [] if coll is None else coll.search_lexical(terms, k, scope.allowed)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -359,3 +356,8 @@ class EmbeddedBackend(SearchBackend):
         for coll in self._collections.values():
             coll.close()
         self._collections.clear()
+
+
+def factory(settings: KnowledgeSettings, root: Path) -> EmbeddedBackend:
+    """The ``embedded`` entry point of ``iatros.knowledge_backends``."""
+    return EmbeddedBackend(root / "embedded")
