@@ -121,8 +121,17 @@ def test_routers_import_shared_helpers_never_the_app_or_each_other() -> None:
         assert not (imported & (ROUTERS - {router})), (router, imported & ROUTERS)
     # Nothing below the HTTP layer knows it exists.
     for name, imported in graph.items():
-        if name.startswith(("iatros.gateway", "iatros.routing", "iatros.cache", "iatros.knowledge",
-                            "iatros.governance", "iatros.providers", "iatros.store")):
+        if name.startswith(
+            (
+                "iatros.gateway",
+                "iatros.routing",
+                "iatros.cache",
+                "iatros.knowledge",
+                "iatros.governance",
+                "iatros.providers",
+                "iatros.store",
+            )
+        ):
             assert not any(m.startswith(("iatros.api", "iatros.web")) for m in imported), name
 
 

@@ -162,7 +162,7 @@ def test_cli_in_process_and_over_http_report_the_same_path(
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "iatros", "serve", "--port", str(port), "--config", str(config)],
-        stdout=subprocess.PIPE,
+        stdout=(tmp_path / "server.log").open("w"),
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **env},
@@ -171,7 +171,15 @@ def test_cli_in_process_and_over_http_report_the_same_path(
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(url, server, timeout_s=120)
         remote = _iatros(
-            "chat", question, "--model", model, "--details", "--url", url, "--key", ADMIN_KEY,
+            "chat",
+            question,
+            "--model",
+            model,
+            "--details",
+            "--url",
+            url,
+            "--key",
+            ADMIN_KEY,
             env=env,
         )
         assert remote.returncode == 0, remote.stderr

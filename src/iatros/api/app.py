@@ -24,10 +24,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from iatros import __version__, heap
@@ -37,6 +37,7 @@ from iatros.api.embeddings import add_embedding_routes
 from iatros.api.http import RequestScope, error_response, log
 from iatros.api.knowledge import add_knowledge_routes
 from iatros.api.models import add_model_routes
+from iatros.api.openapi import build_openapi
 from iatros.api.ops import add_ops_routes
 from iatros.config import Settings, load_settings
 from iatros.errors import GatewayError, InvalidRequest, NotFound
@@ -118,13 +119,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     _add_error_handlers(app)
 
     handle = RequestScope(gw, gov).handle
-    schema_defs: dict[str, Any] = {}
-    app.fast_routes[("POST", "/v1/chat/completions")] = add_chat_routes(
-        app, services.chat, handle, schema_defs
-    )
-    app.fast_routes[("POST", "/v1/embeddings")] = add_embedding_routes(
-        app, gw, gov, handle, schema_defs
-    )
+    app.fast_routes[("POST", "/v1/chat/completions")] = add_chat_routes(app, services.chat, handle)
+    app.fast_routes[("POST", "/v1/embeddings")] = add_embedding_routes(app, gw, gov, handle)
     add_model_routes(app, gw, handle)
     add_admin_routes(app, gw, gov, handle)
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
@@ -133,11 +129,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            spec = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            spec.setdefault("components", {}).setdefault("schemas", {}).update(schema_defs)
-            app.openapi_schema = spec
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -167,12 +159,24 @@ def _add_error_handlers(app: FastAPI) -> None:
         err.status = exc.status_code
         err.type = "invalid_request_error"
         err.headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            err.headers["allow"] = ", ".join(_allowed_methods(request))
         return error_response(err)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", extra={"path": request.url.path})
         return error_response(GatewayError("The gateway failed unexpectedly."))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path answers to (Starlette names only the first route's)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _freeze_when_loaded(gw: Gateway, settled: asyncio.Event) -> None:

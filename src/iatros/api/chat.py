@@ -80,9 +80,7 @@ def chat_request(req: schemas.ChatCompletionRequest, principal: Principal) -> Ch
     )
 
 
-def completion_body(
-    ctx: RequestContext, completion_id: str, answer: Answer
-) -> dict[str, Any]:
+def completion_body(ctx: RequestContext, completion_id: str, answer: Answer) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
@@ -181,9 +179,7 @@ def stream_response(
     return EventStreamResponse(body(), headers=headers)
 
 
-def add_chat_routes(
-    app: FastAPI, service: ChatService, handle: Handler, schema_defs: dict[str, Any]
-) -> Any:
+def add_chat_routes(app: FastAPI, service: ChatService, handle: Handler) -> Any:
     """Declare the route (for the OpenAPI document) and return its handler for fast dispatch."""
     limit = service.settings.server.max_body_bytes
     bodies = ParseMemo(schemas.ChatCompletionRequest)
@@ -194,7 +190,7 @@ def add_chat_routes(
         summary="Create a chat completion (streaming with stream=true)",
         response_model=schemas.ChatCompletionResponse,
         responses=error_responses(),
-        openapi_extra=openapi_body(schemas.ChatCompletionRequest, schema_defs),
+        openapi_extra=openapi_body(schemas.ChatCompletionRequest),
     )
     async def chat_completions(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:

@@ -26,9 +26,7 @@ from iatros.governance.service import Governance
 from iatros.routing.router import estimate_prompt_tokens
 
 
-def add_embedding_routes(
-    app: FastAPI, gw: Gateway, gov: Governance, handle: Handler, schema_defs: dict[str, Any]
-) -> Any:
+def add_embedding_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler) -> Any:
     """Declare the route (for the OpenAPI document) and return its handler for fast dispatch."""
     limit = gw.settings.server.max_body_bytes
     embedder = gw.embedder
@@ -39,7 +37,7 @@ def add_embedding_routes(
         summary="Create embeddings (local all-MiniLM-L6-v2 by default)",
         response_model=schemas.EmbeddingResponse,
         responses=error_responses(),
-        openapi_extra=openapi_body(schemas.EmbeddingRequest, schema_defs),
+        openapi_extra=openapi_body(schemas.EmbeddingRequest),
     )
     async def embeddings(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:

@@ -230,7 +230,8 @@ class RequestScope:
         ctx: RequestContext | None = None
         handed_off = False
         try:
-            principal = await gov.authenticate(bearer_token(request))
+            source = request.client.host if request.client else None
+            principal = await gov.authenticate(bearer_token(request), source=source)
             ctx = RequestContext(principal=principal, endpoint=endpoint)
             gov.authorize(ctx, permission)
             response = await work(ctx)
@@ -275,19 +276,35 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses an operation really returns."""
     chosen = codes or (400, 401, 403, 404, 413, 429, 502, 503, 504)
     return {
-        code: {"model": schemas.ErrorResponse, "description": ERROR_TEXTS[code]}
-        for code in chosen
+        code: {"model": schemas.ErrorResponse, "description": ERROR_TEXTS[code]} for code in chosen
     }
 
 
-def openapi_body(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
+_BODY_SCHEMAS: dict[str, Any] = {}
+"""JSON Schemas of the bodies that handlers read themselves, for the OpenAPI components."""
+
+
+def body_schemas() -> dict[str, Any]:
+    return dict(_BODY_SCHEMAS)
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
     """An ``openapi_extra`` naming ``model`` as the JSON body (handlers read it themselves)."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    defs.update(schema.pop("$defs", {}))
-    defs[model.__name__] = schema
+    _BODY_SCHEMAS.update(schema.pop("$defs", {}))
+    _BODY_SCHEMAS[model.__name__] = schema
     return {
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
         }
+    }
+
+
+def openapi_upload(field: str) -> dict[str, Any]:
+    """An ``openapi_extra`` for a multipart upload of one or more files in ``field``."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+    schema = {"type": "object", "properties": {field: files}, "required": [field]}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
     }

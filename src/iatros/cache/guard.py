@@ -1,5 +1,9 @@
 """The clinical guard: a semantic cache hit is refused unless the clinical details match.
 
+Why this module is long: most of it is vocabulary (units, drugs, sides, negations in English
+and French) that the rules read as data; splitting the tables from the rules that use them
+would make each harder to check against the other.
+
 Why it exists
 -------------
 Sentence embeddings measure what a question is *about*, not the details that decide

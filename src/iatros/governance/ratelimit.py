@@ -1,5 +1,8 @@
 """Requests- and tokens-per-minute limits, shared through Redis by every worker and instance.
 
+Why this module is long: the Lua script and its in-process twin (used while Redis is away)
+implement one algorithm and must stay identical; they are kept side by side on purpose.
+
 Each limit is a sliding window made of sub-buckets (1/60 to 1/100 of the window: one second
 for a minute), kept in one Redis hash per limit: the usage is the sum of the buckets of the last
 window. A token bucket refills continuously, so during any window it admits its burst *plus*

@@ -1,5 +1,9 @@
 """The Redis backend: entries, tags and semantic vectors shared by every instance.
 
+Why this module is long: one class owns the key layout, its Lua scripts and the per-turn
+pipelining of request-path commands; they change together, and a split would spread one
+protocol over several files.
+
 Layout (``P`` is ``key_prefix``; every name is a keyed hash, nothing in clear):
 
 ``P e:<id>``
