@@ -13,9 +13,11 @@ class KnowledgeSettings(BaseModel):
     """How documents are chunked, where the indexes live and when answers escalate.
 
     ``backend`` picks the index engine: ``embedded`` (tantivy BM25 + usearch HNSW files
-    under the data directory, no server) or ``qdrant`` (dense and BM25-style sparse
-    vectors in Qdrant; ``qdrant_url=None`` runs qdrant-client's local mode under the data
-    directory, which is what the tests use). Metadata always lives in SQLite.
+    under the data directory, no server), ``qdrant`` (dense and BM25-style sparse vectors
+    with each chunk's text and metadata in Qdrant, so instances on one Qdrant server
+    search each other's documents; ``qdrant_url=None`` runs qdrant-client's local mode,
+    one process only, which is what the tests use) or a plugin's. The metadata database
+    (document lists, versions, jobs) is SQLite under the data directory in every case.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -24,6 +26,9 @@ class KnowledgeSettings(BaseModel):
     """An ``iatros.knowledge_backends`` entry point: ``embedded``, ``qdrant`` or a plugin's."""
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
+    qdrant_path: str | None = None
+    """Local mode only (no ``qdrant_url``): the directory, ``<data_dir>/knowledge/qdrant``
+    by default. One process at a time may open it."""
     qdrant_collection: str = "iatros_chunks"
     """The one Qdrant collection holding every tenant's chunks (payload-partitioned)."""
 

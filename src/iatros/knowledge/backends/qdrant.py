@@ -343,6 +343,6 @@ def factory(settings: KnowledgeSettings, root: Path) -> QdrantBackend:
     return QdrantBackend(
         url=settings.qdrant_url,
         api_key=settings.qdrant_api_key,
-        path=root / "qdrant",
+        path=Path(settings.qdrant_path) if settings.qdrant_path else root / "qdrant",
         collection=settings.qdrant_collection,
     )
