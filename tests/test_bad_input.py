@@ -159,6 +159,126 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, str, str | None, str]] = [
         "max_tokens",
         "not both",
     ),
+    # Issue #27: what cannot be stored or encoded is refused here, naming the field.
+    (
+        "NUL in model",
+        {**GOOD, "model": "assistant\x00x"},
+        400,
+        "invalid_request",
+        "model",
+        "control",
+    ),
+    (
+        "control character in model",
+        {**GOOD, "model": "assistant\x1b[2J"},
+        400,
+        "invalid_request",
+        "model",
+        "control",
+    ),
+    (
+        "NUL in content",
+        {"model": "assistant", "messages": [{"role": "user", "content": "Hi\x00"}]},
+        400,
+        "invalid_request",
+        "messages.0.content",
+        "NUL",
+    ),
+    (
+        "NUL in a content part",
+        {
+            "model": "assistant",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "\x00"}]}],
+        },
+        400,
+        "invalid_request",
+        "messages.0.content.0.text",
+        "NUL",
+    ),
+    (
+        "newline in a message name",
+        {"model": "assistant", "messages": [{"role": "user", "content": "Hi", "name": "a\nb"}]},
+        400,
+        "invalid_request",
+        "messages.0.name",
+        "control",
+    ),
+    ("NUL in stop", {**GOOD, "stop": ["ok", "\x00"]}, 400, "invalid_request", "stop", "NUL"),
+    ("NUL in user", {**GOOD, "user": "u\x00"}, 400, "invalid_request", "user", "control"),
+    (
+        "NUL in patient id",
+        {**GOOD, "iatros": {"patient_id": "p-42\x00"}},
+        400,
+        "invalid_request",
+        "iatros.patient_id",
+        "control",
+    ),
+    (
+        "control character in pinned deployment",
+        {**GOOD, "iatros": {"deployment": "fake-gpt\x07"}},
+        400,
+        "invalid_request",
+        "iatros.deployment",
+        "control",
+    ),
+    (
+        "max_tokens beyond 64 bits",
+        {**GOOD, "max_tokens": 2**64},
+        400,
+        "invalid_request",
+        "max_tokens",
+        "less than or equal to 9223372036854775807",
+    ),
+    (
+        "max_completion_tokens beyond 64 bits",
+        {**GOOD, "max_completion_tokens": 10**30},
+        400,
+        "invalid_request",
+        "max_completion_tokens",
+        "less than or equal to",
+    ),
+    ("seed beyond 64 bits", {**GOOD, "seed": 2**63}, 400, "invalid_request", "seed", "less than"),
+    (
+        "negative seed beyond 64 bits",
+        {**GOOD, "seed": -(2**63) - 1},
+        400,
+        "invalid_request",
+        "seed",
+        "greater than",
+    ),
+    (
+        "logit_bias beyond 64 bits",
+        {**GOOD, "logit_bias": {"50256": 2**64}},
+        400,
+        "invalid_request",
+        "logit_bias.50256",
+        "integers must be between",
+    ),
+    (
+        "passed-through field beyond 64 bits",
+        {**GOOD, "metadata": {"x": [1, -(2**70)]}},
+        400,
+        "invalid_request",
+        "metadata.x.1",
+        "integers must be between",
+    ),
+    (
+        "tool call beyond 64 bits",
+        {
+            "model": "assistant",
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c1", "type": "function", "seq": 2**64}],
+                },
+            ],
+        },
+        400,
+        "invalid_request",
+        "messages.1.tool_calls.0.seq",
+        "integers must be between",
+    ),
 ]
 
 
@@ -190,6 +310,21 @@ def test_bad_chat_requests(
     assert err["type"] == "invalid_request_error"
     assert upstream.served == 0  # nothing reached the model
     _assert_still_serving(gateway_server)
+
+
+@pytest.mark.usefixtures("upstream")
+def test_text_with_newlines_tabs_and_other_controls_is_model_input(
+    gateway_server: RunningServer, upstream: FakeUpstream
+) -> None:
+    """Only NUL is refused in what goes to a model: pasted PDFs hold form feeds, terminals
+    escapes, and clients that sent them keep working."""
+    content = "Line one\n\tindented\r\n\x0cnext page \x1b[1mbold\x1b[0m"
+    body = {"model": "assistant", "messages": [{"role": "user", "content": content}]}
+    with gateway_server.http() as http:
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
+        assert http.post("/v1/embeddings", json={"input": content}).status_code == 200
+    chat = next(r for r in upstream.requests if r.path.endswith("/chat/completions"))
+    assert chat.body["messages"][0]["content"] == content  # forwarded untouched
 
 
 @pytest.mark.usefixtures("upstream")
@@ -278,6 +413,10 @@ EMBED_CASES: list[tuple[str, dict[str, Any], int, str | None, str]] = [
     ("chat model", {"input": "a", "model": "fake-gpt"}, 404, "model", "not a embedding model"),
     ("too many inputs", {"input": ["a"] * 2049}, 400, "input", "at most 2048"),
     ("wrong dimensions", {"input": "a", "dimensions": 3}, 400, "dimensions", "8 dimensions"),
+    ("NUL in input", {"input": "a\x00"}, 400, "input", "NUL"),
+    ("NUL in an input of a list", {"input": ["a", "b\x00"]}, 400, "input", "NUL"),
+    ("NUL in model", {"input": "a", "model": "fake-embed\x00"}, 400, "model", "control"),
+    ("dimensions beyond 64 bits", {"input": "a", "dimensions": 2**64}, 400, "dimensions", "less"),
 ]
 
 

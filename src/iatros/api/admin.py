@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.responses import Response
 
+from iatros.api.validation import INT32_MAX, FreeText, Identifier, identifier, int64, timestamp
 from iatros.errors import InvalidRequest, NotFound, PermissionDenied
 from iatros.gateway import Gateway, RequestContext
 from iatros.governance.service import Governance
@@ -32,11 +33,13 @@ Handler = Callable[
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    tenant: str | None = Field(None, description="Platform admins only; default: your tenant.")
+    tenant: Identifier | None = Field(
+        None, max_length=64, description="Platform admins only; default: your tenant."
+    )
     role: Literal["admin", "clinician", "service", "auditor"]
-    name: str = Field("", max_length=128)
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
+    name: FreeText = Field("", max_length=128)
+    rpm: int | None = Field(None, gt=0, le=INT32_MAX)
+    tpm: int | None = Field(None, gt=0, le=INT32_MAX)
     budget_eur: float | None = Field(None, gt=0)
     expires_at: datetime | None = None
 
@@ -47,6 +50,7 @@ def _json(body: Any, status: int = 200) -> Response:
 
 def _scope(ctx: RequestContext, tenant: str | None) -> str:
     """The tenant a request may act on: its own, or any for a platform admin."""
+    identifier(tenant, "tenant", max_length=64)
     if tenant is None:
         return PLATFORM if ctx.principal.platform else ctx.principal.tenant
     if not ctx.principal.platform and tenant != ctx.principal.tenant:
@@ -107,6 +111,7 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
     @app.delete("/admin/keys/{key_id}", tags=["Admin"], summary="Revoke an API key")
     async def revoke_key(request: Request, key_id: str) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            identifier(key_id, "key_id", max_length=64)
             scope = _scope(ctx, None)
             try:
                 info = await asyncio.to_thread(
@@ -122,6 +127,7 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
     @app.post("/admin/keys/{key_id}/rotate", tags=["Admin"], summary="Replace a key by a new one")
     async def rotate_key(request: Request, key_id: str) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            identifier(key_id, "key_id", max_length=64)
             scope = _scope(ctx, None)
             try:
                 token, info = await asyncio.to_thread(
@@ -172,6 +178,7 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
         async def work(ctx: RequestContext) -> Response:
             if not 1 <= limit <= 1000:
                 raise InvalidRequest("limit must be between 1 and 1000", param="limit")
+            int64(before_id, "before_id")  # the id column is a bigint
             scope = _scope(ctx, tenant)
             gov.audit(
                 tenant=ctx.principal.tenant,
@@ -214,6 +221,9 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
         collection: str | None = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            identifier(patient_id, "patient_id", max_length=200)
+            identifier(model, "model", max_length=128)
+            identifier(collection, "collection", max_length=64)
             scope = _scope(ctx, tenant)
             target_tenant = None if scope == PLATFORM else scope
             if not any((patient_id, target_tenant, model, collection)):
@@ -237,9 +247,5 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
 
 
 def _date(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an ISO date (YYYY-MM-DD)", param=name) from None
+    """An ISO date or date-time (UTC unless it says otherwise), within a range SQL takes."""
+    return timestamp(value, name)

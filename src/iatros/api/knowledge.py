@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
+from iatros.api.validation import Identifier, ModelInput, check_json, identifier
 from iatros.errors import (
     GatewayError,
     InvalidRequest,
@@ -36,11 +37,18 @@ MAX_FILES = 50
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    query: str = Field(min_length=1, max_length=4000)
-    collection: str = Field(min_length=1)
+    query: ModelInput = Field(min_length=1, max_length=4000)
+    collection: Identifier = Field(min_length=1, max_length=64)
     k: int = Field(5, ge=1, le=100)
     filters: dict[str, Any] | None = None
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_fit(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_json(value, "filters")  # integers beyond 64 bits: 400, not a failed bind
+        return value
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -84,6 +92,7 @@ def add_knowledge_routes(
     @app.get("/v1/knowledge/collections/{name}/documents", tags=["Knowledge"], summary="Documents")
     async def documents(request: Request, name: str) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            identifier(name, "name", max_length=64)
             try:
                 docs = await asyncio.to_thread(require().list_documents, ctx.principal.tenant, name)
             except KnowledgeError as exc:
@@ -100,6 +109,7 @@ def add_knowledge_routes(
     )
     async def upload(request: Request, name: str) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            identifier(name, "name", max_length=64)
             base = require()
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > upload_limit:
@@ -138,6 +148,7 @@ def add_knowledge_routes(
     @app.get("/v1/knowledge/jobs/{job_id}", tags=["Knowledge"], summary="An ingestion job")
     async def job(request: Request, job_id: str) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            identifier(job_id, "job_id", max_length=64)
             try:
                 status = await asyncio.to_thread(require().job_status, ctx.principal.tenant, job_id)
             except KnowledgeError as exc:
@@ -153,6 +164,8 @@ def add_knowledge_routes(
     )
     async def delete(request: Request, name: str, document_id: str) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            identifier(name, "name", max_length=64)
+            identifier(document_id, "document_id", max_length=128)
             try:
                 removed = await require().delete_document(ctx.principal.tenant, name, document_id)
             except KnowledgeError as exc:

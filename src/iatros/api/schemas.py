@@ -1,10 +1,24 @@
-"""Wire formats of the OpenAI-compatible API (requests validated strictly, in JSON mode)."""
+"""Wire formats of the OpenAI-compatible API (requests validated strictly, in JSON mode).
+
+Strings and integers use the boundary types of :mod:`iatros.api.validation`, so that
+nothing a request carries can fail later where it is encoded or stored (NUL bytes,
+integers beyond 64 bits); see that module for which rule applies to which kind of text.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from iatros.api.validation import (
+    INT64_MAX,
+    INT64_MIN,
+    Identifier,
+    check_json,
+    check_model_input,
+)
+from iatros.errors import InvalidRequest
 
 
 class _Open(BaseModel):
@@ -21,7 +35,15 @@ class TextPart(BaseModel):
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
+    name: Identifier | None = Field(None, max_length=256)
+
+    @field_validator("content")
+    @classmethod
+    def _content_storable(cls, value: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        # Checked after the union is resolved, so the error names the rule, not a union member.
+        if isinstance(value, str):
+            check_model_input(value)
+        return value
 
 
 class StreamOptions(BaseModel):
@@ -33,10 +55,12 @@ class IatrosExtension(BaseModel):
     """Iatros-specific request options, in ``{"iatros": {...}}`` so plain clients keep working."""
 
     model_config = ConfigDict(extra="forbid")
-    deployment: str | None = Field(
-        None, description="Pin one deployment of the requested model (skips routing)."
+    deployment: Identifier | None = Field(
+        None,
+        max_length=128,
+        description="Pin one deployment of the requested model (skips routing).",
     )
-    patient_id: str | None = Field(
+    patient_id: Identifier | None = Field(
         None,
         max_length=200,
         description="Patient context of the request; recorded as a reference, never logged.",
@@ -49,7 +73,7 @@ class IatrosExtension(BaseModel):
     cache_ttl: int | None = Field(
         None, ge=0, le=30 * 86400, description="Keep this answer at most this many seconds."
     )
-    knowledge: str | None = Field(
+    knowledge: Identifier | None = Field(
         None,
         min_length=1,
         max_length=64,
@@ -59,18 +83,18 @@ class IatrosExtension(BaseModel):
 
 
 class ChatCompletionRequest(_Open):
-    model: str = Field(min_length=1)
+    model: Identifier = Field(min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     n: int | None = Field(None, ge=1)
-    user: str | None = Field(None, max_length=256)
+    user: Identifier | None = Field(None, max_length=256)
     iatros: IatrosExtension | None = None
 
     @field_validator("stop")
@@ -78,7 +102,36 @@ class ChatCompletionRequest(_Open):
     def _stop_limits(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        for text in [value] if isinstance(value, str) else value or ():
+            check_model_input(text)
         return value
+
+    @model_validator(mode="after")
+    def _passed_through_fits(self) -> ChatCompletionRequest:
+        """Fields forwarded untouched must be encodable and their text storable.
+
+        Raises :class:`InvalidRequest` itself rather than ``ValueError``: pydantic lets
+        other exceptions through, and a model-level ``ValueError`` has no field path,
+        while the client needs to know which field (``messages.0.tool_calls.0...``).
+        """
+        if self.model_extra:
+            check_json(self.model_extra, "")
+        for i, message in enumerate(self.messages):
+            if message.model_extra:
+                check_json(message.model_extra, f"messages.{i}")
+            if isinstance(message.content, list):
+                for j, part in enumerate(message.content):
+                    if part.model_extra:
+                        where = f"messages.{i}.content.{j}"
+                        check_json(part.model_extra, where)
+                        text = part.model_extra.get("text")
+                        if isinstance(text, str) and "\x00" in text:
+                            raise InvalidRequest(
+                                f"Invalid '{where}.text': must not contain NUL characters "
+                                "(\\u0000)",
+                                param=f"{where}.text",
+                            )
+        return self
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -88,11 +141,11 @@ class ChatCompletionRequest(_Open):
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str | None = Field(None, min_length=1)
+    model: Identifier | None = Field(None, min_length=1, max_length=128)
     input: str | list[str] = Field(description="Text or list of texts (at most 2048).")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = Field(None, max_length=256)
+    dimensions: int | None = Field(None, ge=1, le=INT64_MAX)
+    user: Identifier | None = Field(None, max_length=256)
 
     @field_validator("input")
     @classmethod
@@ -104,6 +157,8 @@ class EmbeddingRequest(BaseModel):
             raise ValueError("at most 2048 inputs per request")
         if any(not item for item in items):
             raise ValueError("inputs must be non-empty strings")
+        for item in items:
+            check_model_input(item)
         return value
 
 

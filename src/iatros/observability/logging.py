@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from iatros.observability.scrub import format_exception
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
     "asctime",
@@ -90,7 +92,18 @@ def _request_writer_loop() -> None:
             return
 
 
-class JsonFormatter(logging.Formatter):
+class ScrubbingFormatter(logging.Formatter):
+    """Renders exceptions without the values database errors quote (see ``scrub``).
+
+    Set on the queue handler too: ``QueueHandler.prepare`` formats a record's traceback
+    into its message before the record reaches the JSON formatter.
+    """
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception(ei)
+
+
+class JsonFormatter(ScrubbingFormatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -130,6 +143,7 @@ def configure_logging(level: str = "info") -> None:
     stream.setFormatter(JsonFormatter())
     q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = logging.handlers.QueueHandler(q)
+    handler.setFormatter(ScrubbingFormatter())
     _listener = logging.handlers.QueueListener(q, stream, respect_handler_level=False)
     _listener.start()
     atexit.register(_listener.stop)

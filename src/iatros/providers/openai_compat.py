@@ -153,7 +153,12 @@ class OpenAICompatProvider(Provider):
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        return orjson.dumps(body)
+        try:
+            return orjson.dumps(body)
+        except TypeError as exc:  # an integer beyond 64 bits: the API refuses those first
+            raise InvalidRequest(
+                f"The request cannot be sent to the model as JSON: {exc}", code="invalid_value"
+            ) from None
 
     def _client_or_fail(self) -> HttpClient:
         if self._client is None:

@@ -33,6 +33,7 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from iatros.api.validation import FreeText, identifier, timestamp
 from iatros.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -84,7 +85,7 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     request_id: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_\-]+$")
     rating: Literal["up", "down"]
-    comment: str = Field("", max_length=2000)
+    comment: FreeText = Field("", max_length=2000)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -119,15 +120,8 @@ class _Static(StaticFiles):
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(
-            f"{name} must be an ISO date or date-time (2025-01-31T08:00:00Z)", param=name
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    """UTC, within a range where a day back or a bucket on cannot overflow a datetime."""
+    return timestamp(value, name)
 
 
 def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Handler) -> None:
@@ -226,6 +220,8 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                 raise InvalidRequest(
                     "utc_offset is in minutes, between -840 and 840", param="utc_offset"
                 )
+            identifier(tenant, "tenant", max_length=64)
+            identifier(key, "key", max_length=64)
             now = datetime.now(UTC)
             end = _parse_time(until, "until") or now
             start = _parse_time(since, "since") or end - timedelta(days=1)
