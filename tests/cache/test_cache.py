@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-import numpy as np
 import pytest
 import redis
 
@@ -208,21 +206,22 @@ async def test_tokens_and_cost_saved(backend: str, prefix: str) -> None:
         )
 
 
-async def test_exact_lookup_cost_in_process() -> None:
-    """Prints the cost of an in-process exact hit and miss (no assertion on time)."""
+async def test_repeated_exact_lookups_answer_and_count_every_time() -> None:
+    """3,000 hits and 3,000 misses in a row: each hit is the stored answer, each miss is
+    nothing, and each is counted once. (Counted, not timed: hit latency and throughput are
+    measured by ``bench/cache_bench.py``.)"""
     async with open_cache("memory", "unused:") as cache:
         req = request("What is the maximum daily dose of paracetamol for an adult?")
-        await cache.store(req, response("4 g per day. " * 20))
+        stored = response("4 g per day. " * 20)
+        await cache.store(req, stored)
         other = request("Is chlorhexidine mouthwash safe for daily use?")
-        for name, target in (("hit", req), ("miss", other)):
-            times = []
-            for _ in range(3000):
-                started = time.perf_counter()
-                await cache.lookup(target)
-                times.append(time.perf_counter() - started)
-            p50, p99 = np.quantile(times, [0.5, 0.99]) * 1e6
-            print(f"\nexact {name} in process: p50 {p50:.1f} us, p99 {p99:.1f} us", end="")
-        print()
+        for _ in range(3000):
+            hit = await cache.lookup(req)
+            assert hit is not None and hit.kind == "exact"
+            assert hit.message == stored.message
+            assert await cache.lookup(other) is None
+        assert metric(cache, LOOKUPS, kind="exact", outcome="hit") == 3000
+        assert metric(cache, LOOKUPS, kind="exact", outcome="miss") == 3000
 
 
 # -- semantic ------------------------------------------------------------------------------
