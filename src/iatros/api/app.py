@@ -158,7 +158,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         err = GatewayError(str(exc.detail), code="http_error")
         err.status = exc.status_code
         err.type = "invalid_request_error"
-        err.headers = dict(exc.headers or {})
+        err.headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
         if exc.status_code == 405:
             err.headers["allow"] = ", ".join(_allowed_methods(request))
         return error_response(err)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HEAD = b"HTTP/1."
@@ -71,9 +72,35 @@ class HeadHoldingTransport:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing through a :class:`HeadHoldingTransport`."""
+    """uvicorn's httptools protocol writing through a :class:`HeadHoldingTransport`.
+
+    A request the HTTP parser refuses (a negative or non-numeric ``Content-Length``, a
+    malformed request line) is answered before the application sees it; uvicorn would
+    answer in plain text, this answers in the OpenAI error format like every other error.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # uvicorn keeps its flow control on the real transport; its writes go through here.
         self.transport = HeadHoldingTransport(transport, self.loop)  # type: ignore[assignment]
+
+    def send_400_response(self, msg: str) -> None:
+        body = orjson.dumps(
+            {
+                "error": {
+                    "message": "The HTTP request is malformed (request line, headers or "
+                    "Content-Length); it was not processed.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "malformed_http_request",
+                }
+            }
+        )
+        head = (
+            b"HTTP/1.1 400 Bad Request\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n"
+        )
+        self.transport.write(head + body)
+        self.transport.close()
