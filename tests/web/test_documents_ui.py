@@ -1,9 +1,10 @@
 """Documents and answers with sources in a real browser.
 
-The knowledge API is being built beside the web app. Its contract is exercised here in
-two ways: against the real API when the server mounts it (otherwise those tests skip),
-and against the same contract served by Playwright's network interception, so the
-documents screen, sources, citations and the "I don't know" state are tested today.
+The knowledge API's contract is exercised here in two ways: against the real API (a server
+whose knowledge API does not answer fails those tests: it is always mounted), and against
+the same contract served by Playwright's network interception, so the documents screen,
+sources, citations and the "I don't know" state are tested in states the real API reaches
+only slowly or rarely.
 """
 
 from __future__ import annotations
