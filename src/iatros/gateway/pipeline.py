@@ -236,10 +236,11 @@ class Gateway:
         every probe slot taken; in a panic plan the router appended the open ones) is not
         skipped for good but kept for the end; once every admitted deployment has failed,
         each kept one gets one try, in plan order (the router put the most recently
-        successful first), within the deadline.
-        ``; panic`` in the route says it happened. If all of them fail too: 503 with
-        ``Retry-After``. A try whose breaker admitted it holds no more than before, so the
-        healthy path costs nothing extra.
+        successful first), within the deadline; ``; panic`` in the route says it happened.
+        If every try failed and none went through a closed breaker (each was refused or a
+        half-open probe): 503 with ``Retry-After``; otherwise the last upstream error is
+        relayed as before (it says more, e.g. rejected credentials). The healthy path
+        allocates nothing more than before.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (plan.deadline_s or DEFAULT_DEADLINE_S)
@@ -249,6 +250,7 @@ class Gateway:
         queue = plan.candidates
         refused: list[Deployment] | None = None
         panicking = False
+        closed_try = False
         index = 0
         while True:
             if index == len(queue):
@@ -278,6 +280,7 @@ class Gateway:
                         break
                     health.panic_tries += 1
                 probe = admitted and health.state is State.HALF_OPEN
+                closed_try = closed_try or (admitted and not probe)
                 timeout = deployment.config.timeout_s or plan.attempt_timeout_s or math.inf
                 if deployment.name not in tried:
                     tried.append(deployment.name)
@@ -309,7 +312,7 @@ class Gateway:
             if index < len(queue) or refused:
                 self.metrics.count_fallback(plan.model, deployment.name)
         ctx.route += f"; tried={'>'.join(tried) or 'none'}"
-        if last is None or panicking:
+        if last is None or (panicking and not closed_try):
             after = self.router.retry_after_s(plan.candidates)
             reason = "" if last is None else f" (last error: {last.code})"
             raise ServiceUnavailable(
