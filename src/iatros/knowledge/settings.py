@@ -50,6 +50,10 @@ class KnowledgeSettings(BaseModel):
     anything over 1 MiB expanded. Text and XML compress 3-30:1; zeros about 1000:1."""
     archive_max_entries: int = Field(10_000, ge=16)
     """Members of a zip-based file (a DOCX has tens, plus one per image)."""
+    archive_max_xml_tags: int = Field(2_000_000, ge=1000)
+    """Tags (``<``) in the XML of a zip-based file, together: each becomes a tree node
+    (about 100 bytes in lxml, then walked in Python). Word writes one every 20-40 bytes,
+    so 2 million covers the XML limit; 30 MiB of empty paragraphs would be 5 million."""
     pdf_max_stream_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
     """Largest decompressed PDF stream (pypdf's own default is 75 MB); a page's text
     is typically tens of KB. Over it, the PDF is refused as a decompression bomb."""
