@@ -27,6 +27,7 @@ from iatros.errors import (
 from iatros.gateway import Gateway, RequestContext
 from iatros.governance.service import Governance
 from iatros.knowledge import KnowledgeBase, KnowledgeError
+from iatros.knowledge.archives import ArchiveLimits, ArchiveTooLarge, check_uploads
 from iatros.knowledge import NotFound as KnowledgeNotFound
 
 Handler = Callable[
@@ -69,6 +70,7 @@ def add_knowledge_routes(
 
     settings = gov.settings
     upload_limit = settings.knowledge.max_file_bytes * 4 + 1024 * 1024
+    archive_limits = ArchiveLimits.from_settings(settings.knowledge)
 
     def require() -> KnowledgeBase:
         if kb is None:
@@ -129,6 +131,10 @@ def add_knowledge_routes(
                 files.append((item.filename or "unnamed", await item.read()))
             if not files:
                 raise InvalidRequest("No file in the field 'files'.", param="files")
+            try:  # a decompression bomb gets its 413 now, not a failed job later
+                await asyncio.to_thread(check_uploads, files, archive_limits)
+            except ArchiveTooLarge as exc:
+                raise PayloadTooLarge(str(exc), param="files", code=exc.code) from None
             try:
                 job_id = await base.submit_upload(ctx.principal.tenant, name, files)
             except KnowledgeError as exc:

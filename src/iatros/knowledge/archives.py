@@ -334,3 +334,12 @@ def pdf_limit_reached(exc: Exception, where: str) -> ArchiveTooLarge:
         f"PDF refused at {where}: {exc} (knowledge.pdf_max_stream_bytes is "
         f"{_mib(current_limits().pdf_max_stream_bytes)}): a decompression bomb?"
     )
+
+
+def check_uploads(files: list[tuple[str, bytes]], limits: ArchiveLimits | None = None) -> None:
+    """:func:`check_upload` for each uploaded ``(filename, data)``; the refusal names the file."""
+    for filename, data in files:
+        try:
+            check_upload(filename, data, limits)
+        except ArchiveTooLarge as exc:
+            raise ArchiveTooLarge(f"{filename}: {exc}") from None

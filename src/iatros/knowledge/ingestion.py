@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iatros.knowledge.archives import ArchiveLimits, archive_limits
 from iatros.knowledge.chunking import Chunk
 from iatros.knowledge.context import Context
 from iatros.knowledge.names import check_collection, check_tenant, document_name, mib
@@ -222,7 +223,8 @@ class Ingestor:
             prepared.content_hash = hashlib.sha256(data).hexdigest()
             if self._already_stored(tenant, collection, prepared):
                 return prepared
-            parsed = parse_document(item.name, data)
+            with archive_limits(ArchiveLimits.from_settings(self.ctx.settings)):
+                parsed = parse_document(item.name, data)
             chunks = self.ctx.chunker.chunk(parsed)
             if not chunks:
                 raise IngestError("no text found in the file")
