@@ -70,3 +70,25 @@ async def test_instances_search_each_others_documents(tmp_path: Path) -> None:
         assert [h.document for h in hits] == ["urate.txt"]  # ingested by the other instance
         lexical = await a.search(T, "shared", "allopurinol", mode="lexical")
         assert [h.document for h in lexical] == ["urate.txt"]
+
+
+async def test_a_deletion_not_yet_in_qdrant_never_shows(tmp_path: Path) -> None:
+    """The payload answers searches, but this instance's own hits are checked against its
+    store: a document deleted while Qdrant was unavailable is gone at once."""
+    async with open_kb(tmp_path / "a", hashing_embed(), backend="qdrant") as kb:
+        report = await kb.ingest_file(T, "c", b"Colchicine for acute gout flares.", "gout.txt")
+        await kb.ingest_file(T, "c", b"Allopurinol lowers uric acid in gout.", "urate.txt")
+        real_apply = kb.backend.apply
+
+        def unavailable(*args: object) -> None:
+            raise RuntimeError("qdrant unavailable")
+
+        kb.backend.apply = unavailable  # type: ignore[method-assign]
+        assert report.document_id is not None
+        await kb.delete_document(T, "c", report.document_id)
+        hits = await kb.search(T, "c", "colchicine gout flares", k=5)
+        assert [h.document for h in hits] == ["urate.txt"]
+        kb.backend.apply = real_apply  # type: ignore[method-assign]
+        await kb.ingest_file(T, "c", b"Hydration for kidney stones.", "stones.txt")  # replays
+        hits = await kb.search(T, "c", "colchicine gout flares", k=5)
+        assert "gout.txt" not in {h.document for h in hits}

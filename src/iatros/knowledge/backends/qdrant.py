@@ -293,7 +293,11 @@ class QdrantBackend(SearchBackend):
         return self._query(scope, sparse_query(terms), "bm25", k)
 
     def rows(self, store: MetaStore, scope: Scope, keys: Sequence[Key]) -> dict[Key, ChunkRow]:
-        """The hits' text and metadata from their payload (another instance's included)."""
+        """The hits' text and metadata from their payload (another instance's included).
+
+        This instance's own points are still checked against its store, so a point whose
+        deletion has not reached Qdrant yet (an index update deferred) never shows.
+        """
         if not keys or not self._ready:
             return {}
         with self._lock:
@@ -303,6 +307,12 @@ class QdrantBackend(SearchBackend):
                 with_payload=True,
                 with_vectors=["dense"],
             )
+        own = [
+            int(p.payload["key"])
+            for p in points
+            if p.payload and p.payload.get("store") == self._uid
+        ]
+        alive = set(store.chunk_rows(scope.ref, own)) if own and scope.ref.id >= 0 else set()
         out: dict[Key, ChunkRow] = {}
         for p in points:
             payload = p.payload or {}
@@ -312,6 +322,8 @@ class QdrantBackend(SearchBackend):
                 or payload.get("collection") != scope.ref.name
             ):
                 continue
+            if payload.get("store") == self._uid and payload.get("key") not in alive:
+                continue  # deleted here, not yet in Qdrant
             vectors = p.vector if isinstance(p.vector, dict) else {}
             out[str(p.id)] = ChunkRow(
                 str(p.id),
