@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.responses import Response
 
-from iatros.api.validation import INT32_MAX, FreeText, Identifier, identifier, int64, timestamp
+from iatros.api.validation import (
+    INT32_MAX,
+    FreeText,
+    Identifier,
+    identifier_path,
+    identifier_query,
+    int64_query,
+    timestamp,
+)
 from iatros.errors import InvalidRequest, NotFound, PermissionDenied
 from iatros.gateway import Gateway, RequestContext
 from iatros.governance.service import Governance
@@ -50,7 +58,6 @@ def _json(body: Any, status: int = 200) -> Response:
 
 def _scope(ctx: RequestContext, tenant: str | None) -> str:
     """The tenant a request may act on: its own, or any for a platform admin."""
-    identifier(tenant, "tenant", max_length=64)
     if tenant is None:
         return PLATFORM if ctx.principal.platform else ctx.principal.tenant
     if not ctx.principal.platform and tenant != ctx.principal.tenant:
@@ -71,7 +78,9 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
         return await handle(request, "admin", "deployments:read", work)
 
     @app.get("/admin/keys", tags=["Admin"], summary="List API keys (prefixes only)")
-    async def list_keys(request: Request, tenant: str | None = None) -> Response:
+    async def list_keys(
+        request: Request, tenant: Annotated[str | None, identifier_query(64)] = None
+    ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             scope = _scope(ctx, tenant)
             keys = await asyncio.to_thread(
@@ -109,9 +118,8 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
         return await handle(request, "admin", "keys:manage", work)
 
     @app.delete("/admin/keys/{key_id}", tags=["Admin"], summary="Revoke an API key")
-    async def revoke_key(request: Request, key_id: str) -> Response:
+    async def revoke_key(request: Request, key_id: Annotated[str, identifier_path(64)]) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            identifier(key_id, "key_id", max_length=64)
             scope = _scope(ctx, None)
             try:
                 info = await asyncio.to_thread(
@@ -125,9 +133,8 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
         return await handle(request, "admin", "keys:manage", work)
 
     @app.post("/admin/keys/{key_id}/rotate", tags=["Admin"], summary="Replace a key by a new one")
-    async def rotate_key(request: Request, key_id: str) -> Response:
+    async def rotate_key(request: Request, key_id: Annotated[str, identifier_path(64)]) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            identifier(key_id, "key_id", max_length=64)
             scope = _scope(ctx, None)
             try:
                 token, info = await asyncio.to_thread(
@@ -148,7 +155,7 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
         group_by: str = "day",
         since: str | None = None,
         until: str | None = None,
-        tenant: str | None = None,
+        tenant: Annotated[str | None, identifier_query(64)] = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             if group_by not in ("day", "model", "key", "tenant"):
@@ -173,12 +180,14 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
 
     @app.get("/admin/audit", tags=["Admin"], summary="Audit records (newest first)")
     async def audit_log(
-        request: Request, limit: int = 100, before_id: int | None = None, tenant: str | None = None
+        request: Request,
+        limit: int = 100,
+        before_id: Annotated[int | None, int64_query()] = None,  # the id column is a bigint
+        tenant: Annotated[str | None, identifier_query(64)] = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             if not 1 <= limit <= 1000:
                 raise InvalidRequest("limit must be between 1 and 1000", param="limit")
-            int64(before_id, "before_id")  # the id column is a bigint
             scope = _scope(ctx, tenant)
             gov.audit(
                 tenant=ctx.principal.tenant,
@@ -215,15 +224,12 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
     @app.delete("/admin/cache", tags=["Admin"], summary="Drop cached answers (patient, model, ...)")
     async def invalidate_cache(
         request: Request,
-        patient_id: str | None = None,
-        tenant: str | None = None,
-        model: str | None = None,
-        collection: str | None = None,
+        patient_id: Annotated[str | None, identifier_query(200)] = None,
+        tenant: Annotated[str | None, identifier_query(64)] = None,
+        model: Annotated[str | None, identifier_query(128)] = None,
+        collection: Annotated[str | None, identifier_query(64)] = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            identifier(patient_id, "patient_id", max_length=200)
-            identifier(model, "model", max_length=128)
-            identifier(collection, "collection", max_length=64)
             scope = _scope(ctx, tenant)
             target_tenant = None if scope == PLATFORM else scope
             if not any((patient_id, target_tenant, model, collection)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from iatros.api.validation import Identifier, ModelInput, check_json, identifier
+from iatros.api.validation import Identifier, ModelInput, check_json, identifier_path
 from iatros.errors import (
     GatewayError,
     InvalidRequest,
@@ -92,9 +92,8 @@ def add_knowledge_routes(
         return await handle(request, "knowledge", "knowledge:read", work)
 
     @app.get("/v1/knowledge/collections/{name}/documents", tags=["Knowledge"], summary="Documents")
-    async def documents(request: Request, name: str) -> Response:
+    async def documents(request: Request, name: Annotated[str, identifier_path(64)]) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            identifier(name, "name", max_length=64)
             try:
                 docs = await asyncio.to_thread(require().list_documents, ctx.principal.tenant, name)
             except KnowledgeError as exc:
@@ -109,9 +108,8 @@ def add_knowledge_routes(
         summary="Upload documents (multipart field 'files'); ingested in the background",
         status_code=202,
     )
-    async def upload(request: Request, name: str) -> Response:
+    async def upload(request: Request, name: Annotated[str, identifier_path(64)]) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            identifier(name, "name", max_length=64)
             base = require()
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > upload_limit:
@@ -152,9 +150,8 @@ def add_knowledge_routes(
         return await handle(request, "knowledge", "knowledge:write", work)
 
     @app.get("/v1/knowledge/jobs/{job_id}", tags=["Knowledge"], summary="An ingestion job")
-    async def job(request: Request, job_id: str) -> Response:
+    async def job(request: Request, job_id: Annotated[str, identifier_path(64)]) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            identifier(job_id, "job_id", max_length=64)
             try:
                 status = await asyncio.to_thread(require().job_status, ctx.principal.tenant, job_id)
             except KnowledgeError as exc:
@@ -168,10 +165,12 @@ def add_knowledge_routes(
         tags=["Knowledge"],
         summary="Delete a document and its chunks",
     )
-    async def delete(request: Request, name: str, document_id: str) -> Response:
+    async def delete(
+        request: Request,
+        name: Annotated[str, identifier_path(64)],
+        document_id: Annotated[str, identifier_path(128)],
+    ) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            identifier(name, "name", max_length=64)
-            identifier(document_id, "document_id", max_length=128)
             try:
                 removed = await require().delete_document(ctx.principal.tenant, name, document_id)
             except KnowledgeError as exc:

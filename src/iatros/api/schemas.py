@@ -15,6 +15,7 @@ from iatros.api.validation import (
     INT64_MAX,
     INT64_MIN,
     Identifier,
+    NulFree,
     check_json,
     check_model_input,
 )
@@ -34,7 +35,7 @@ class TextPart(BaseModel):
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: NulFree | list[TextPart] | None = None
     name: Identifier | None = Field(None, max_length=256)
 
     @field_validator("content")
@@ -91,7 +92,7 @@ class ChatCompletionRequest(_Open):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
-    stop: str | list[str] | None = None
+    stop: NulFree | list[NulFree] | None = None
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     n: int | None = Field(None, ge=1)
     user: Identifier | None = Field(None, max_length=256)
@@ -142,7 +143,7 @@ class ChatCompletionRequest(_Open):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: Identifier | None = Field(None, min_length=1, max_length=128)
-    input: str | list[str] = Field(description="Text or list of texts (at most 2048).")
+    input: NulFree | list[NulFree] = Field(description="Text or list of texts (at most 2048).")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=INT64_MAX)
     user: Identifier | None = Field(None, max_length=256)

@@ -9,8 +9,8 @@ used both as a pydantic type (bodies) and as a plain function (query and path
 parameters, checked inside the handler so that authentication still comes first):
 
 - **identifiers** (model, deployment, tenant, key, collection, patient ids, cache
-  filters): printable characters only (:meth:`str.isprintable`: no control,
-  format, separator or surrogate character; the space is allowed), bounded length;
+  filters): no control character (C0, DEL, C1) and no line or paragraph separator,
+  bounded length;
 - **free text** stored as is (feedback comments, key names): no C0 control
   character but tab, newline and carriage return;
 - **message content and other model input** (chat messages, embedding inputs,
@@ -23,17 +23,25 @@ parameters, checked inside the handler so that authentication still comes first)
 - **integers** that reach JSON encoders (orjson stops at 64 bits) or SQL: signed
   64-bit, checked everywhere in passed-through JSON too (``logit_bias``, tools, ...).
 
-Every failure is an :class:`~iatros.errors.InvalidRequest` (400) naming ``param``.
+Every failure is an :class:`~iatros.errors.InvalidRequest` (400) naming ``param``. The
+rules are published in the OpenAPI document too (``pattern``, ``maximum``), so generated
+clients and contract tests know them: query and path parameters declare them with
+:func:`identifier_query`, :func:`identifier_path` and :func:`int64_query` (FastAPI then
+refuses a bad value before the handler runs, with a 400 naming the parameter).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from fastapi import Path, Query
+from pydantic import AfterValidator, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from iatros.errors import InvalidRequest
 
@@ -48,16 +56,38 @@ LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 enough from ``datetime.min``/``max`` that the dashboard's arithmetic around them (a day
 back, the next bucket, a UTC offset) cannot overflow."""
 
+IDENTIFIER_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]*$"
+FREE_TEXT_PATTERN = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f]*$"
+MODEL_INPUT_PATTERN = r"^[^\u0000]*$"
+"""The rules as JSON Schema patterns (for the OpenAPI document; unpaired surrogates, also
+refused, cannot arrive in JSON or in a URL)."""
+
+_IDENTIFIER_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 _NUL_OR_SURROGATE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Documented:
+    """Adds a ``pattern`` to a string's JSON schema (the validator enforces it, with a
+    clearer message than a pattern mismatch would give)."""
+
+    pattern: str
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema["pattern"] = self.pattern
+        return schema
 
 
 # -- rules (raise ValueError: pydantic turns it into a 400 naming the field) ---------------
 
 
 def _identifier(value: str) -> str:
-    if not value.isprintable():
-        raise ValueError("must not contain control or other non-printable characters")
+    if _IDENTIFIER_BAD.search(value):
+        raise ValueError("must not contain control characters or line separators")
     return value
 
 
@@ -76,38 +106,33 @@ def check_model_input(value: str) -> str:
     return value
 
 
-Identifier = Annotated[str, AfterValidator(_identifier)]
-"""Names and ids: printable characters only."""
-FreeText = Annotated[str, AfterValidator(_free_text)]
+Identifier = Annotated[str, AfterValidator(_identifier), Documented(IDENTIFIER_PATTERN)]
+"""Names and ids: no control character, no line separator."""
+FreeText = Annotated[str, AfterValidator(_free_text), Documented(FREE_TEXT_PATTERN)]
 """Text stored as written: tab, newline and carriage return are the only controls allowed."""
-ModelInput = Annotated[str, AfterValidator(check_model_input)]
+ModelInput = Annotated[str, AfterValidator(check_model_input), Documented(MODEL_INPUT_PATTERN)]
 """Text for a model: anything but NUL (and unpaired surrogates, which no encoder takes)."""
+NulFree = Annotated[str, Documented(MODEL_INPUT_PATTERN)]
+"""Documents the model-input rule on a union member; a field validator enforces it (so
+that the error names the rule, not the union member that failed)."""
 
 
 # -- the same rules for query and path parameters ------------------------------------------
 
 
-def identifier(value: str | None, param: str, *, max_length: int = 128) -> str | None:
-    """``value`` if it is a valid identifier (or ``None``); else a 400 naming ``param``."""
-    if value is None:
-        return None
-    if len(value) > max_length:
-        raise InvalidRequest(
-            f"Invalid '{param}': at most {max_length} characters are allowed", param=param
-        )
-    try:
-        return _identifier(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"Invalid '{param}': {exc}", param=param) from None
+def identifier_query(max_length: int = 128, **kw: Any) -> Any:
+    """``Query(...)`` for an identifier: ``Annotated[str | None, identifier_query(64)]``."""
+    return Query(max_length=max_length, pattern=IDENTIFIER_PATTERN, **kw)
 
 
-def int64(value: int | None, param: str) -> int | None:
-    """``value`` if it fits a signed 64-bit integer (SQL ``bigint``); else a 400."""
-    if value is not None and not INT64_MIN <= value <= INT64_MAX:
-        raise InvalidRequest(
-            f"Invalid '{param}': must be between {INT64_MIN} and {INT64_MAX}", param=param
-        )
-    return value
+def identifier_path(max_length: int = 128) -> Any:
+    """``Path(...)`` for an identifier in the URL path."""
+    return Path(max_length=max_length, pattern=IDENTIFIER_PATTERN)
+
+
+def int64_query(**kw: Any) -> Any:
+    """``Query(...)`` for an integer compared with a ``bigint`` column."""
+    return Query(ge=INT64_MIN, le=INT64_MAX, **kw)
 
 
 def timestamp(value: str | None, param: str) -> datetime | None:

@@ -24,7 +24,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -33,7 +33,7 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from iatros.api.validation import FreeText, identifier, timestamp
+from iatros.api.validation import FreeText, identifier_query, timestamp
 from iatros.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -209,8 +209,8 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
         since: str | None = None,
         until: str | None = None,
         bucket: str = "hour",
-        tenant: str | None = None,
-        key: str | None = None,
+        tenant: Annotated[str | None, identifier_query(64)] = None,
+        key: Annotated[str | None, identifier_query(64)] = None,
         utc_offset: int = 0,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
@@ -220,8 +220,6 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                 raise InvalidRequest(
                     "utc_offset is in minutes, between -840 and 840", param="utc_offset"
                 )
-            identifier(tenant, "tenant", max_length=64)
-            identifier(key, "key", max_length=64)
             now = datetime.now(UTC)
             end = _parse_time(until, "until") or now
             start = _parse_time(since, "since") or end - timedelta(days=1)
