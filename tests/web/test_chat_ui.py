@@ -201,10 +201,19 @@ def test_conversations_new_rename_continue_delete_and_survive_a_reload(
     page.locator("#identity").wait_for(state="visible")
     wait_until(lambda: page.locator("#conv-list .conv-item").count() == 1)
 
-    # Signing out forgets the key (conversations stay, keyed by tenant and key).
+    # Signing out forgets the key and every conversation this browser holds, also one
+    # left by another user who closed the tab without signing out (a shared workstation).
+    stored = "Object.keys(localStorage).filter((k) => k.startsWith('iatros.conversations.'))"
+    assert len(page.evaluate(stored)) == 1
+    page.evaluate("localStorage.setItem('iatros.conversations.other.key_x', '[]')")
     page.locator("#signout").click()
     page.locator("#signin-key").wait_for(state="visible")
     assert page.evaluate("sessionStorage.getItem('iatros.key')") is None
+    assert page.evaluate(stored) == []
+    assert "Analgesics" not in page.evaluate("JSON.stringify(localStorage)")
+    sign_in(page, web_server)
+    assert page.locator("#conv-list .conv-item").count() == 0
+    assert page.evaluate(stored) == []
 
 
 def test_cache_hits_are_marked_and_feedback_is_stored(

@@ -7,6 +7,7 @@ import { formatDate, formatMs, formatNumber, formatPercent, t, tn } from "./i18n
 import { renderMarkdown } from "./markdown.js";
 
 const MAX_CONVERSATIONS = 200;
+const STORAGE_PREFIX = "iatros.conversations.";
 const state = {
   me: null,
   storageKey: null,
@@ -30,6 +31,7 @@ function load() {
 }
 
 function save() {
+  if (!state.storageKey) return; // signed out: an answer ending late writes nothing back
   state.conversations.sort((a, b) => (b.updated || 0) - (a.updated || 0));
   state.conversations = state.conversations.slice(0, MAX_CONVERSATIONS);
   try {
@@ -571,7 +573,7 @@ function bind() {
 
 export async function init(me) {
   state.me = me;
-  state.storageKey = `iatros.conversations.${me.tenant}.${me.key_id}`;
+  state.storageKey = `${STORAGE_PREFIX}${me.tenant}.${me.key_id}`;
   state.conversations = load();
   // An answer interrupted by a closed tab is kept as stopped.
   for (const conv of state.conversations) {
@@ -599,8 +601,24 @@ export function relabel() {
   }
 }
 
+/**
+ * Sign-out: forget every conversation this browser holds, the signed-out user's and any
+ * left by someone who closed the tab without signing out (a shared workstation must not
+ * keep patients' questions for the next user).
+ */
+function forgetConversations() {
+  const keys = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const key = localStorage.key(i);
+    if (key?.startsWith(STORAGE_PREFIX)) keys.push(key);
+  }
+  for (const key of keys) localStorage.removeItem(key);
+}
+
 export function reset() {
   stop();
+  state.storageKey = null;
+  forgetConversations();
   state.me = null;
   state.conversations = [];
   state.currentId = null;
