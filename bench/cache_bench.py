@@ -37,7 +37,7 @@ from procs import Processes, raise_fd_limit, start_fake_upstream, start_iatros
 from scenarios.passthrough import CACHE_SECRET, REDIS_URL, redis_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY = "sk-bench-cache"
+KEY = "sk-bench-cache-0123456789abcdefghijk"
 TARGET_RPS = 3000.0
 """The exact-hit throughput target; the paced cells offer this rate."""
 

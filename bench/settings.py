@@ -11,7 +11,7 @@ from procs import QuietWaiter
 if TYPE_CHECKING:
     from peers import Peer
 
-ADMIN_KEY = "sk-bench-admin-0123456789abcdef"
+ADMIN_KEY = "sk-bench-admin-0123456789abcdefghij"
 UPSTREAM_DELAY_MS = 50.0
 """The fake upstream answers after 50 ms, as in the reference figures."""
 REDIS_URL = "redis://127.0.0.1:6379/13"

@@ -22,7 +22,7 @@ from iatros.api.protocol import HttpProtocol
 from iatros.config import Settings, load_settings
 from iatros.testing.fake_upstream import FakeUpstream
 
-ADMIN_KEY = "sk-test-admin-0123456789"
+ADMIN_KEY = "sk-test-admin-0123456789abcdefghij"
 
 # The suite is hermetic: settings come from each test, never from the developer's shell
 # (the environment overrides config files, so a stray IATROS_ADMIN_KEY would change them).

@@ -44,13 +44,14 @@ embeddings: {default_model: null}
 """,
     )
     monkeypatch.setenv("IATROS_SERVER__PORT", "9100")
-    monkeypatch.setenv("IATROS_ADMIN_KEY", "sk-admin")
+    monkeypatch.setenv("IATROS_ADMIN_KEY", "sk-admin-0123456789abcdefghijklmnop")
     settings = load_settings(path)
     assert settings.server.port == 9100  # environment beats the file
     assert settings.server.workers == 2
     assert list(settings.providers) == ["openai"]
     assert settings.providers["openai"].options()["api_key"] == "sk-from-env"
-    assert settings.admin_key is not None and settings.admin_key.get_secret_value() == "sk-admin"
+    assert settings.admin_key is not None
+    assert settings.admin_key.get_secret_value() == "sk-admin-0123456789abcdefghijklmnop"
     assert "sk-admin" not in repr(settings)
 
 
@@ -113,7 +114,7 @@ def test_network_bind_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("IATROS_SERVER__HOST", "0.0.0.0")
     with pytest.raises(ConfigError, match="refusing to serve without authentication"):
         load_settings()
-    monkeypatch.setenv("IATROS_ADMIN_KEY", "sk-admin")
+    monkeypatch.setenv("IATROS_ADMIN_KEY", "sk-admin-0123456789abcdefghijklmnop")
     assert load_settings().server.host == "0.0.0.0"
 
 

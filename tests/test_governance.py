@@ -431,11 +431,15 @@ def test_usage_records_and_patient_references(
 
 @pytest.mark.parametrize("tamper", ["edit", "delete", "reorder", "truncate"])
 def test_audit_verify_names_the_broken_record(db_url: str, tmp_path: Path, tamper: str) -> None:
-    from iatros.governance.audit import append_events, event
+    from iatros.config import load_settings
+    from iatros.governance.audit import event, open_chain
 
     db = Database(database_url(db_url, tmp_path))
     db.upgrade()
-    append_events(db, [event(tenant="t", actor="a", action=f"act.{i}") for i in range(1, 7)])
+    settings = load_settings(overrides={"data_dir": str(tmp_path), "database_url": db_url})
+    chain = open_chain(settings, db)
+    chain.append([event(tenant="t", actor="a", action=f"act.{i}") for i in range(1, 7)])
+    chain.close()
     assert iatros(db_url, "audit", "verify", data_dir=tmp_path).returncode == 0
     with db.engine.begin() as conn:
         if tamper == "edit":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -224,9 +225,12 @@ app.add_typer(audit_app, name="audit")
 
 
 def _database(config: Path | None) -> Any:
+    return _open_database(_settings(config))
+
+
+def _open_database(settings: Settings) -> Any:
     from iatros.store.db import Database, database_url
 
-    settings = _settings(config)
     db = Database(database_url(settings.database_url, settings.data_dir))
     try:
         db.upgrade()
@@ -234,6 +238,25 @@ def _database(config: Path | None) -> Any:
         err.print(f"[red]error:[/red] cannot open the database: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from None
     return db
+
+
+def _keystore(config: Path | None) -> Any:
+    """Keys as the server sees them: audited into the keyed chain, changes announced."""
+    from iatros.governance.audit import open_chain
+    from iatros.governance.keycache import touch_version
+    from iatros.governance.keys import KeyStore
+
+    # The server logs it when it generates the secret key; here it would come before the
+    # command's own output (``iatros audit verify`` says where the key comes from).
+    logging.getLogger("iatros.governance.secrets").addHandler(logging.NullHandler())
+    settings = _settings(config)
+    db = _open_database(settings)
+    sqlite = db.engine.dialect.name == "sqlite"  # PostgreSQL: NOTIFY in the transaction
+    return KeyStore(
+        db,
+        open_chain(settings, db),
+        on_change=(lambda: touch_version(settings.data_dir)) if sqlite else None,
+    )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -264,11 +287,8 @@ def keys_create(
     config: ConfigOpt = None,
 ) -> None:
     """Create a key. It is printed once: only its hash is stored."""
-    db = _database(config)
-    from iatros.governance.keys import KeyStore
-
     try:
-        token, info = KeyStore(db).create(
+        token, info = _keystore(config).create(
             tenant=tenant,
             role=role,
             actor="cli",
@@ -290,13 +310,12 @@ def keys_list(
     config: ConfigOpt = None,
 ) -> None:
     """List keys (prefixes only)."""
-    from iatros.governance.keys import KeyStore
     from iatros.store.db import PLATFORM
 
     table = Table(
         "id", "tenant", "role", "prefix", "name", "rpm", "tpm", "budget", "expires", "revoked"
     )
-    for k in KeyStore(_database(config)).list(PLATFORM, tenant):
+    for k in _keystore(config).list(PLATFORM, tenant):
         table.add_row(
             k.id,
             k.tenant,
@@ -315,11 +334,10 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument()], config: ConfigOpt = None) -> None:
     """Revoke a key (servers stop accepting it within seconds)."""
-    from iatros.governance.keys import KeyStore
     from iatros.store.db import PLATFORM
 
     try:
-        info = KeyStore(_database(config)).revoke(key_id, scope=PLATFORM, actor="cli")
+        info = _keystore(config).revoke(key_id, scope=PLATFORM, actor="cli")
     except LookupError:
         _fail(f"no key {key_id!r}", 1)
     err.print(f"revoked {info.id}")
@@ -328,11 +346,10 @@ def keys_revoke(key_id: Annotated[str, typer.Argument()], config: ConfigOpt = No
 @keys_app.command("rotate")
 def keys_rotate(key_id: Annotated[str, typer.Argument()], config: ConfigOpt = None) -> None:
     """Replace a key by a new one with the same tenant, role and limits."""
-    from iatros.governance.keys import KeyStore
     from iatros.store.db import PLATFORM
 
     try:
-        token, info = KeyStore(_database(config)).rotate(key_id, scope=PLATFORM, actor="cli")
+        token, info = _keystore(config).rotate(key_id, scope=PLATFORM, actor="cli")
     except LookupError:
         _fail(f"no key {key_id!r}", 1)
     except ValueError as exc:
@@ -352,10 +369,8 @@ def tenants_set(
     config: ConfigOpt = None,
 ) -> None:
     """Set a tenant's limits (created if new)."""
-    from iatros.governance.keys import KeyStore
-
     try:
-        KeyStore(_database(config)).set_tenant_limits(
+        _keystore(config).set_tenant_limits(
             tenant, rpm=rpm, tpm=tpm, budget_eur=budget, actor="cli"
         )
     except ValueError as exc:
@@ -372,15 +387,59 @@ def db_upgrade(config: ConfigOpt = None) -> None:
 
 @audit_app.command("verify")
 def audit_verify(config: ConfigOpt = None) -> None:
-    """Recompute the audit chain; exit 1 and name the first broken record if it does not hold."""
-    from iatros.governance.audit import verify
+    """Recompute the audit chain with the secret key(s) and check it against the anchors.
 
-    result = verify(_database(config))
-    if result.ok:
-        out.print(f"audit chain intact: {result.checked} records")
-        return
-    err.print(f"[red]audit chain broken:[/red] {result.reason}")
-    raise typer.Exit(1)
+    Exit 1 naming the first record that does not hold; exit 2 when there is nothing to
+    verify against (no database configured, no secret key).
+    """
+    from iatros.governance.anchors import AnchorReadError, read_anchors
+    from iatros.governance.audit import anchor_path, verify
+    from iatros.governance.secrets import SECRET_FILE, Keyring
+
+    settings = _settings(config)
+    sqlite_file = settings.data_dir / "iatros.db"
+    if settings.database_url is None and not sqlite_file.exists():
+        _fail(
+            f"no database to verify: IATROS_DATABASE_URL is not set and {sqlite_file} does "
+            "not exist (set IATROS_DATABASE_URL, or IATROS_DATA_DIR to the server's data "
+            "directory)"
+        )
+    configured = settings.secret_key.get_secret_value() if settings.secret_key else None
+    if configured is None and not (settings.data_dir / SECRET_FILE).exists():
+        _fail(
+            f"no secret key: IATROS_SECRET_KEY is not set and {settings.data_dir / SECRET_FILE} "
+            "does not exist; the keyed audit chain cannot be checked without it"
+        )
+    old = settings.secret_keys_old.get_secret_value() if settings.secret_keys_old else None
+    keyring = Keyring.load(configured, old, settings.data_dir)
+    path = anchor_path(settings)
+    try:
+        anchors = read_anchors(path)
+    except AnchorReadError as exc:
+        err.print(f"[red]audit chain broken:[/red] the anchor file was damaged: {exc}")
+        raise typer.Exit(1) from None
+    result = verify(_open_database(settings), keyring, anchors)
+    if not result.ok:
+        err.print(f"[red]audit chain broken:[/red] {result.reason}")
+        raise typer.Exit(1)
+    keyed = ", ".join(f"{n} keyed with {kid}" for kid, n in sorted(result.keys.items()))
+    out.print(
+        f"audit chain intact: {result.checked} records ({keyed or '0 keyed'}; "
+        f"{result.unkeyed} unkeyed; {result.anchors} anchors matched"
+        + (f", newest at record {result.newest_anchor})" if result.newest_anchor else ")")
+    )
+    if result.unkeyed:
+        err.print(
+            f"note: {result.unkeyed} records predate the keyed chain (plain hashes): anyone "
+            "who can write the database could have rewritten them unless an anchor follows them"
+        )
+    if not anchors:
+        err.print(f"note: no anchors in {path}: removing the newest records would go unnoticed")
+    if keyring.generated:
+        err.print(
+            f"note: the secret key is the generated {settings.data_dir / SECRET_FILE}: whoever "
+            "can read it and write the database could rewrite the trail (set IATROS_SECRET_KEY)"
+        )
 
 
 @app.command()

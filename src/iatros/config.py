@@ -148,6 +148,19 @@ class EmbeddingSettings(_Strict):
     default_model: str | None = None
 
 
+class AuditSettings(_Strict):
+    """Where the signed checkpoints of the audit chain go (see ``governance/anchors.py``)."""
+
+    anchor_file: Path | None = None
+    """Append-only file of signed heads; default ``<data_dir>/audit-anchors.jsonl``. Put it
+    where the database's users cannot write (another volume, append-only storage)."""
+    anchor_interval_s: float = Field(5.0, ge=0)
+    """At most one anchor per interval (and one at shutdown): a truncation of the chain can
+    go unnoticed only for the records of the last interval."""
+    anchor_url: str | None = None
+    """Also POST each anchor as JSON to this webhook (another system's log)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IATROS_",
@@ -159,7 +172,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     admin_key: SecretStr | None = None
     secret_key: SecretStr | None = None
-    """Key for keyed hashes of identifiers (audit, cache tags); share it across instances."""
+    """Key for keyed hashes of identifiers (audit, cache tags) and of the audit chain; share
+    it across instances. Without it, one is generated into ``<data_dir>/secret.key``."""
+    secret_keys_old: SecretStr | None = None
+    """Previous secret keys, comma-separated: audit records they keyed still verify."""
+    auth_failures_per_minute: int = Field(20, ge=1)
+    """Failed authentications a client address may make per minute before getting 429s."""
     allow_anonymous_loopback: bool = True
     """With no key configured, accept unauthenticated requests, but only on a loopback bind."""
     redis_url: str | None = None
@@ -177,6 +195,7 @@ class Settings(BaseSettings):
     deployments: dict[str, DeploymentConfig] = Field(default_factory=dict)
     models: dict[str, ModelRouteConfig] = Field(default_factory=dict)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
@@ -359,6 +378,7 @@ def load_settings(
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
+    _check_secrets(settings)
     if (
         settings.admin_key is None
         and not settings.is_loopback
@@ -370,3 +390,51 @@ def load_settings(
             "IATROS_ADMIN_KEY is set; refusing to serve without authentication"
         )
     return settings
+
+
+ADMIN_KEY_MIN_CHARS = 32
+ADMIN_KEY_MIN_DISTINCT = 8
+SECRET_KEY_MIN_CHARS = 16
+
+
+def _check_secrets(settings: Settings) -> None:
+    """Refuse guessable keys: the admin key opens every tenant, the secret keys the audit.
+
+    An admin key must be at least 32 printable ASCII characters without spaces, with at
+    least 8 different ones (``openssl rand -hex 32`` or ``python -c "import secrets;
+    print(secrets.token_urlsafe(32))"`` make one). An empty ``IATROS_ADMIN_KEY=`` is an
+    error, not "no key": it is what a deployment template leaves when a variable is missing.
+    """
+    if settings.admin_key is not None:
+        key = settings.admin_key.get_secret_value()
+        problem = None
+        if not key:
+            problem = "is empty (unset it to have no admin key)"
+        elif len(key) < ADMIN_KEY_MIN_CHARS:
+            problem = f"has {len(key)} characters; at least {ADMIN_KEY_MIN_CHARS} are required"
+        elif not all(33 <= ord(c) <= 126 for c in key):
+            problem = "may only hold printable ASCII characters, without spaces"
+        elif len(set(key)) < ADMIN_KEY_MIN_DISTINCT:
+            problem = (
+                f"uses {len(set(key))} different characters; at least "
+                f"{ADMIN_KEY_MIN_DISTINCT} are required"
+            )
+        if problem is not None:
+            raise ConfigError(
+                f"admin_key (IATROS_ADMIN_KEY) {problem}. Generate one with: "
+                "openssl rand -hex 32"
+            )
+    for name, value in (
+        ("secret_key (IATROS_SECRET_KEY)", settings.secret_key),
+        ("secret_keys_old (IATROS_SECRET_KEYS_OLD)", settings.secret_keys_old),
+    ):
+        if value is None:
+            continue
+        raw = value.get_secret_value()
+        parts = [p.strip() for p in raw.split(",") if p.strip()] if "old" in name else [raw]
+        for part in parts:
+            if len(part) < SECRET_KEY_MIN_CHARS:
+                raise ConfigError(
+                    f"{name}: each secret key needs at least {SECRET_KEY_MIN_CHARS} characters "
+                    "(it keys the audit chain); generate one with: openssl rand -hex 32"
+                )

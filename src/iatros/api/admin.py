@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.responses import Response
@@ -228,14 +228,28 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
         tenant: Annotated[str | None, identifier_query(64)] = None,
         model: Annotated[str | None, identifier_query(128)] = None,
         collection: Annotated[str | None, identifier_query(64)] = None,
+        drop_all: Annotated[
+            str | None,
+            Query(
+                alias="all",
+                description="true: drop every cached answer of your tenant (no other filter)",
+            ),
+        ] = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             scope = _scope(ctx, tenant)
             target_tenant = None if scope == PLATFORM else scope
-            if not any((patient_id, target_tenant, model, collection)):
+            if drop_all not in (None, "true", "false"):
+                raise InvalidRequest("all must be true or false", param="all")
+            # A tenant admin's request without filters would drop the whole tenant's cache:
+            # that must be asked for in so many words, never be what a forgotten filter does.
+            if not any((patient_id, tenant, model, collection)) and (
+                target_tenant is None or drop_all != "true"
+            ):
                 raise InvalidRequest(
-                    "Name what to drop: patient_id, tenant, model or collection.",
-                    param="patient_id",
+                    "Name what to drop: patient_id, model, collection or tenant; or pass "
+                    "all=true to drop every cached answer of your tenant.",
+                    param="all",
                 )
             dropped = await gw.cache.root.invalidate(
                 tenant=target_tenant, patient_id=patient_id, model=model, collection=collection

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from iatros.governance.audit import append_events, event
+from iatros.governance.audit import AuditChain, event
+from iatros.governance.keycache import notify
 from iatros.governance.roles import check_role
 from iatros.store.db import PLATFORM, Database
 from iatros.store.models import ApiKey, Tenant
@@ -85,8 +87,26 @@ class KeyMatch:
 
 
 class KeyStore:
-    def __init__(self, db: Database) -> None:
+    """Keys in the database; every change is audited and announced to ``on_change``.
+
+    ``on_change`` lets the servers' key caches forget what they know the moment a
+    key is created, revoked or rotated, or a tenant's limits change (see
+    :mod:`iatros.governance.keycache`), including when the change is made by the CLI.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        chain: AuditChain,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
+        self.chain = chain
+        self.on_change = on_change
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def create(
         self,
@@ -136,9 +156,10 @@ class KeyStore:
                 session.add(Tenant(id=tenant, created_at=now))
                 session.flush()
             session.add(key)
+            notify(session)
         info = KeyInfo.of(key)
-        append_events(
-            self.db,
+        self._changed()
+        self.chain.append(
             [
                 event(
                     tenant=tenant,
@@ -165,9 +186,10 @@ class KeyStore:
                 raise LookupError(f"no key {key_id!r}")
             if key.revoked_at is None:
                 key.revoked_at = datetime.now(UTC)
+                notify(session)
             info = KeyInfo.of(key)
-        append_events(
-            self.db,
+        self._changed()
+        self.chain.append(
             [event(tenant=info.tenant, actor=actor, action="key.revoked", target=key_id)],
         )
         return info
@@ -223,8 +245,9 @@ class KeyStore:
                 row = Tenant(id=tenant, created_at=datetime.now(UTC))
                 session.add(row)
             row.rpm, row.tpm, row.budget_eur = rpm, tpm, budget_eur
-        append_events(
-            self.db,
+            notify(session)
+        self._changed()
+        self.chain.append(
             [
                 event(
                     tenant=tenant,

@@ -23,6 +23,7 @@ from iatros.config import Settings
 from iatros.errors import AuthenticationFailed, GatewayError, PermissionDenied, RateLimited
 from iatros.gateway.context import RequestContext
 from iatros.governance import audit as audit_chain
+from iatros.governance.authguard import FailedAuthGuard
 from iatros.governance.journal import (
     Journal,
     Quarantine,
@@ -31,10 +32,11 @@ from iatros.governance.journal import (
     storable_text,
     store_isolating,
 )
+from iatros.governance.keycache import KeyWatch, touch_version
 from iatros.governance.keys import KeyMatch, KeyStore, hash_key
 from iatros.governance.ratelimit import Limit, RateLimiter
 from iatros.governance.roles import allowed
-from iatros.governance.secrets import keyed_ref, load_secret
+from iatros.governance.secrets import keyed_ref
 from iatros.governance.usage import SpendTracker, now_iso, store_usage, usage_problem
 from iatros.observability.metrics import journal_quarantine_counter
 from iatros.store.db import Database, database_url, is_data_error
@@ -56,11 +58,10 @@ class Governance:
     def __init__(self, settings: Settings, *, limiter_registry: Any = None) -> None:
         self.settings = settings
         self.db = Database(database_url(settings.database_url, settings.data_dir))
-        self.keys = KeyStore(self.db)
-        self.secret = load_secret(
-            settings.secret_key.get_secret_value() if settings.secret_key else None,
-            settings.data_dir,
-        )
+        self.chain = audit_chain.open_chain(settings, self.db)
+        self.secret = self.chain.keyring.current
+        self.keys = KeyStore(self.db, self.chain, on_change=self._keys_changed)
+        self._watch = KeyWatch(self.db.url, settings.data_dir, self.forget_keys)
         self.spend = SpendTracker(self.db)
         # A generous Redis timeout: under load the event loop itself adds latency, and a
         # false timeout would fall back to per-instance limits (looser than configured).
@@ -84,6 +85,11 @@ class Governance:
         self._flush_lock = asyncio.Lock()
         self._key_cache: OrderedDict[str, tuple[KeyMatch | None, float]] = OrderedDict()
         self._has_keys: tuple[bool, float] = (False, 0.0)
+        self._generation = 0
+        """Bumped by every key change: a lookup that started before one is not cached."""
+        self._guard = FailedAuthGuard(
+            self.limiter, limit=settings.auth_failures_per_minute, audit=self.audit
+        )
         self._anonymous = settings.allow_anonymous_loopback and settings.is_loopback
         self._prices = {
             name: (dep.price_per_1k_input, dep.price_per_1k_output)
@@ -98,6 +104,7 @@ class Governance:
         self._usage = Journal(self._journal_dir, "usage")
         self._audit = Journal(self._journal_dir, "audit")
         await self.limiter.start()
+        await self._watch.start()
         self._flusher = asyncio.create_task(self._flush_forever(), name="governance-flush")
 
     def _recover(self) -> None:
@@ -122,7 +129,7 @@ class Governance:
         store_usage(self.db, records)
 
     def _store_audit(self, records: list[Record]) -> None:
-        audit_chain.append_events(self.db, records)
+        self.chain.append(records)
 
     def _store_or_set_aside(self, kind: str, records: list[Record]) -> None:
         """Store the records the database takes, quarantine those it refuses (in a thread)."""
@@ -164,6 +171,7 @@ class Governance:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        self._guard.report(force=True)
         try:
             await self.flush()
         except Exception as exc:  # an outage: the journal files keep the records for next start
@@ -171,17 +179,22 @@ class Governance:
                 "could not store the last records; kept in the journal for the next start",
                 extra={"error": type(exc).__name__},
             )
+        await asyncio.to_thread(self.chain.close)  # anchor the newest head
         for journal in (self._usage, self._audit):
             if journal is not None:
                 journal.close()
         await self.limiter.close()
+        await self._watch.close()
         await asyncio.to_thread(self.db.close)
 
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
+            self._guard.report()
             try:
                 await self.flush()
+                if self.chain.anchor_due():
+                    await asyncio.to_thread(self.chain.tick)
             except Exception as exc:  # the journal keeps the records; try again next tick
                 log.warning("could not store records yet", extra={"error": type(exc).__name__})
 
@@ -209,7 +222,26 @@ class Governance:
 
     # -- authentication -------------------------------------------------------
 
-    async def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None, *, source: str | None = None) -> Principal:
+        """Who is calling; raises 401, or 429 for a source that keeps failing.
+
+        ``source`` is the client's address: without it failures are still counted in
+        the audit trail, but nobody is throttled.
+        """
+        wait = self._guard.retry_after(source)
+        if wait is not None:
+            assert source is not None
+            self._guard.throttled(source)
+            raise _too_many_failures(wait)
+        try:
+            return await self._authenticate(token)
+        except _Denied as denied:
+            wait = await self._guard.failed(source, denied.tenant, denied.actor, denied.reason)
+            if wait is not None:
+                raise _too_many_failures(wait) from None
+            raise
+
+    async def _authenticate(self, token: str | None) -> Principal:
         if (
             token
             and self._admin_key is not None
@@ -219,22 +251,29 @@ class Governance:
         if not token:
             if self._anonymous and self._admin_key is None and not await self._any_keys():
                 return ANONYMOUS
-            self.audit_denied("anonymous", "default", "missing_api_key")
-            raise AuthenticationFailed(
+            raise _Denied(
                 "Missing API key: send it as 'Authorization: Bearer <key>'.",
-                code="missing_api_key",
+                actor="anonymous",
+                reason="missing_api_key",
             )
         match = await self._lookup(token)
         if match is None:
-            self.audit_denied("unknown", "default", "invalid_api_key")
-            raise AuthenticationFailed("Incorrect API key provided.")
+            raise _Denied("Incorrect API key provided.", reason="invalid_api_key")
         key, tenant = match.key, match.tenant
         if key.revoked_at is not None:
-            self.audit_denied(key.id, key.tenant_id, "key_revoked")
-            raise AuthenticationFailed("This API key has been revoked.", code="key_revoked")
+            raise _Denied(
+                "This API key has been revoked.",
+                actor=key.id,
+                tenant=key.tenant_id,
+                reason="key_revoked",
+            )
         if key.expires_at is not None and _aware(key.expires_at) <= datetime.now(UTC):
-            self.audit_denied(key.id, key.tenant_id, "key_expired")
-            raise AuthenticationFailed("This API key has expired.", code="key_expired")
+            raise _Denied(
+                "This API key has expired.",
+                actor=key.id,
+                tenant=key.tenant_id,
+                reason="key_expired",
+            )
         return Principal(
             tenant=key.tenant_id,
             key_id=key.id,
@@ -248,19 +287,29 @@ class Governance:
         )
 
     async def _any_keys(self) -> bool:
+        fresh = self._watch.fresh()  # first: it may forget what is remembered below
         known, at = self._has_keys
-        if known or time.monotonic() - at < KEY_CACHE_S:
-            return known
+        if known:  # keys are revoked, never deleted: once there is one, there always is
+            return True
+        if fresh and time.monotonic() - at < KEY_CACHE_S:
+            return False
+        generation = self._generation
         known = await asyncio.to_thread(self.keys.any_keys)
-        self._has_keys = (known, time.monotonic())
+        if generation == self._generation:  # no change while we asked: safe to remember
+            self._has_keys = (known, time.monotonic())
         return known
 
     async def _lookup(self, token: str) -> KeyMatch | None:
+        """The key's row, cached for a few seconds, but never past a change to any key."""
         digest = hash_key(token)
-        cached = self._key_cache.get(digest)
-        if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
-            return cached[0]
+        if self._watch.fresh():
+            cached = self._key_cache.get(digest)
+            if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
+                return cached[0]
+        generation = self._generation
         match = await asyncio.to_thread(self.keys.lookup, token)
+        if generation != self._generation:
+            return match  # keys changed while we read: this answer may be stale, do not keep it
         self._key_cache[digest] = (match, time.monotonic())
         self._key_cache.move_to_end(digest)
         while len(self._key_cache) > 10_000:  # unknown keys are cached too: bound it
@@ -268,9 +317,16 @@ class Governance:
         return match
 
     def forget_keys(self) -> None:
-        """Drop cached key lookups (after a local revoke or rotate)."""
+        """Drop cached key lookups: a key changed, here or (as the key watch says) elsewhere."""
+        self._generation += 1
         self._key_cache.clear()
         self._has_keys = (False, 0.0)
+
+    def _keys_changed(self) -> None:
+        """This process changed a key (already committed): forget, and tell the others."""
+        self.forget_keys()
+        if not self.db.url.startswith("postgresql"):  # PostgreSQL: NOTIFY in the transaction
+            touch_version(self.settings.data_dir)
 
     # -- authorisation, limits, budgets -----------------------------------------
 
@@ -409,6 +465,25 @@ def _audit_problem(record: object) -> str | None:
     if not isinstance(record.get("details"), dict):
         return "bad_field:details"
     return None
+
+
+class _Denied(AuthenticationFailed):
+    """A failed authentication, with what the audit trail and the throttle need to know."""
+
+    def __init__(
+        self, message: str, *, reason: str, actor: str = "unknown", tenant: str = "default"
+    ) -> None:
+        super().__init__(message, code=reason)
+        self.reason, self.actor, self.tenant = reason, actor, tenant
+
+
+def _too_many_failures(wait_s: float) -> RateLimited:
+    return RateLimited(
+        "Too many failed authentication attempts from this address; retry after the "
+        "indicated time.",
+        retry_after_s=wait_s,
+        code="too_many_failed_attempts",
+    )
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:

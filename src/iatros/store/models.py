@@ -73,7 +73,7 @@ class UsageRecord(TenantScoped, Base):
 
 
 class AuditRecord(TenantScoped, Base):
-    """One link of the audit chain: ``hash`` covers the fields and ``prev_hash``."""
+    """One link of the audit chain: ``hash`` keys the fields and ``prev_hash`` together."""
 
     __tablename__ = "audit"
 
@@ -87,6 +87,8 @@ class AuditRecord(TenantScoped, Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    """The secret that keyed ``hash`` (HMAC); NULL for records of the unkeyed first version."""
 
 
 class AuditHead(Base):

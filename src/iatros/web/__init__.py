@@ -150,7 +150,8 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                     "Missing API key: send it as 'Authorization: Bearer <key>'.",
                     code="missing_api_key",
                 )
-            principal = await governance.authenticate(token)
+            source = request.client.host if request.client else None
+            principal = await governance.authenticate(token, source=source)
         except GatewayError as exc:
             return error_response(exc)
         return _json(
