@@ -410,7 +410,7 @@ EMBED_CASES: list[tuple[str, dict[str, Any], int, str | None, str]] = [
         "'float' or 'base64'",
     ),
     ("unknown field", {"input": "a", "colour": "blue"}, 400, "colour", "Unknown parameter"),
-    ("chat model", {"input": "a", "model": "fake-gpt"}, 404, "model", "not a embedding model"),
+    ("chat model", {"input": "a", "model": "fake-gpt"}, 404, "model", "not an embedding model"),
     ("too many inputs", {"input": ["a"] * 2049}, 400, "input", "at most 2048"),
     ("wrong dimensions", {"input": "a", "dimensions": 3}, 400, "dimensions", "8 dimensions"),
     ("NUL in input", {"input": "a\x00"}, 400, "input", "NUL"),
