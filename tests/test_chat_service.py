@@ -102,7 +102,7 @@ async def test_a_knowledge_route_grounds_or_escalates_without_asking_the_model(
 ) -> None:
     kb = services.knowledge
     assert kb is not None
-    await kb.ingest_file("default", "handbook", "handbook.md", HANDBOOK.encode())
+    await kb.ingest_file("default", "handbook", HANDBOOK.encode(), "handbook.md")
     provider = services.gateway.providers["t"]
     assert isinstance(provider, TestModelProvider)
     ctx, answer = await services.chat.ask(

@@ -33,12 +33,14 @@ from starlette.types import Receive, Scope, Send
 from iatros import __version__, heap
 from iatros.api.admin import add_admin_routes
 from iatros.api.chat import add_chat_routes
+from iatros.api.docs import add_docs_routes
 from iatros.api.embeddings import add_embedding_routes
 from iatros.api.http import RequestScope, error_response, log
 from iatros.api.knowledge import add_knowledge_routes
 from iatros.api.models import add_model_routes
 from iatros.api.openapi import build_openapi
 from iatros.api.ops import add_ops_routes
+from iatros.api.origin_guard import OriginGuard
 from iatros.config import Settings, load_settings
 from iatros.errors import GatewayError, InvalidRequest, NotFound
 from iatros.gateway import Gateway
@@ -59,12 +61,17 @@ class IatrosApp(FastAPI):
     failure themselves; this only skips the layers between the server and them.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, guard: OriginGuard, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.guard = guard
         self.fast_routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            refusal = self.guard.refusal(scope)  # DNS rebinding, CSRF: before any handler
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, send)
+                return
             handler = self.fast_routes.get((scope["method"], scope["path"]))
             if handler is not None:
                 scope["app"] = self
@@ -107,10 +114,13 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
             flush_logging()
 
     app = IatrosApp(
+        guard=OriginGuard.from_settings(settings),
         title="Iatros",
         version=__version__,
         description="OpenAI-compatible gateway for clinical assistants.",
         lifespan=lifespan,
+        docs_url=None,  # served locally with a strict CSP (api/docs.py), not from a CDN
+        redoc_url=None,
     )
     app.state.gateway = gw
     app.state.governance = gov
@@ -126,6 +136,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
     mount_web(app, gw, gov, handle)
     add_ops_routes(app, gw, gov, settled)
+    add_docs_routes(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

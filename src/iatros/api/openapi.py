@@ -63,8 +63,8 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
         codes.add(404)
     if path.startswith("/v1/knowledge"):
         codes.add(503)  # no embedding model configured: no knowledge base
-    for code in sorted(codes):
-        responses.setdefault(str(code), _error(code))
+    for status in sorted(codes):
+        responses.setdefault(str(status), _error(status))
     for code, response in responses.items():
         if code.isdigit() and int(code) >= 400:
             response.setdefault("content", {"application/json": {"schema": _ERROR_REF}})
