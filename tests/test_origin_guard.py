@@ -28,9 +28,7 @@ CHAT = {"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}
 def serve(settings: Settings) -> RunningServer:
     """The app as the CLI serves it; wrapped here only if create_app does not guard it."""
     app = create_app(settings)
-    guarded: Any = (
-        app if getattr(app, "origin_guard", None) else OriginGuard.from_settings(settings, app)
-    )
+    guarded: Any = app if getattr(app, "guard", None) else OriginGuard.from_settings(settings, app)
     return RunningServer(settings, guarded)
 
 
