@@ -30,9 +30,10 @@ may start with ``*.`` or ``.`` for a domain and its subdomains.
 Cost: :meth:`OriginGuard.refusal` reads the request headers once (one ``dict``) and
 caches its verdicts on hosts and origins: 1.3 us for an SDK request with a key, 2.3 us
 for the web app's anonymous post, 2.1-2.5 us through the ASGI wrapper, on this 2-core
-VM (``bench/origin_guard_bench.py`` -> ``bench/results/origin-guard.json``). It is a pure ASGI layer, so it can wrap
-the whole application, or be called first thing by an application that dispatches hot
-endpoints itself (``IatrosApp.__call__``): :meth:`OriginGuard.refuse`.
+VM (``bench/origin_guard_bench.py`` -> ``bench/results/origin-guard.json``). It is a
+pure ASGI layer, so it can wrap the whole application, or be called first thing by an
+application that dispatches hot endpoints itself (``IatrosApp.__call__`` calls
+:meth:`OriginGuard.refusal`).
 """
 
 from __future__ import annotations
