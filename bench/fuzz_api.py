@@ -122,10 +122,13 @@ def main() -> int:
         text=True,
         env=env,
     )
-    journals = sorted((work / "data").rglob("*.jsonl"))
-    stuck = sum(1 for path in journals if "quarantine" not in path.name and path.stat().st_size)
+    # Journals live in data/journal/, records the database refused in data/quarantine/
+    # (governance/journal.py); other .jsonl files (audit anchors) are neither.
+    journals = sorted((work / "data" / "journal").glob("*.jsonl"))
+    stuck = sum(1 for path in journals if path.stat().st_size)
     quarantined = sum(
-        len(path.read_text().splitlines()) for path in journals if "quarantine" in path.name
+        len(path.read_text().splitlines())
+        for path in (work / "data" / "quarantine").glob("*.jsonl")
     )
     summary = result.stdout.split("Test cases:")[-1].strip().splitlines()[:2]
     server_errors = result.stdout.count("Server error")
