@@ -218,3 +218,19 @@ def test_keys_changed_by_the_cli_apply_at_once_to_a_running_server(
         key_id = created.stderr.split()[1]
         assert _cli(data_dir, "keys", "revoke", key_id).returncode == 0
         assert http.get("/v1/models", headers=bearer(token)).status_code == 401
+
+
+def test_an_oversized_key_header_is_refused_in_the_openai_format(
+    server_factory: Callable[..., RunningServer], upstream: FakeUpstream
+) -> None:
+    server = server_factory(upstream_config(upstream))
+    huge = "iat_" + "x" * 64 * 1024
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for path, method in (("/v1/models", "GET"), ("/v1/chat/completions", "POST")):
+            for header, param in (("authorization", "authorization"), ("api-key", "api-key")):
+                value = f"Bearer {huge}" if header == "authorization" else huge
+                resp = http.request(method, path, headers={header: value}, json=Q)
+                assert resp.status_code == 400, (path, header, resp.status_code)
+                error = resp.json()["error"]
+                assert error["param"] == param and error["type"] == "invalid_request_error"
+                assert huge[:100] not in resp.text

@@ -333,7 +333,7 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument()], config: ConfigOpt = None) -> None:
-    """Revoke a key (servers stop accepting it within seconds)."""
+    """Revoke a key (every server refuses it from its next request)."""
     from iatros.store.db import PLATFORM
 
     try:
