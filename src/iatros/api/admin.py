@@ -7,7 +7,6 @@ platform administrator may name another tenant with ``?tenant=``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.responses import Response
 
+from iatros.api.http import Handler, openapi_body, parse_body, read_body
 from iatros.api.validation import (
     INT32_MAX,
     FreeText,
@@ -26,6 +26,7 @@ from iatros.api.validation import (
     identifier_query,
     int64_query,
     timestamp,
+    timestamp_query,
 )
 from iatros.errors import InvalidRequest, NotFound, PermissionDenied
 from iatros.gateway import Gateway, RequestContext
@@ -33,10 +34,6 @@ from iatros.governance.service import Governance
 from iatros.governance.usage import aggregate
 from iatros.store.db import PLATFORM
 from iatros.store.models import AuditRecord
-
-Handler = Callable[
-    [Request, str, str, Callable[[RequestContext], Awaitable[Response]]], Awaitable[Response]
-]
 
 
 class KeyCreate(BaseModel):
@@ -66,7 +63,6 @@ def _scope(ctx: RequestContext, tenant: str | None) -> str:
 
 
 def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler) -> None:
-    from iatros.api.app import parse_body, read_body  # shared request parsing
 
     limit = gov.settings.server.max_body_bytes
 
@@ -90,7 +86,13 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
 
         return await handle(request, "admin", "keys:manage", work)
 
-    @app.post("/admin/keys", tags=["Admin"], summary="Create an API key (shown once)")
+    @app.post(
+        "/admin/keys",
+        tags=["Admin"],
+        summary="Create an API key (shown once)",
+        status_code=201,
+        openapi_extra=openapi_body(KeyCreate),
+    )
     async def create_key(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:
             body = parse_body(KeyCreate, await read_body(request, limit))
@@ -152,16 +154,12 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
     @app.get("/admin/usage", tags=["Admin"], summary="Usage totals by day, model, key or tenant")
     async def usage(
         request: Request,
-        group_by: str = "day",
-        since: str | None = None,
-        until: str | None = None,
+        group_by: Literal["day", "model", "key", "tenant"] = "day",
+        since: Annotated[str | None, timestamp_query()] = None,
+        until: Annotated[str | None, timestamp_query()] = None,
         tenant: Annotated[str | None, identifier_query(64)] = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            if group_by not in ("day", "model", "key", "tenant"):
-                raise InvalidRequest(
-                    "group_by must be one of day, model, key, tenant", param="group_by"
-                )
             scope = _scope(ctx, tenant)
             window = [_date(since, "since"), _date(until, "until")]
             await gov.flush()  # include what is still in the journal
@@ -169,7 +167,7 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
                 lambda: aggregate(
                     gov.db,
                     scope,
-                    group_by=group_by,  # type: ignore[arg-type]
+                    group_by=group_by,
                     since=window[0],
                     until=window[1],
                 )
@@ -181,13 +179,11 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
     @app.get("/admin/audit", tags=["Admin"], summary="Audit records (newest first)")
     async def audit_log(
         request: Request,
-        limit: int = 100,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before_id: Annotated[int | None, int64_query()] = None,  # the id column is a bigint
         tenant: Annotated[str | None, identifier_query(64)] = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            if not 1 <= limit <= 1000:
-                raise InvalidRequest("limit must be between 1 and 1000", param="limit")
             scope = _scope(ctx, tenant)
             gov.audit(
                 tenant=ctx.principal.tenant,
@@ -251,7 +247,7 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
                     "all=true to drop every cached answer of your tenant.",
                     param="all",
                 )
-            dropped = await gw.cache.root.invalidate(
+            dropped = await gw.cache.invalidate(
                 tenant=target_tenant, patient_id=patient_id, model=model, collection=collection
             )
             gov.audit(

@@ -7,39 +7,42 @@ a collection drop the cached answers built on it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from iatros.api.validation import Identifier, ModelInput, check_json, identifier_path
+from iatros.api.http import (
+    Handler,
+    error_responses,
+    openapi_body,
+    openapi_upload,
+    parse_body,
+    read_body,
+)
+from iatros.api.validation import ModelInput, check_json, identifier_path
 from iatros.errors import (
-    GatewayError,
     InvalidRequest,
-    NotFound,
     PayloadTooLarge,
-    ServiceUnavailable,
 )
 from iatros.gateway import Gateway, RequestContext
+from iatros.gateway.grounding import knowledge_error, knowledge_unavailable
 from iatros.governance.service import Governance
 from iatros.knowledge import KnowledgeBase, KnowledgeError
 from iatros.knowledge.archives import ArchiveLimits, ArchiveTooLarge, check_uploads
-from iatros.knowledge import NotFound as KnowledgeNotFound
+from iatros.knowledge.names import COLLECTION_PATTERN
 
-Handler = Callable[
-    [Request, str, str, Callable[[RequestContext], Awaitable[Response]]], Awaitable[Response]
-]
 MAX_FILES = 50
+CollectionName = Annotated[str, Path(pattern=COLLECTION_PATTERN)]
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     query: ModelInput = Field(min_length=1, max_length=4000)
-    collection: Identifier = Field(min_length=1, max_length=64)
+    collection: str = Field(pattern=COLLECTION_PATTERN)
     k: int = Field(5, ge=1, le=100)
     filters: dict[str, Any] | None = None
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
@@ -56,32 +59,20 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def knowledge_error(exc: KnowledgeError) -> GatewayError:
-    """The knowledge base's errors, in the API's terms."""
-    if isinstance(exc, KnowledgeNotFound):
-        return NotFound(str(exc), code="not_found")
-    return InvalidRequest(str(exc))
-
-
 def add_knowledge_routes(
     app: FastAPI, gw: Gateway, gov: Governance, kb: KnowledgeBase | None, handle: Handler
 ) -> None:
-    from iatros.api.app import parse_body, read_body
-
     settings = gov.settings
     upload_limit = settings.knowledge.max_file_bytes * 4 + 1024 * 1024
     archive_limits = ArchiveLimits.from_settings(settings.knowledge)
 
     def require() -> KnowledgeBase:
         if kb is None:
-            raise ServiceUnavailable(
-                "The knowledge base needs an embedding model (embeddings.default_model).",
-                code="knowledge_unavailable",
-            )
+            raise knowledge_unavailable()
         return kb
 
     async def forget_answers(tenant: str, collection: str) -> None:
-        await gw.cache.root.invalidate(tenant=tenant, collection=collection)
+        await gw.cache.invalidate(tenant=tenant, collection=collection)
 
     @app.get("/v1/knowledge/collections", tags=["Knowledge"], summary="Your collections")
     async def collections(request: Request) -> Response:
@@ -92,7 +83,7 @@ def add_knowledge_routes(
         return await handle(request, "knowledge", "knowledge:read", work)
 
     @app.get("/v1/knowledge/collections/{name}/documents", tags=["Knowledge"], summary="Documents")
-    async def documents(request: Request, name: Annotated[str, identifier_path(64)]) -> Response:
+    async def documents(request: Request, name: CollectionName) -> Response:
         async def work(ctx: RequestContext) -> Response:
             try:
                 docs = await asyncio.to_thread(require().list_documents, ctx.principal.tenant, name)
@@ -107,8 +98,10 @@ def add_knowledge_routes(
         tags=["Knowledge"],
         summary="Upload documents (multipart field 'files'); ingested in the background",
         status_code=202,
+        responses=error_responses(503),
+        openapi_extra=openapi_upload("files"),
     )
-    async def upload(request: Request, name: Annotated[str, identifier_path(64)]) -> Response:
+    async def upload(request: Request, name: CollectionName) -> Response:
         async def work(ctx: RequestContext) -> Response:
             base = require()
             declared = request.headers.get("content-length")
@@ -167,7 +160,7 @@ def add_knowledge_routes(
     )
     async def delete(
         request: Request,
-        name: Annotated[str, identifier_path(64)],
+        name: CollectionName,
         document_id: Annotated[str, identifier_path(128)],
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
@@ -186,7 +179,13 @@ def add_knowledge_routes(
 
         return await handle(request, "knowledge", "knowledge:write", work)
 
-    @app.post("/v1/knowledge/search", tags=["Knowledge"], summary="Hybrid search in a collection")
+    @app.post(
+        "/v1/knowledge/search",
+        tags=["Knowledge"],
+        summary="Hybrid search in a collection",
+        responses=error_responses(404, 503),
+        openapi_extra=openapi_body(SearchRequest),
+    )
     async def search(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:
             body = parse_body(

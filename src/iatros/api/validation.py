@@ -130,6 +130,17 @@ def identifier_path(max_length: int = 128) -> Any:
     return Path(max_length=max_length, pattern=IDENTIFIER_PATTERN)
 
 
+TIMESTAMP_PATTERN = (
+    r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?$"
+)
+"""An ISO 8601 date or date-time (what :func:`timestamp` reads)."""
+
+
+def timestamp_query(**kw: Any) -> Any:
+    """``Query(...)`` for a time window's end: ``Annotated[str | None, timestamp_query()]``."""
+    return Query(pattern=TIMESTAMP_PATTERN, description="ISO 8601, UTC unless offset", **kw)
+
+
 def int64_query(**kw: Any) -> Any:
     """``Query(...)`` for an integer compared with a ``bigint`` column."""
     return Query(ge=INT64_MIN, le=INT64_MAX, **kw)

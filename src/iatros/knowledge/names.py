@@ -11,7 +11,9 @@ import re
 
 from iatros.knowledge.types import InvalidName
 
-_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A collection name (also published as the pattern of the API's collection parameters)."""
+_COLLECTION = re.compile(COLLECTION_PATTERN)
 
 
 def check_tenant(tenant: str) -> str:

@@ -21,19 +21,27 @@ same keys and that every key used exists).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from iatros.api.validation import FreeText, identifier_query, timestamp
+from iatros.api.http import (
+    Handler,
+    bearer_token,
+    error_response,
+    error_responses,
+    openapi_body,
+    parse_body,
+    read_body,
+)
+from iatros.api.validation import FreeText, identifier_query, timestamp, timestamp_query
 from iatros.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -50,9 +58,6 @@ from iatros.web import stats
 
 __all__ = ["STATIC_DIR", "mount_web"]
 
-Handler = Callable[
-    [Request, str, str, Callable[[RequestContext], Awaitable[Response]]], Awaitable[Response]
-]
 STATIC_DIR = Path(__file__).parent / "static"
 
 # The page may load only its own files and talk only to its own origin: even if some
@@ -126,7 +131,6 @@ def _parse_time(value: str | None, name: str) -> datetime | None:
 
 def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Handler) -> None:
     """Add the web app's page, files and endpoints to ``app``."""
-    from iatros.api.app import _bearer, error_response, parse_body, read_body
 
     settings = governance.settings
     limit = settings.server.max_body_bytes
@@ -142,7 +146,7 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
 
     @app.get("/v1/me", tags=["Web app"], summary="The caller: tenant, role and permissions")
     async def me(request: Request) -> Response:
-        token = _bearer(request)
+        token = bearer_token(request)
         try:
             if not token and not anonymous_possible:
                 # Not audited as a denial: the app asks this once to learn whether to sign in.
@@ -176,7 +180,13 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
 
     # -- feedback ---------------------------------------------------------------
 
-    @app.post("/v1/feedback", tags=["Web app"], summary="Rate an answer (up or down)")
+    @app.post(
+        "/v1/feedback",
+        tags=["Web app"],
+        summary="Rate an answer (up or down)",
+        responses=error_responses(404),
+        openapi_extra=openapi_body(FeedbackIn),
+    )
     async def feedback(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:
             body = parse_body(FeedbackIn, await read_body(request, limit))
@@ -207,20 +217,14 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
     @app.get("/admin/stats", tags=["Admin"], summary="Dashboard numbers over a period")
     async def admin_stats(
         request: Request,
-        since: str | None = None,
-        until: str | None = None,
-        bucket: str = "hour",
+        since: Annotated[str | None, timestamp_query()] = None,
+        until: Annotated[str | None, timestamp_query()] = None,
+        bucket: Literal["hour", "day"] = "hour",
         tenant: Annotated[str | None, identifier_query(64)] = None,
         key: Annotated[str | None, identifier_query(64)] = None,
-        utc_offset: int = 0,
+        utc_offset: Annotated[int, Query(ge=-840, le=840, description="minutes")] = 0,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            if bucket not in ("hour", "day"):
-                raise InvalidRequest("bucket must be hour or day", param="bucket")
-            if not -840 <= utc_offset <= 840:
-                raise InvalidRequest(
-                    "utc_offset is in minutes, between -840 and 840", param="utc_offset"
-                )
             now = datetime.now(UTC)
             end = _parse_time(until, "until") or now
             start = _parse_time(since, "since") or end - timedelta(days=1)
@@ -253,7 +257,7 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                 rows,
                 since=start,
                 until=end,
-                bucket=bucket,  # type: ignore[arg-type]
+                bucket=bucket,
                 prices=prices,
                 offset=offset,
             )
