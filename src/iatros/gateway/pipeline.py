@@ -20,7 +20,6 @@ from iatros import heap
 from iatros.config import Settings
 from iatros.errors import (
     GatewayError,
-    ModelNotFound,
     Overloaded,
     ServiceUnavailable,
     UpstreamError,
@@ -28,11 +27,12 @@ from iatros.errors import (
 )
 from iatros.gateway.caching import CacheStep
 from iatros.gateway.context import RequestContext
+from iatros.gateway.embedder import Embedder
 from iatros.observability.logging import log_request
 from iatros.observability.looplag import LoopLag, loop_lag
 from iatros.observability.metrics import Metrics
 from iatros.observability.stalls import StallWatch
-from iatros.providers.base import ChatCall, ChatResult, EmbedResult, Provider, StreamDelta
+from iatros.providers.base import ChatCall, ChatResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
 from iatros.routing.health import DeploymentHealth, State
 from iatros.routing.probes import Prober
@@ -81,11 +81,15 @@ class Gateway:
             breaker.probe_timeout_s,
             self.metrics.count_probe,
         )
-        embedding = self.deployments.get(settings.embeddings.default_model or "")
+        self.embedder = Embedder(
+            self.deployments,
+            self.router.health,
+            self.metrics,
+            settings.embeddings.default_model,
+            self.finish,
+        )
         self.cache = CacheStep(
-            settings,
-            self.metrics.registry,
-            (embedding.provider, embedding.config) if embedding is not None else None,
+            settings, self.metrics.registry, self.embedder.internal("cache", record=False)
         )
         self.metrics.watch_providers(self.readiness)
         self.metrics.watch_deployments(lambda: self.router.health)
@@ -191,19 +195,6 @@ class Gateway:
         ctx.route = plan.decision
         ctx.deployment = plan.candidates[0].name
         return plan
-
-    def resolve_embedding(self, ctx: RequestContext, model: str) -> Deployment:
-        ctx.model = model
-        found = self.deployments.get(model)
-        if found is None or found.config.kind != "embedding":
-            raise ModelNotFound(
-                f"The model {model!r} does not exist or is not a embedding model. "
-                "GET /v1/models lists the available ones.",
-                param="model",
-            )
-        ctx.route = "direct"
-        ctx.deployment = found.name
-        return found
 
     def default_embedding_model(self) -> str | None:
         return self.settings.embeddings.default_model
@@ -312,7 +303,7 @@ class Gateway:
             if index < len(queue) or refused:
                 self.metrics.count_fallback(plan.model, deployment.name)
         ctx.route += f"; tried={'>'.join(tried) or 'none'}"
-        if last is None or (panicking and not closed_try):
+        if last is None or not closed_try:  # each try was refused or a probe: all failing
             after = self.router.retry_after_s(plan.candidates)
             reason = "" if last is None else f" (last error: {last.code})"
             raise ServiceUnavailable(
@@ -424,17 +415,6 @@ class Gateway:
                 # Shielded so a cancelled client still releases the provider's resources.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(aclose())
-
-    async def embed(
-        self, ctx: RequestContext, deployment: Deployment, inputs: list[str]
-    ) -> EmbedResult:
-        started = time.perf_counter()
-        try:
-            result = await deployment.provider.embed(deployment.config, inputs)
-        finally:
-            ctx.upstream_s += time.perf_counter() - started
-        ctx.usage = result.usage
-        return result
 
     # -- step: account for the request --------------------------------------
 
