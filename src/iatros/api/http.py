@@ -259,6 +259,7 @@ class RequestScope:
 ERROR_TEXTS = {
     400: "Invalid request (the `param` field names what is wrong)",
     401: "Missing or invalid API key",
+    402: "The key's or tenant's monthly budget is used up",
     403: "The key's role does not allow this, or another tenant's resource",
     404: "Unknown model, path or resource",
     409: "Conflict with the current state",
@@ -274,7 +275,7 @@ ERROR_TEXTS = {
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses an operation really returns."""
-    chosen = codes or (400, 401, 403, 404, 413, 429, 502, 503, 504)
+    chosen = codes or (400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
     return {
         code: {"model": schemas.ErrorResponse, "description": ERROR_TEXTS[code]} for code in chosen
     }
