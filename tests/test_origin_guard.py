@@ -26,10 +26,11 @@ CHAT = {"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def serve(settings: Settings) -> RunningServer:
-    """The app as the CLI serves it; wrapped here only if create_app does not guard it."""
+    """The app as the CLI serves it: create_app puts the guard in front of every route,
+    the chat and embeddings endpoints dispatched before the middleware stack included."""
     app = create_app(settings)
-    guarded: Any = app if getattr(app, "guard", None) else OriginGuard.from_settings(settings, app)
-    return RunningServer(settings, guarded)
+    assert isinstance(getattr(app, "guard", None), OriginGuard)
+    return RunningServer(settings, app)
 
 
 @pytest.fixture()

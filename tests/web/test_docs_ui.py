@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from iatros.api.app import create_app
-from iatros.api.docs import DOCS_CSP, add_docs_routes
+from iatros.api.docs import DOCS_CSP
 from iatros.config import load_settings
 from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningServer, upstream_config
@@ -25,13 +25,7 @@ from tests.web.conftest import shot
 
 def docs_app(settings: Any) -> Any:
     app = create_app(settings)
-    if app.docs_url is not None:  # until create_app adds api/docs.py itself (issue 27)
-        fastapi_docs = {app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
-        app.router.routes[:] = [
-            r for r in app.router.routes if getattr(r, "path", None) not in fastapi_docs
-        ]
-        app.docs_url = app.redoc_url = None
-        add_docs_routes(app)
+    assert app.docs_url is None and app.redoc_url is None  # FastAPI's CDN pages are off
     return app
 
 
