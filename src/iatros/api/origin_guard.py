@@ -17,9 +17,10 @@ behalf of any web page its user visits:
 
 A request that carries credentials (``Authorization`` or ``api-key``) is exempt from
 the last two checks: a browser adds such headers to a cross-origin request only after a
-CORS preflight, which Iatros never answers with permission, so they are not forgeable;
-``curl -d`` with a key keeps working whatever its content type. ``Host`` is checked on
-every request.
+CORS preflight, which Iatros never answers with permission, so they are not forgeable
+(and should CORS ever be allowed, a forged request still needs a real key: in the
+anonymous mode a key that does not exist gets a 401). ``curl -d`` with a key keeps
+working whatever its content type. ``Host`` is checked on every request.
 
 Allowed hosts (``server.allowed_hosts``): empty (the default) means automatic: on a
 loopback bind, ``localhost``, ``*.localhost``, the bind address and IP literals (an IP
