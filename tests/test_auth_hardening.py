@@ -234,3 +234,47 @@ def test_an_oversized_key_header_is_refused_in_the_openai_format(
                 error = resp.json()["error"]
                 assert error["param"] == param and error["type"] == "invalid_request_error"
                 assert huge[:100] not in resp.text
+
+
+def test_while_the_key_listener_is_down_keys_are_read_from_the_database(
+    tmp_path: Path, pg_url: str
+) -> None:
+    import asyncio
+    import time
+
+    from iatros.errors import AuthenticationFailed
+    from iatros.governance.service import Governance
+
+    settings = load_settings(overrides={"data_dir": str(tmp_path), "database_url": pg_url})
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "the listener did not change state"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        gov = Governance(settings)
+        await gov.start()
+        try:
+            token, info = gov.keys.create(tenant="acme", role="service", actor="test")
+            await until(gov._watch.fresh)
+            assert (await gov.authenticate(token)).key_id == info.id  # now cached
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query = 'LISTEN iatros_keys'"
+                )
+            await until(lambda: not gov._watch.fresh())
+            # Revoked behind the gateway's back: nobody can be notified of this one.
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s", (info.id,))
+            with pytest.raises(AuthenticationFailed, match="revoked"):
+                await gov.authenticate(token)
+            await until(gov._watch.fresh)  # reconnected: caching again, from a clean slate
+            with pytest.raises(AuthenticationFailed, match="revoked"):
+                await gov.authenticate(token)
+        finally:
+            await gov.close()
+
+    asyncio.run(scenario())
