@@ -235,3 +235,13 @@ def test_the_built_ins_register_through_entry_points() -> None:
     assert plugins.available(plugins.KNOWLEDGE_BACKENDS) == ["embedded", "qdrant"]
     assert plugins.available(plugins.PARSERS) == ["docx", "html", "markdown", "pdf", "text"]
     assert plugins.available(plugins.TOOLS) == []
+
+
+def test_the_inventory_lists_every_group_without_importing(site: Path) -> None:
+    install(site, "acme-tools", {}, {"iatros.tools": {"gone": "acme_gone:X"}})
+    load_tools()
+    rows = {(s.group, s.name): s for s in plugins.inventory()}
+    assert rows[(plugins.TOOLS, "gone")].state == "skipped"
+    assert rows[(plugins.KNOWLEDGE_BACKENDS, "qdrant")].state in ("available", "loaded")
+    assert rows[(plugins.PROVIDERS, "local")].distribution == "iatros"
+    assert {g for g, _ in rows} == set(plugins.GROUPS)  # (tools: the one installed here)

@@ -48,7 +48,7 @@ class PluginStatus:
     name: str
     target: str
     """The entry point's ``module:attribute`` (where to look when it is skipped)."""
-    state: Literal["loaded", "skipped"]
+    state: Literal["loaded", "skipped", "available"]
     error: str | None = None
     distribution: str | None = None
 
@@ -165,6 +165,25 @@ def plugin_report() -> list[PluginStatus]:
     """Every entry point loaded or skipped so far in this process, by group and name."""
     with _lock:
         return [_status[key] for key in sorted(_status)]
+
+
+def inventory() -> list[PluginStatus]:
+    """Every entry point of every Iatros group: loaded, skipped, or ``available`` (registered,
+    not imported yet: backends and providers are imported only when configured).
+
+    What ``iatros plugins`` or ``/readyz`` can show without importing anything.
+    """
+    seen = {(s.group, s.name): s for s in plugin_report()}
+    out: list[PluginStatus] = []
+    for group in GROUPS:
+        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+            status = seen.get((group, ep.name))
+            out.append(
+                status
+                if status is not None
+                else PluginStatus(group, ep.name, ep.value, "available", None, _distribution(ep))
+            )
+    return out
 
 
 def reset_report() -> None:
