@@ -313,3 +313,34 @@ def test_anchors_are_also_sent_to_the_webhook(tmp_path: Path) -> None:
     with db.session(PLATFORM) as session:
         second = session.get(AuditRecord, 2)
         assert second is not None and sent.hash == second.hash
+
+
+def test_a_start_with_the_previous_secret_missing_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from iatros.governance.audit import open_chain
+    from iatros.governance.service import Governance
+
+    db_url = f"sqlite:///{tmp_path / 'data' / 'iatros.db'}"
+    first = _settings(tmp_path, db_url, secret_key=SECRET)
+    db = Database(database_url(db_url, first.data_dir))
+    db.upgrade()
+    old = open_chain(first, db)
+    old.append([event(tenant="t", actor="a", action="before.rotation")])
+
+    async def start(settings: Any) -> None:
+        gov = Governance(settings)
+        await gov.start()
+        await gov.close()
+
+    with caplog.at_level("ERROR", logger="iatros.governance"):
+        asyncio.run(start(_settings(tmp_path, db_url, secret_key=OTHER_SECRET)))
+    assert [r.key_id for r in caplog.records] == [old.keyring.current_id]  # type: ignore[attr-defined]
+    assert "IATROS_SECRET_KEYS_OLD" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="iatros.governance"):
+        listed = _settings(tmp_path, db_url, secret_key=OTHER_SECRET, secret_keys_old=SECRET)
+        asyncio.run(start(listed))
+    assert not caplog.records

@@ -180,6 +180,19 @@ class AuditChain:
             self.anchors.note(last_id, prev)
         return added
 
+    def newest_key_unknown(self) -> str | None:
+        """The secret that keyed the newest record, if the keyring lacks it (checked at start).
+
+        Rotating ``IATROS_SECRET_KEY`` without listing the old one in
+        ``IATROS_SECRET_KEYS_OLD`` would otherwise go unnoticed until the next
+        ``iatros audit verify`` fails. One indexed row, so start-up stays fast.
+        """
+        with self.db.session(PLATFORM) as session:
+            kid = session.scalars(
+                select(AuditRecord.key_id).order_by(AuditRecord.id.desc()).limit(1)
+            ).first()
+        return kid if kid is not None and kid not in self.keyring.ids() else None
+
     def anchor_due(self) -> bool:
         """Whether :meth:`tick` would write an anchor now (no I/O: cheap to ask often)."""
         return self.anchors is not None and self.anchors.due()

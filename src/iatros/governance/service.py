@@ -100,6 +100,13 @@ class Governance:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.db.upgrade)
+        unknown = await asyncio.to_thread(self.chain.newest_key_unknown)
+        if unknown is not None:
+            log.error(
+                "the newest audit record was keyed with a secret that is not configured: add "
+                "the previous secret key to IATROS_SECRET_KEYS_OLD or audit verify will fail",
+                extra={"key_id": unknown},
+            )
         await asyncio.to_thread(self._recover)
         self._usage = Journal(self._journal_dir, "usage")
         self._audit = Journal(self._journal_dir, "audit")
