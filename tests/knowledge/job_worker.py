@@ -1,9 +1,12 @@
 """A knowledge-base worker in its own process, for the job tests (not a test module).
 
-usage: python -m tests.knowledge.job_worker DATA_DIR RUNS_LOG [--slow S] [--lease S]
-    [--poll S] [--until-done N]
+usage: python -m tests.knowledge.job_worker DATA_DIR RUNS_LOG --qdrant-path DIR
+    [--slow S] [--lease S] [--poll S] [--until-done N]
 
-Opens a KnowledgeBase on DATA_DIR (so several of these share one SQLite file) whose
+Opens a KnowledgeBase on DATA_DIR (so several of these share one SQLite file, the job
+table included) with its own search index: a local Qdrant store under DIR. (The
+embedded index has one writer, so processes cannot share it; on a Qdrant server they
+would share one index. The index is not what these tests are about.) Its
 embedding function appends one line per ingestion run to RUNS_LOG: ``<pid> start
 <text>`` before embedding a batch (and sleeping ``--slow`` seconds) and ``<pid> done
 <text>`` after. It exits once N jobs in the database are done, or runs until killed.
@@ -46,6 +49,7 @@ async def main() -> None:
     parser.add_argument("--lease", type=float, default=60.0)
     parser.add_argument("--poll", type=float, default=0.1)
     parser.add_argument("--until-done", type=int, default=0)
+    parser.add_argument("--qdrant-path", type=Path, required=True)
     args = parser.parse_args()
     inner = hashing_embed()
     pid = os.getpid()
@@ -60,7 +64,12 @@ async def main() -> None:
             log_line(args.runs, f"{pid} done {text.strip()}")
         return vectors
 
-    settings = KnowledgeSettings(job_lease_s=args.lease, job_poll_s=args.poll)
+    settings = KnowledgeSettings(
+        job_lease_s=args.lease,
+        job_poll_s=args.poll,
+        backend="qdrant",
+        qdrant_path=str(args.qdrant_path),
+    )
     kb = KnowledgeBase(settings, args.data, embed)
     await kb.start()
     log_line(args.runs, f"{pid} ready -")

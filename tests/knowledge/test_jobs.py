@@ -4,7 +4,8 @@ Ingestion runs are counted where the work happens: the embedding function of eve
 worker logs each text it embeds, and every upload holds one file whose text names the
 job. Workers are real: two KnowledgeBase instances in one process, and separate
 processes (``tests/knowledge/job_worker.py``) on one data directory (one SQLite file;
-the job table lives in the knowledge database, which is SQLite only).
+the job table lives in the knowledge database, which is SQLite only). Each worker has a
+search index of its own, because the embedded index has one writer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from .conftest import Embed, hashing_embed
 
 T = "clinic-a"
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def own_index(settings: KnowledgeSettings, where: Path) -> KnowledgeSettings:
+    """``settings`` with a search index of this worker's own (the embedded index has one
+    writer; on a Qdrant server the workers would share one): only the jobs are shared."""
+    return settings.model_copy(update={"backend": "qdrant", "qdrant_path": str(where)})
 
 
 def counting_embed(runs: collections.Counter[str], who: str = "") -> Embed:
@@ -78,8 +85,8 @@ async def test_two_workers_in_one_process_run_each_job_once(tmp_path: Path) -> N
     jobs = await submit_jobs(data, 8)
     runs: collections.Counter[str] = collections.Counter()
     settings = KnowledgeSettings(job_poll_s=0.05)
-    a = KnowledgeBase(settings, data, counting_embed(runs))
-    b = KnowledgeBase(settings, data, counting_embed(runs))
+    a = KnowledgeBase(own_index(settings, tmp_path / "qa"), data, counting_embed(runs))
+    b = KnowledgeBase(own_index(settings, tmp_path / "qb"), data, counting_embed(runs))
     await asyncio.gather(a.start(), b.start())
     try:
         # Both also submit while the backlog is being worked off.
@@ -95,8 +102,18 @@ async def test_two_workers_in_one_process_run_each_job_once(tmp_path: Path) -> N
 
 
 def spawn(data: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    index = data.parent / f"index-{time.monotonic_ns()}"  # one per process (see job_worker)
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.knowledge.job_worker", str(data), str(log), *args],
+        [
+            sys.executable,
+            "-m",
+            "tests.knowledge.job_worker",
+            str(data),
+            str(log),
+            "--qdrant-path",
+            str(index),
+            *args,
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
@@ -152,7 +169,8 @@ async def test_a_dead_workers_job_is_taken_over_after_its_lease(
     procs[0].send_signal(signal.SIGKILL)  # dies holding the job
     procs[0].wait(10)
     runs: collections.Counter[str] = collections.Counter()
-    kb = KnowledgeBase(KnowledgeSettings(job_lease_s=1, job_poll_s=0.1), data, counting_embed(runs))
+    settings = own_index(KnowledgeSettings(job_lease_s=1, job_poll_s=0.1), tmp_path / "q")
+    kb = KnowledgeBase(settings, data, counting_embed(runs))
     await kb.start()
     try:
         assert kb.job_status(T, job).state == "running"  # still the dead worker's lease
@@ -175,9 +193,8 @@ async def test_a_living_workers_job_is_never_taken(
     )
     await asyncio.to_thread(wait_for_line, log, "start jobtext0")
     runs: collections.Counter[str] = collections.Counter()
-    kb = KnowledgeBase(
-        KnowledgeSettings(job_lease_s=1, job_poll_s=0.05), data, counting_embed(runs)
-    )
+    settings = own_index(KnowledgeSettings(job_lease_s=1, job_poll_s=0.05), tmp_path / "q")
+    kb = KnowledgeBase(settings, data, counting_embed(runs))
     await kb.start()
     try:
         await wait_done(kb, [job], within_s=30)
