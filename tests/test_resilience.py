@@ -229,6 +229,26 @@ def test_both_down_503_with_retry_after_then_a_probe_brings_one_back(
     assert 'iatros_breaker_probes_total{deployment="pa",outcome="fail"}' in metrics
 
 
+def test_both_half_open_and_failing_is_a_503_not_the_upstream_error(
+    server_factory: Callable[..., RunningServer], upstreams: dict[str, UpstreamProcess]
+) -> None:
+    """When every breaker is half-open, each try is a probe: if all fail, every deployment
+    is failing, and the answer says when to come back (the chaos bench found a 502 here)."""
+    breaker = {"cooldown_s": 0.3, "probe_interval_s": None, "half_open_probes": 3}
+    server = server_factory(config(upstreams, breaker))
+    upstreams["pa"].kill()
+    upstreams["pb"].kill()
+    for _ in range(3):
+        chat(server)
+    time.sleep(0.4)  # both cooldowns over
+    assert {row["state"] for row in breakers(server).values()} == {"half_open"}
+    resp = chat(server)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "no_healthy_deployment"
+    assert "panic" not in resp.headers.get("x-iatros-route", "")
+    assert int(resp.headers["retry-after"]) >= 1
+
+
 def test_a_healthy_system_sends_no_probes(
     server_factory: Callable[..., RunningServer], upstreams: dict[str, UpstreamProcess]
 ) -> None:
