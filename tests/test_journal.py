@@ -120,7 +120,7 @@ def quarantined(data_dir: Path, kind: str) -> list[dict[str, Any]]:
 
 
 def counted(gov: Governance, kind: str) -> float:
-    for metric in gov.quarantined.collect():
+    for metric in gov.records.quarantined.collect():
         for sample in metric.samples:
             if sample.name.endswith("_total") and sample.labels.get("kind") == kind:
                 return float(sample.value)
@@ -142,21 +142,21 @@ def test_refused_records_are_quarantined_and_never_block_the_others(
     async def scenario() -> Governance:
         gov = governance(db_url, tmp_path)
         await gov.start()
-        assert gov._usage is not None and gov._audit is not None
+        assert gov.records.usage is not None and gov.records.audit is not None
         for i in range(1200):
-            gov._usage.append(usage(f"req-{i}"))
+            gov.records.usage.append(usage(f"req-{i}"))
             if i == 3:
-                gov._usage.append(NUL_USAGE)
+                gov.records.usage.append(NUL_USAGE)
             if i == 777:
-                gov._usage.append(MALFORMED_USAGE)
+                gov.records.usage.append(MALFORMED_USAGE)
         for i in range(40):
-            gov._audit.append(audit_event(f"evt_{i}"))
+            gov.records.audit.append(audit_event(f"evt_{i}"))
             if i == 20:
-                gov._audit.append(audit_event("evt_nul", target="x\x00y"))
-                gov._audit.append(audit_event("evt_bad_ts", ts="yesterday"))
+                gov.records.audit.append(audit_event("evt_nul", target="x\x00y"))
+                gov.records.audit.append(audit_event("evt_bad_ts", ts="yesterday"))
         await gov.flush()  # no exception: the refused records are set aside
-        assert gov._usage.take() == [] and gov._audit.take() == []
-        assert gov._usage.path.stat().st_size == 0  # the journal is emptied
+        assert gov.records.usage.take() == [] and gov.records.audit.take() == []
+        assert gov.records.usage.path.stat().st_size == 0  # the journal is emptied
         await gov.close()
         return gov
 
@@ -207,19 +207,19 @@ def test_an_outage_keeps_every_record_pending_and_quarantines_nothing(
     async def scenario() -> Governance:
         gov = governance(db_url, tmp_path)
         await gov.start()
-        assert gov._usage is not None
+        assert gov.records.usage is not None
         break_store()
         for i in range(5):
-            gov._usage.append(usage(f"req-{i}"))
+            gov.records.usage.append(usage(f"req-{i}"))
         for _ in range(2):
             with pytest.raises(Exception) as failure:  # OperationalError / ProgrammingError
                 await gov.flush()
             assert "Data" not in type(failure.value).__name__
-        assert len(gov._usage._pending) == 5
-        assert gov._usage.path.stat().st_size > 0
+        assert len(gov.records.usage._pending) == 5
+        assert gov.records.usage.path.stat().st_size > 0
         repair_store()
         await gov.flush()
-        assert gov._usage._pending == []
+        assert gov.records.usage._pending == []
         await gov.close()
         return gov
 
@@ -251,10 +251,10 @@ def test_postgresql_connection_outage_then_shutdown_then_recovery(tmp_path: Path
         async def first_life() -> None:
             gov = governance(url, tmp_path)
             await gov.start()
-            assert gov._usage is not None
+            assert gov.records.usage is not None
             outage(True)
             for i in range(3):
-                gov._usage.append(usage(f"req-{i}"))
+                gov.records.usage.append(usage(f"req-{i}"))
             with pytest.raises(Exception) as failure:
                 await gov.flush()
             assert type(failure.value).__name__ == "OperationalError"
@@ -285,9 +285,9 @@ def test_shutdown_with_a_refused_record_pending_completes(db_url: str, tmp_path:
     async def scenario() -> None:
         gov = governance(db_url, tmp_path)
         await gov.start()
-        assert gov._usage is not None
-        gov._usage.append(MALFORMED_USAGE)
-        gov._usage.append(usage("req-after"))
+        assert gov.records.usage is not None
+        gov.records.usage.append(MALFORMED_USAGE)
+        gov.records.usage.append(usage("req-after"))
         await gov.close()
 
     asyncio.run(scenario())
@@ -387,8 +387,8 @@ def test_quarantine_alert_line_holds_no_record_content(
     async def scenario() -> None:
         gov = governance(f"sqlite:///{tmp_path / 'j.db'}", tmp_path)
         await gov.start()
-        assert gov._usage is not None
-        gov._usage.append({"request_id": "req-x", "model": secret})
+        assert gov.records.usage is not None
+        gov.records.usage.append({"request_id": "req-x", "model": secret})
         await gov.close()
 
     asyncio.run(scenario())

@@ -1,14 +1,13 @@
 """Governance as the gateway sees it: who is calling, may they, and what happened.
 
-One object owns the store, the key lookup (cached a few seconds), rate limits,
-budgets, the usage and audit journals and the task that moves journaled
-records into the database.
+One object owns the store, the key lookup (cached, invalidated on every key change),
+rate limits, budgets, and what a request leaves behind: its usage record and audit
+events, journaled and moved into the database by :class:`RecordKeeper`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -25,25 +24,21 @@ from iatros.gateway.context import RequestContext
 from iatros.governance import audit as audit_chain
 from iatros.governance.authguard import FailedAuthGuard
 from iatros.governance.journal import (
-    Journal,
-    Quarantine,
-    Record,
     storable_json,
     storable_text,
-    store_isolating,
 )
 from iatros.governance.keycache import KeyWatch, touch_version
 from iatros.governance.keys import KeyMatch, KeyStore, hash_key
 from iatros.governance.ratelimit import Limit, RateLimiter
+from iatros.governance.records import RecordKeeper
 from iatros.governance.roles import allowed
 from iatros.governance.secrets import keyed_ref
-from iatros.governance.usage import SpendTracker, now_iso, store_usage, usage_problem
+from iatros.governance.usage import SpendTracker, now_iso
 from iatros.observability.metrics import journal_quarantine_counter
-from iatros.store.db import Database, database_url, is_data_error
+from iatros.store.db import Database, database_url
 
 log = logging.getLogger("iatros.governance")
 KEY_CACHE_S = 5.0
-FLUSH_INTERVAL_S = 0.2
 BILLABLE = frozenset({"chat", "embeddings"})
 """Endpoints that get a usage record (one per request)."""
 
@@ -71,18 +66,14 @@ class Governance:
         self._admin_key = (
             settings.admin_key.get_secret_value().encode() if settings.admin_key else None
         )
-        self._journal_dir = settings.data_dir / "journal"
-        self._quarantine_dir = settings.data_dir / "quarantine"
-        self.quarantined = journal_quarantine_counter(
-            limiter_registry if limiter_registry is not None else CollectorRegistry()
+        self.records = RecordKeeper(
+            self.db,
+            self.chain,
+            settings.data_dir,
+            journal_quarantine_counter(
+                limiter_registry if limiter_registry is not None else CollectorRegistry()
+            ),
         )
-        self._usage: Journal | None = None
-        self._audit: Journal | None = None
-        self._flusher: asyncio.Task[None] | None = None
-        # One flush at a time: two overlapping ones (the background task and a handler that
-        # wants its records visible) could empty the journal file while the other's batch
-        # is not stored yet, and could chain audit records out of order.
-        self._flush_lock = asyncio.Lock()
         self._key_cache: OrderedDict[str, tuple[KeyMatch | None, float]] = OrderedDict()
         self._has_keys: tuple[bool, float] = (False, 0.0)
         self._generation = 0
@@ -90,6 +81,7 @@ class Governance:
         self._guard = FailedAuthGuard(
             self.limiter, limit=settings.auth_failures_per_minute, audit=self.audit
         )
+        self.records.on_tick.append(self._guard.report)
         self._anonymous = settings.allow_anonymous_loopback and settings.is_loopback
         self._prices = {
             name: (dep.price_per_1k_input, dep.price_per_1k_output)
@@ -107,122 +99,20 @@ class Governance:
                 "the previous secret key to IATROS_SECRET_KEYS_OLD or audit verify will fail",
                 extra={"key_id": unknown},
             )
-        await asyncio.to_thread(self._recover)
-        self._usage = Journal(self._journal_dir, "usage")
-        self._audit = Journal(self._journal_dir, "audit")
+        await self.records.start()
         await self.limiter.start()
         await self._watch.start()
-        self._flusher = asyncio.create_task(self._flush_forever(), name="governance-flush")
-
-    def _recover(self) -> None:
-        """Store what dead processes journaled but did not get into the database.
-
-        Records the database refuses, and lines that are not JSON, are quarantined: a
-        damaged journal must not stop the gateway from starting. An outage raises (the
-        files stay for the next start).
-        """
-        for kind in ("usage", "audit"):
-            for orphan in Journal.orphans(self._journal_dir, kind):
-                self._set_aside(kind, [(line, "unreadable_line") for line in orphan.unreadable])
-                self._store_or_set_aside(kind, orphan.records)
-                orphan.path.unlink(missing_ok=True)
-                if orphan.records:
-                    log.warning(
-                        "recovered journaled records",
-                        extra={"kind": kind, "count": len(orphan.records)},
-                    )
-
-    def _store_usage(self, records: list[Record]) -> None:
-        store_usage(self.db, records)
-
-    def _store_audit(self, records: list[Record]) -> None:
-        self.chain.append(records)
-
-    def _store_or_set_aside(self, kind: str, records: list[Record]) -> None:
-        """Store the records the database takes, quarantine those it refuses (in a thread)."""
-        if not records:
-            return
-        if kind == "usage":
-            store, problem = self._store_usage, usage_problem
-        else:
-            store, problem = self._store_audit, _audit_problem
-
-        def refused(exc: BaseException, batch: list[Record]) -> bool:
-            return is_data_error(exc) or any(problem(r) is not None for r in batch)
-
-        bad = store_isolating(store, records, refused)
-        self._set_aside(
-            kind, [(record, problem(record) or type(exc).__name__) for record, exc in bad]
-        )
-
-    def _set_aside(self, kind: str, entries: list[tuple[Any, BaseException | str]]) -> None:
-        if not entries:
-            return
-        quarantine = Quarantine(self._quarantine_dir, kind)
-        quarantine.add(entries)
-        self.quarantined.labels(kind).inc(len(entries))
-        # Alert-level, and without the records or the errors' messages (which may quote
-        # them): the file holds the records, for an operator to repair and replay.
-        log.critical(
-            "journal records refused by the database were quarantined",
-            extra={
-                "kind": kind,
-                "count": len(entries),
-                "reasons": sorted({_reason(why) for _, why in entries}),
-                "file": str(quarantine.path),
-            },
-        )
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
         self._guard.report(force=True)
-        try:
-            await self.flush()
-        except Exception as exc:  # an outage: the journal files keep the records for next start
-            log.error(
-                "could not store the last records; kept in the journal for the next start",
-                extra={"error": type(exc).__name__},
-            )
-        await asyncio.to_thread(self.chain.close)  # anchor the newest head
-        for journal in (self._usage, self._audit):
-            if journal is not None:
-                journal.close()
+        await self.records.close()  # the last records, then the anchored head
         await self.limiter.close()
         await self._watch.close()
         await asyncio.to_thread(self.db.close)
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            self._guard.report()
-            try:
-                await self.flush()
-                if self.chain.anchor_due():
-                    await asyncio.to_thread(self.chain.tick)
-            except Exception as exc:  # the journal keeps the records; try again next tick
-                log.warning("could not store records yet", extra={"error": type(exc).__name__})
-
     async def flush(self) -> None:
-        """Store every journaled record; quarantine those the database refuses.
-
-        Raises only when the store is unavailable (the records stay pending).
-        """
-        async with self._flush_lock:
-            for kind, journal in (("usage", self._usage), ("audit", self._audit)):
-                if journal is None:
-                    continue
-                batch = journal.take()
-                if not batch:
-                    continue
-                try:
-                    await asyncio.to_thread(self._store_or_set_aside, kind, batch)
-                except BaseException:
-                    journal.put_back(batch)
-                    raise
-                journal.stored()
+        """Store every journaled record now (see :meth:`RecordKeeper.flush`)."""
+        await self.records.flush()
 
     def ready(self) -> bool:
         return self.db.ping()
@@ -390,13 +280,14 @@ class Governance:
 
     def record(self, ctx: RequestContext) -> None:
         """Journal the request's usage record (and patient-context access) before it is answered."""
-        if self._usage is None or ctx.endpoint not in BILLABLE:
+        usage = self.records.usage
+        if usage is None or ctx.endpoint not in BILLABLE:
             return
         price_in, price_out = self._prices.get(ctx.deployment, (0.0, 0.0))
         cost = (ctx.usage.prompt_tokens * price_in + ctx.usage.completion_tokens * price_out) / 1000
         if ctx.cache.startswith("hit"):
             cost = 0.0
-        self._usage.append(
+        usage.append(
             {
                 "request_id": ctx.request_id,
                 "ts": now_iso(),
@@ -438,13 +329,14 @@ class Governance:
         Text fields are cut to their columns' widths and made storable (no NUL), so that
         whatever a caller passes (a query parameter, a path) the event can be stored.
         """
-        if self._audit is not None:
+        journal = self.records.audit
+        if journal is not None:
             for name, width in _AUDIT_TEXT.items():
                 if name in fields:
                     fields[name] = storable_text(str(fields[name]), width)
             if fields.get("details"):
                 fields["details"] = storable_json(fields["details"])
-            self._audit.append(audit_chain.event(**fields))
+            journal.append(audit_chain.event(**fields))
 
     def audit_denied(self, actor: str, tenant: str, reason: str) -> None:
         self.audit(tenant=tenant, actor=actor, action="access.denied", outcome=reason)
@@ -455,23 +347,6 @@ class Governance:
 
 _AUDIT_TEXT = {"tenant": 64, "actor": 64, "action": 64, "target": 256, "outcome": 32}
 """Widths of the audit table's text columns (``event`` takes ``tenant`` for ``tenant_id``)."""
-_AUDIT_FIELDS = ("event_id", "ts", "tenant_id", "actor", "action", "target", "outcome")
-
-
-def _reason(why: BaseException | str) -> str:
-    return why if isinstance(why, str) else type(why).__name__
-
-
-def _audit_problem(record: object) -> str | None:
-    """Why ``record`` is not an audit event the store can take (see ``usage_problem``)."""
-    if not isinstance(record, dict):
-        return "not_an_object"
-    for name in _AUDIT_FIELDS:
-        if not isinstance(record.get(name), str):
-            return f"bad_field:{name}"
-    if not isinstance(record.get("details"), dict):
-        return "bad_field:details"
-    return None
 
 
 class _Denied(AuthenticationFailed):
