@@ -137,7 +137,8 @@ def test_client_leaving_a_stream_stops_it_at_once(
     in_flight = gateway.metrics.in_flight_gauge("chat")
     body = b'{"model":"assistant","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/json\r\n"
         b"authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
         b"content-length: %d\r\n\r\n" % len(body)
     ) + body
@@ -145,7 +146,9 @@ def test_client_leaving_a_stream_stops_it_at_once(
         sock.sendall(request)
         received = b""
         while b"data: " not in received:
-            received += sock.recv(65536)
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection: {received[:300]!r}"
+            received += chunk
         assert in_flight._value.get() == 1
     left = time.monotonic()
     while in_flight._value.get() != 0:

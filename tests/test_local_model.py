@@ -140,7 +140,8 @@ def test_client_disconnect_cancels_generation(local_server: RunningServer) -> No
         b'of dentistry, with many chapters."}]}'
     )
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/json\r\n"
         b"authorization: Bearer " + local_server.client().api_key.encode() + b"\r\n"
         b"content-length: %d\r\n\r\n" % len(body)
     ) + body
@@ -148,7 +149,9 @@ def test_client_disconnect_cancels_generation(local_server: RunningServer) -> No
     sock.sendall(request)
     received = b""
     while received.count(b"data: ") < 3:
-        received += sock.recv(65536)
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection: {received[:300]!r}"
+        received += chunk
     assert provider._busy
     sock.close()
     deadline = time.time() + 5
