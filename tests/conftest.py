@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import psycopg
 import pytest
 import uvicorn
 
@@ -22,6 +25,7 @@ from iatros.api.protocol import HttpProtocol
 from iatros.config import Settings, load_settings
 from iatros.testing.fake_upstream import FakeUpstream
 
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ADMIN_KEY = "sk-test-admin-0123456789abcdefghij"
 
 # The suite is hermetic: settings come from each test, never from the developer's shell
@@ -205,3 +209,30 @@ def _models_dir() -> Path:
     path = Path(os.environ.get("IATROS_TEST_MODELS", Path.home() / ".cache" / "iatros-test-models"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty database on the local PostgreSQL server, dropped afterwards."""
+    name = f"iatros_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The test runs on the embedded store (SQLite under the data directory) and on
+    PostgreSQL. Ask for it before the servers that use it: it is dropped after them."""
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "iatros.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield f"sqlite:///{path}"
+        return
+    with postgres_database() as url:
+        yield url

@@ -14,14 +14,12 @@ import stat
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-import psycopg
 import pytest
 from sqlalchemy import delete, select
 
@@ -32,22 +30,8 @@ from iatros.store.models import AuditHead, AuditRecord
 from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningServer, upstream_config
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "audit-test-secret-" + "7" * 20
 OTHER_SECRET = "audit-test-other-" + "9" * 20
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'data' / 'iatros.db'}"
-        return
-    name = f"iatros_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def verify(

@@ -7,14 +7,12 @@ Run on SQLite and PostgreSQL (which refuses NUL in text and integers beyond 64 b
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -23,23 +21,9 @@ from iatros.store.db import Database, database_url
 from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import ADMIN_KEY, RunningServer, upstream_config
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HI = {"model": "assistant", "messages": [{"role": "user", "content": "Hi"}]}
 BIG = str(2**63)
 """One past the largest bigint."""
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hardening.db'}"
-        return
-    name = f"iatros_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()
