@@ -89,6 +89,21 @@ class Chaos:
         self.events.append((time.monotonic() - t0, f"restart {name}"))
 
 
+def _upstreams(ports: dict[str, int]) -> dict[str, Any]:
+    """One OpenAI-compatible provider and deployment per fake upstream."""
+    return {
+        "providers": {
+            n: {
+                "type": "openai",
+                "base_url": f"http://127.0.0.1:{p}/v1",
+                "timeout_s": 10,
+                "connect_timeout_s": 1,
+            }
+            for n, p in ports.items()
+        },
+        "deployments": {n: {"provider": n, "model": "fake"} for n in ports},
+    }
+
 def schedule(duration: float) -> list[tuple[float, str, str]]:
     """(time, action, region): the primary dies, then the secondary, then both at once."""
     f = duration / 60
@@ -237,16 +252,7 @@ async def main_async(duration: float, clients: int, workdir: Path) -> dict[str, 
         for name in chaos.ports:
             chaos.start(name)
         config = {
-            "providers": {
-                n: {
-                    "type": "openai",
-                    "base_url": f"http://127.0.0.1:{p}/v1",
-                    "timeout_s": 10,
-                    "connect_timeout_s": 1,
-                }
-                for n, p in chaos.ports.items()
-            },
-            "deployments": {n: {"provider": n, "model": "fake"} for n in chaos.ports},
+            **_upstreams(chaos.ports),
             "models": {
                 "assistant": {
                     "deployments": ["eu", "us"],
@@ -423,16 +429,7 @@ async def panic_run(
             "probe_timeout_s": 1,
         }
         config = {
-            "providers": {
-                n: {
-                    "type": "openai",
-                    "base_url": f"http://127.0.0.1:{p}/v1",
-                    "timeout_s": 10,
-                    "connect_timeout_s": 1,
-                }
-                for n, p in chaos.ports.items()
-            },
-            "deployments": {n: {"provider": n, "model": "fake"} for n in chaos.ports},
+            **_upstreams(chaos.ports),
             "models": {
                 "m": {
                     "deployments": ["pa", "pb"],

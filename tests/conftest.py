@@ -125,6 +125,26 @@ def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
     return fake_upstream
 
 
+def test_model_config(data_dir: Path) -> dict[str, Any]:
+    """Chat, embeddings and a knowledge route on the in-process test model (no upstream)."""
+    return {
+        "data_dir": str(data_dir),
+        "providers": {"t": {"type": "test"}},
+        "deployments": {
+            "t-chat": {"provider": "t", "model": "test-chat"},
+            "t-embed": {"provider": "t", "model": "test-embed", "kind": "embedding"},
+        },
+        "models": {
+            "assistant": {"deployments": ["t-chat"]},
+            "handbook": {"deployments": ["t-chat"], "knowledge": "handbook"},
+        },
+        "embeddings": {"default_model": "t-embed"},
+    }
+
+
+test_model_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 def upstream_config(fake: FakeUpstream, **extra: Any) -> dict[str, Any]:
     """Settings with only OpenAI-compatible providers pointing at the fake upstream."""
     return {

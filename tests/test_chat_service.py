@@ -25,7 +25,7 @@ from iatros.gateway.context import RequestContext
 from iatros.providers.base import ChatCall
 from iatros.providers.testing import TestModelProvider
 from iatros.services import Services
-from tests.conftest import ADMIN_KEY, free_port, wait_until_ready
+from tests.conftest import ADMIN_KEY, free_port, test_model_config, wait_until_ready
 
 HANDBOOK = (
     "Fluoride toothpaste for adults. Adults should brush twice daily with a toothpaste "
@@ -35,20 +35,7 @@ HANDBOOK = (
 
 
 def _config(data_dir: Path) -> dict[str, Any]:
-    return {
-        "data_dir": str(data_dir),
-        "providers": {"t": {"type": "test"}},
-        "deployments": {
-            "t-chat": {"provider": "t", "model": "test-chat"},
-            "t-embed": {"provider": "t", "model": "test-embed", "kind": "embedding"},
-        },
-        "models": {
-            "assistant": {"deployments": ["t-chat"]},
-            "handbook": {"deployments": ["t-chat"], "knowledge": "handbook"},
-        },
-        "embeddings": {"default_model": "t-embed"},
-        "knowledge": {"min_score": 0.3},
-    }
+    return {**test_model_config(data_dir), "knowledge": {"min_score": 0.3}}
 
 
 def _call(question: str) -> ChatCall:

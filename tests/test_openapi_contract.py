@@ -12,10 +12,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from tests.conftest import free_port, wait_until_ready
+from tests.conftest import free_port, test_model_config, wait_until_ready
 
 CONFIG = Path(__file__).parent / "contract" / "schemathesis.toml"
 ADMIN = "sk-contract-admin-0123456789abcdef0123"
@@ -23,22 +24,9 @@ EXAMPLES = 25
 SEED = 20261204
 
 
-def server_config(data_dir: Path) -> dict[str, object]:
+def server_config(data_dir: Path) -> dict[str, Any]:
     """Every capability switched on, on the in-process test model."""
-    return {
-        "data_dir": str(data_dir),
-        "admin_key": ADMIN,
-        "providers": {"t": {"type": "test"}},
-        "deployments": {
-            "t-chat": {"provider": "t", "model": "test-chat"},
-            "t-embed": {"provider": "t", "model": "test-embed", "kind": "embedding"},
-        },
-        "models": {
-            "assistant": {"deployments": ["t-chat"]},
-            "handbook": {"deployments": ["t-chat"], "knowledge": "handbook"},
-        },
-        "embeddings": {"default_model": "t-embed"},
-    }
+    return {**test_model_config(data_dir), "admin_key": ADMIN}
 
 
 def run_schemathesis(
