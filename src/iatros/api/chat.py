@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
@@ -197,8 +198,10 @@ def add_chat_routes(app: FastAPI, service: ChatService, handle: Handler) -> Any:
             req = bodies.parse(await read_body(request, limit))
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             completion_id = "chatcmpl-" + ctx.request_id.removeprefix("req_")
-            reply = await unless_disconnected(
-                request, service.respond(ctx, chat_request(req, ctx.principal))
+            reply = await service.respond(
+                ctx,
+                chat_request(req, ctx.principal),
+                guard=functools.partial(unless_disconnected, request),
             )
             if isinstance(reply, Streaming):
                 return stream_response(

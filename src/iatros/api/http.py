@@ -230,7 +230,8 @@ class RequestScope:
         ctx: RequestContext | None = None
         handed_off = False
         try:
-            source = request.client.host if request.client else None
+            client = request.scope.get("client")  # not request.client: no namedtuple per call
+            source = client[0] if client else None
             principal = await gov.authenticate(bearer_token(request), source=source)
             ctx = RequestContext(principal=principal, endpoint=endpoint)
             gov.authorize(ctx, permission)

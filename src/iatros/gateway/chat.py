@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from iatros.auth import Principal
 from iatros.cache import CachedResponse, CacheRequest
@@ -34,6 +34,14 @@ from iatros.gateway.pipeline import Gateway
 from iatros.governance.service import Governance
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta
 from iatros.routing.router import estimate_prompt_tokens
+
+T = TypeVar("T")
+
+
+class CallGuard(Protocol):
+    """Wraps the awaitable model call: e.g. cancels it when the caller goes away."""
+
+    def __call__(self, work: Awaitable[T]) -> Awaitable[T]: ...
 
 
 @dataclass(slots=True)
@@ -122,8 +130,15 @@ class ChatService:
         """Account for a delivered request: metrics, log line, usage and audit records."""
         self.gateway.finish(ctx)
 
-    async def respond(self, ctx: RequestContext, request: ChatRequest) -> Answer | Streaming:
-        """Admission → grounding → cache → plan → call → store (see the module docstring)."""
+    async def respond(
+        self, ctx: RequestContext, request: ChatRequest, *, guard: CallGuard | None = None
+    ) -> Answer | Streaming:
+        """Admission → grounding → cache → plan → call → store (see the module docstring).
+
+        ``guard`` wraps the model call only (the HTTP layer cancels it when the client
+        leaves): a cache hit or a refusal answers without one, and watching a connection
+        costs a task per request, which a cache hit would feel.
+        """
         gw = self.gateway
         call = request.call
         ctx.model = request.model
@@ -159,10 +174,12 @@ class ChatService:
             call.messages = grounding.messages
         plan = gw.plan(ctx, request.model, call, pin=request.pin)
         if request.stream:
-            first, deltas = await gw.open_stream(ctx, plan, call)
+            opening = gw.open_stream(ctx, plan, call)
+            first, deltas = await (guard(opening) if guard is not None else opening)
             relay = self._relay(ctx, cache_req, request.cache_mode, first, deltas)
             return Streaming(relay, grounding)
-        result = await gw.chat(ctx, plan, call)
+        calling = gw.chat(ctx, plan, call)
+        result = await (guard(calling) if guard is not None else calling)
         if ctx.content is not None:
             ctx.content["answer"] = result.message.get("content")
         await gw.cache.store(ctx, cache_req, request.cache_mode, result)

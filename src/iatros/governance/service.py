@@ -287,24 +287,28 @@ class Governance:
         cost = (ctx.usage.prompt_tokens * price_in + ctx.usage.completion_tokens * price_out) / 1000
         if ctx.cache.startswith("hit"):
             cost = 0.0
-        usage.append(
-            {
-                "request_id": ctx.request_id,
-                "ts": now_iso(),
-                "tenant_id": storable_text(ctx.principal.tenant, 64),
-                "key_id": storable_text(ctx.principal.key_id, 32),
-                "endpoint": storable_text(ctx.endpoint, 32),
-                "model": storable_text(ctx.model, 128),
-                "deployment": storable_text(ctx.deployment, 128),
-                "route": storable_text(ctx.route, 512),
-                "cache": storable_text(ctx.cache, 16),
-                "status": ctx.status,
-                "prompt_tokens": ctx.usage.prompt_tokens,
-                "completion_tokens": ctx.usage.completion_tokens,
-                "cost_eur": round(cost, 8),
-                "latency_ms": round(ctx.elapsed_s() * 1000, 3),
-            }
-        )
+        principal = ctx.principal
+        record: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "ts": now_iso(),
+            "tenant_id": principal.tenant[:64],
+            "key_id": principal.key_id[:32],
+            "endpoint": ctx.endpoint[:32],
+            "model": ctx.model[:128],
+            "deployment": ctx.deployment[:128],
+            "route": ctx.route[:512],
+            "cache": ctx.cache[:16],
+        }
+        text = ctx.model + ctx.route + principal.tenant + principal.key_id + ctx.deployment
+        if "\x00" in text or not text.isascii():  # rare: the careful path, field by field
+            for name in _USAGE_TEXT:
+                record[name] = storable_text(record[name], len(record[name]))
+        record["status"] = ctx.status
+        record["prompt_tokens"] = ctx.usage.prompt_tokens
+        record["completion_tokens"] = ctx.usage.completion_tokens
+        record["cost_eur"] = round(cost, 8)
+        record["latency_ms"] = round(ctx.elapsed_s() * 1000, 3)
+        usage.append(record)
         self.spend.add(ctx.principal.key_id, ctx.principal.tenant, cost)
         if ctx.patient_id is not None:
             self.audit(
@@ -345,6 +349,8 @@ class Governance:
         return keyed_ref(self.secret, patient_id, "patient")
 
 
+_USAGE_TEXT = ("tenant_id", "key_id", "endpoint", "model", "deployment", "route", "cache")
+"""The usage record's text fields (cut to their columns' widths when built)."""
 _AUDIT_TEXT = {"tenant": 64, "actor": 64, "action": 64, "target": 256, "outcome": 32}
 """Widths of the audit table's text columns (``event`` takes ``tenant`` for ``tenant_id``)."""
 
