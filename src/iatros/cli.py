@@ -188,7 +188,7 @@ async def _chat_in_process(
 
     configure_logging("warning")
     os.environ.setdefault("IATROS_DATA_DIR", str(settings.data_dir))
-    services = Services.build(settings)
+    services = Services.build(settings, run_jobs=False)
     await services.start()
     ctx: RequestContext | None = None
     try:
@@ -287,7 +287,7 @@ async def _ingest(settings: Settings, tenant: str, collection: str, paths: list[
     await deployment.provider.start()
     embed = gateway.embedder.internal("knowledge")
     assert embed is not None
-    kb = KnowledgeBase(settings.knowledge, settings.data_dir, embed)
+    kb = KnowledgeBase(settings.knowledge, settings.data_dir, embed, run_jobs=False)
     await kb.start()
     try:
         with Progress(

@@ -27,12 +27,20 @@ class Services:
     chat: ChatService
 
     @classmethod
-    def build(cls, settings: Settings, *, gateway: Gateway | None = None) -> Services:
+    def build(
+        cls, settings: Settings, *, gateway: Gateway | None = None, run_jobs: bool = True
+    ) -> Services:
+        """``run_jobs=False`` for a process that only asks (the CLI): it must not take the
+        server's queued upload jobs."""
         gw = gateway or Gateway.from_settings(settings)
         gov = Governance(settings, limiter_registry=gw.metrics.registry)
         gw.sinks.append(gov.record)
         embed = gw.embedder.internal("knowledge")
-        kb = KnowledgeBase(settings.knowledge, settings.data_dir, embed) if embed else None
+        kb = (
+            KnowledgeBase(settings.knowledge, settings.data_dir, embed, run_jobs=run_jobs)
+            if embed
+            else None
+        )
         grounder = Grounder(kb, settings.knowledge.min_score)
         return cls(settings, gw, gov, kb, ChatService(gw, gov, grounder))
 
