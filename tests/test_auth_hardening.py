@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ from iatros.config import ConfigError, load_settings
 from iatros.store.db import PLATFORM, Database, database_url
 from iatros.store.models import AuditRecord
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.conftest import ADMIN_KEY, RunningServer, upstream_config
+from tests.conftest import ADMIN_KEY, RunningServer, postgres_database, upstream_config
 from tests.test_governance_processes import Server
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 Q = {"model": "assistant", "messages": [{"role": "user", "content": "What is a dental crown?"}]}
 
 
@@ -152,12 +150,8 @@ def test_guessing_keys_is_throttled_per_source_and_audited_as_counts(
 
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
-    name = f"iatros_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database() as url:
+        yield url
 
 
 def test_a_revoked_key_is_refused_at_once_by_another_process(

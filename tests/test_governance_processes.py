@@ -8,21 +8,24 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import yaml
 from sqlalchemy import text
 
 from iatros.store.db import Database
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.conftest import ADMIN_KEY, free_port, upstream_config, wait_until_ready
+from tests.conftest import (
+    ADMIN_KEY,
+    free_port,
+    postgres_database,
+    upstream_config,
+    wait_until_ready,
+)
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HI = {"model": "assistant", "messages": [{"role": "user", "content": "Hi"}]}
 
 
@@ -73,12 +76,8 @@ class Server:
 
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
-    name = f"iatros_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database() as url:
+        yield url
 
 
 def _config(tmp_path: Path, upstream: FakeUpstream) -> Path:

@@ -72,6 +72,18 @@ def available(group: str) -> list[str]:
     return sorted({ep.name for ep in entry_points(group=group)})
 
 
+def check_registered(group: str, name: str, what: str) -> str:
+    """``name`` if it is registered in ``group`` (for settings validators); else ValueError.
+
+    With no entry point at all in the group (the package is not installed, e.g. a source
+    tree on ``sys.path``) nothing can be checked, so nothing is refused.
+    """
+    known = available(group)
+    if known and name not in known:
+        raise ValueError(f"unknown {what} {name!r} (registered: {', '.join(known)})")
+    return name
+
+
 def _distribution(ep: EntryPoint) -> str | None:
     dist = getattr(ep, "dist", None)
     return None if dist is None else str(dist.name)

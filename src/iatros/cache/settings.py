@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from iatros.plugins import CACHE_BACKENDS, available
+from iatros.plugins import CACHE_BACKENDS, check_registered
 
 MiB = 1024 * 1024
 
@@ -79,10 +79,7 @@ class CacheSettings(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, name: str) -> str:
-        known = available(CACHE_BACKENDS)
-        if known and name not in known:  # (no entry points at all: not installed, say nothing)
-            raise ValueError(f"unknown cache backend {name!r} (registered: {', '.join(known)})")
-        return name
+        return check_registered(CACHE_BACKENDS, name, "cache backend")
 
     @model_validator(mode="after")
     def _redis_needs_url_and_secret(self) -> CacheSettings:

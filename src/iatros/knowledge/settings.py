@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from iatros.plugins import KNOWLEDGE_BACKENDS, available
+from iatros.plugins import KNOWLEDGE_BACKENDS, check_registered
 
 
 class KnowledgeSettings(BaseModel):
@@ -90,10 +90,7 @@ class KnowledgeSettings(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, name: str) -> str:
-        known = available(KNOWLEDGE_BACKENDS)
-        if known and name not in known:  # (no entry points at all: not installed, say nothing)
-            raise ValueError(f"unknown knowledge backend {name!r} (registered: {', '.join(known)})")
-        return name
+        return check_registered(KNOWLEDGE_BACKENDS, name, "knowledge backend")
 
     @model_validator(mode="after")
     def _check(self) -> KnowledgeSettings:
