@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml scripts/install-llama.sh
 	bash scripts/install-llama.sh $(BIN)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	bash scripts/install-browser.sh
+	bash scripts/install-speech.sh
 	touch $(STAMP)
 
 run: install

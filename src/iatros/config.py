@@ -21,7 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from iatros.cache import CacheSettings
+from iatros.clinical.speech.settings import TranscriptionSettings
+from iatros.jobs.settings import JobSettings
 from iatros.knowledge import KnowledgeSettings
+from iatros.observability.settings import AlertSettings, TracingSettings
 from iatros.routing.health import BreakerSettings
 
 
@@ -50,6 +53,15 @@ class ServerSettings(_Strict):
     on a loopback bind; no check on a network bind). ``*.example.org`` covers subdomains;
     ``["*"]`` turns the check off. See ``api/origin_guard.py``."""
 
+    instances: int = Field(1, ge=1, le=1000)
+    """How many instances serve this configuration behind a load balancer (a hint for
+    the start-up check: with more than one, settings that would silently diverge
+    between instances are refused; see ``Settings._check_instances``)."""
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM: stop accepting, report not ready, let requests and streams in flight
+    finish for up to this long; streams still open then end with an explicit error
+    event, and running jobs go back to the queue."""
+
     @property
     def worker_count(self) -> int:
         return (os.cpu_count() or 1) if self.workers == "auto" else self.workers
@@ -70,7 +82,7 @@ class DeploymentConfig(_Strict):
 
     provider: str
     model: str = Field(min_length=1)
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: Literal["chat", "embedding", "transcription"] = "chat"
     region: str | None = None
     context_window: int = Field(8192, ge=16)
     max_output_tokens: int = Field(1024, ge=1)
@@ -116,6 +128,8 @@ class ModelRouteConfig(_Strict):
     """Give up on the whole request after this long (retries and fallbacks included)."""
     knowledge: str | None = None
     """Ground every answer of this model in this collection (the tenant's own)."""
+    verification: Literal["withhold", "flag", "off"] | None = None
+    """Overrides ``knowledge.verification`` for this route."""
     cache: dict[str, Any] = Field(default_factory=dict)
     """Route-level cache policy (``semantic``, ``semantic_threshold``, ``ttl_s``, ...)."""
 
@@ -146,6 +160,28 @@ class RoutingSettings(_Strict):
 
 class EmbeddingSettings(_Strict):
     default_model: str | None = None
+
+
+class WebhookSettings(_Strict):
+    """A webhook notified of review-queue events (``iatros.reviews.webhooks``)."""
+
+    url: str | None = None
+    secret: SecretStr | None = None
+    """Key of the ``x-iatros-signature`` HMAC; default: derived from ``secret_key``."""
+    max_attempts: int = Field(6, ge=1, le=50)
+    backoff_base_s: float = Field(2.0, ge=0)
+    """Retry after 2, 4, 8, 16, 32 s… (capped at ``backoff_max_s``)."""
+    backoff_max_s: float = Field(600.0, ge=0)
+    timeout_s: float = Field(10.0, gt=0)
+    poll_interval_s: float = Field(1.0, gt=0)
+
+
+class ReviewSettings(_Strict):
+    """The human review queue (``iatros.reviews``)."""
+
+    sla_hours: float = Field(24.0, gt=0)
+    """An open item older than this is shown as overdue."""
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
 
 class AuditSettings(_Strict):
@@ -199,6 +235,14 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    """The background job queue (``iatros.jobs``): Redis when ``redis_url`` is set."""
+    reviews: ReviewSettings = Field(default_factory=ReviewSettings)
+    transcription: TranscriptionSettings = Field(default_factory=TranscriptionSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    """OpenTelemetry traces (off by default; see ``observability/tracing.py``)."""
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    """Anomaly detection and alert routing (off by default; see ``observability/alerts.py``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -245,6 +289,8 @@ class Settings(BaseSettings):
                 if dep_cfg.kind != "chat":
                     raise ValueError(
                         f"models.{name}.deployments: {dep_name!r} is an embedding deployment"
+                        if dep_cfg.kind == "embedding"
+                        else f"models.{name}.deployments: {dep_name!r} is a transcription model"
                     )
             for weighted in route.weights:
                 if weighted not in route.deployments:
@@ -273,6 +319,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"embeddings.default_model: {default_embed!r} is not an embedding deployment"
                 )
+        self._check_instances()
         knowledge = self.knowledge
         shared_index = knowledge.backend == "qdrant" and knowledge.qdrant_url is not None
         if self.server.worker_count > 1 and default_embed is not None and not shared_index:
@@ -283,6 +330,45 @@ class Settings(BaseSettings):
                 "without a knowledge base"
             )
         return self
+
+    def _check_instances(self) -> None:
+        """With ``server.instances > 1``, refuse what would silently differ per instance.
+
+        Each of these works on one instance and quietly breaks a cluster: an in-process
+        cache (an invalidation reaches one instance), rate limits without Redis (the
+        limit multiplies by the number of instances), SQLite (keys, usage and audit per
+        instance), a generated secret (cache tags and audit keys differ), an in-process
+        job queue (a job is lost with its instance), a knowledge index that is not on a
+        server (each instance searches only what it ingested itself).
+        """
+        count = self.server.instances
+        if count <= 1:
+            return
+        problems: list[str] = []
+        if self.cache.backend == "memory":
+            problems.append("cache.backend: memory (use redis)")
+        if not self.redis_url:
+            problems.append("no redis_url (rate limits and budgets would be per instance)")
+        if not self.database_url or self.database_url.startswith("sqlite"):
+            problems.append("no PostgreSQL database_url (keys, usage, audit per instance)")
+        if self.secret_key is None:
+            problems.append("no secret_key (each instance would generate its own)")
+        if self.jobs.backend == "memory":
+            problems.append("jobs.backend: memory (jobs die with their instance)")
+        knowledge = self.knowledge
+        shared_knowledge = knowledge.backend not in ("embedded", "qdrant") or (
+            knowledge.backend == "qdrant" and knowledge.qdrant_url is not None
+        )
+        if self.embeddings.default_model is not None and not shared_knowledge:
+            problems.append(
+                f"knowledge.backend: {knowledge.backend} without a server (each instance "
+                "would search only its own documents; use qdrant with qdrant_url, a shared "
+                "plugin backend, or embeddings.default_model: null)"
+            )
+        if problems:
+            raise ValueError(
+                f"server.instances: {count} instances need shared state: " + "; ".join(problems)
+            )
 
     def _check_fallback_cycles(self) -> None:
         """Refuse fallback chains between logical models that loop back on themselves."""

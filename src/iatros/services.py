@@ -8,14 +8,17 @@ routing and accounting as one sent over HTTP.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from iatros.clinical.speech.transcriber import Transcriber
 from iatros.config import Settings
 from iatros.gateway.chat import ChatService
 from iatros.gateway.grounding import Grounder
 from iatros.gateway.pipeline import Gateway
 from iatros.governance.service import Governance
+from iatros.jobs import JobQueue, build_queue
 from iatros.knowledge import KnowledgeBase
+from iatros.reviews import ReviewDesk, build_review_desk
 
 
 @dataclass(slots=True)
@@ -25,6 +28,16 @@ class Services:
     governance: Governance
     knowledge: KnowledgeBase | None
     chat: ChatService
+    transcriber: Transcriber
+    reviews: ReviewDesk
+    jobs: JobQueue = field(init=False)
+    """The job queue (``iatros.jobs``); workers are started by the server's lifespan
+    (``jobs.workers``) or ``iatros worker``, never by a CLI command that only asks."""
+
+    def __post_init__(self) -> None:
+        self.jobs = build_queue(self.settings.jobs, self.settings.redis_url)
+        if self.knowledge is not None:
+            self.knowledge.attach_queue(self.jobs)
 
     @classmethod
     def build(
@@ -41,20 +54,33 @@ class Services:
             if embed
             else None
         )
-        grounder = Grounder(kb, settings.knowledge.min_score)
-        return cls(settings, gw, gov, kb, ChatService(gw, gov, grounder))
+        grounder = Grounder(
+            kb, settings.knowledge.min_score, settings.knowledge.reviewed_min_score
+        )
+        transcriber = Transcriber(gw, settings.transcription)
+        reviews = build_review_desk(settings, gov, kb)
+        chat = ChatService(gw, gov, grounder, reviews)
+        return cls(settings, gw, gov, kb, chat, transcriber, reviews)
 
     async def start(self) -> None:
         await self.governance.start()
         await self.gateway.start()
+        await self.transcriber.start()
         if self.knowledge is not None:
             await self.knowledge.start()
+        self.reviews.start()
 
     async def close(self) -> None:
         """Close in reverse order; one failing close does not keep the others open."""
+        with contextlib.suppress(Exception):
+            await self.jobs.close()  # first: its handlers use the services below
+        with contextlib.suppress(Exception):
+            await self.reviews.close()
         if self.knowledge is not None:
             with contextlib.suppress(Exception):
                 await self.knowledge.close()
+        with contextlib.suppress(Exception):
+            await self.transcriber.close()
         with contextlib.suppress(Exception):
             await self.gateway.close()
         await self.governance.close()

@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from iatros import __version__, heap
 from iatros.api.admin import add_admin_routes
+from iatros.api.audio import add_audio_routes
 from iatros.api.chat import add_chat_routes
 from iatros.api.docs import add_docs_routes
 from iatros.api.embeddings import add_embedding_routes
@@ -41,6 +42,8 @@ from iatros.api.models import add_model_routes
 from iatros.api.openapi import build_openapi
 from iatros.api.ops import add_ops_routes
 from iatros.api.origin_guard import OriginGuard
+from iatros.api.reviews import add_review_routes
+from iatros.api.shutdown import Drain
 from iatros.config import Settings, load_settings
 from iatros.errors import GatewayError, InvalidRequest, NotFound
 from iatros.gateway import Gateway
@@ -91,12 +94,16 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     services = Services.build(settings, gateway=gateway)
     gw, gov = services.gateway, services.governance
     settled = asyncio.Event()  # the heap frozen once the models have loaded: /readyz waits
+    drain = Drain(settings.server.shutdown_timeout_s)  # SIGTERM: see api/shutdown.py
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.admin_key is None and settings.allow_anonymous_loopback:
             _log.warning("no IATROS_ADMIN_KEY set: accepting unauthenticated requests on loopback")
         await services.start()
+        await services.jobs.start(settings.jobs.workers)
+        drain.on_begin(services.jobs.drain)
+        drain.install()
         heap.tune()
         heap.freeze("started")
         settled.clear()
@@ -126,6 +133,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     app.state.governance = gov
     app.state.services = services
     app.state.settings = settings
+    app.state.drain = drain
     _add_error_handlers(app)
 
     handle = RequestScope(gw, gov).handle
@@ -134,6 +142,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     add_model_routes(app, gw, handle)
     add_admin_routes(app, gw, gov, handle)
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
+    add_review_routes(app, services.reviews, gov, handle)
+    add_audio_routes(app, services.transcriber, gov, handle)
     mount_web(app, gw, gov, handle)
     add_ops_routes(app, gw, gov, settled)
     add_docs_routes(app)

@@ -1,0 +1,1 @@
+"""Speech to text: audio checks, the transcriber service, hallucination filtering, formats."""
