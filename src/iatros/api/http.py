@@ -185,6 +185,12 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+def trace_headers(request: Request) -> tuple[str | None, str | None]:
+    """The client's ``traceparent`` and ``tracestate`` headers, if any."""
+    headers = request.headers
+    return headers.get("traceparent"), headers.get("tracestate")
+
+
 def bearer_token(request: Request) -> str | None:
     """The caller's key from ``Authorization: Bearer`` (or Azure's ``api-key``)."""
     header = request.headers.get("authorization")
@@ -234,6 +240,8 @@ class RequestScope:
             source = client[0] if client else None
             principal = await gov.authenticate(bearer_token(request), source=source)
             ctx = RequestContext(principal=principal, endpoint=endpoint)
+            if gw.tracing.enabled:  # a client's W3C trace context makes its span our parent
+                gw.tracing.begin(ctx, *trace_headers(request))
             gov.authorize(ctx, permission)
             response = await work(ctx)
             handed_off = isinstance(response, StreamingResponse)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from iatros.cache import CachedResponse, CacheRequest, ResponseCache
 from iatros.config import Settings
 from iatros.gateway.context import RequestContext
+from iatros.observability.spans import span
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta, Usage
 
 EmbedFn = Callable[[list[str]], Awaitable[list[list[float]]]]
@@ -106,7 +107,9 @@ class CacheStep:
         if mode == "refresh":
             ctx.cache = "miss"
             return None
-        hit = await cache.lookup(req)
+        with span(ctx.trace, "cache.lookup") as traced:
+            hit = await cache.lookup(req)
+            traced.set("iatros.cache", "miss" if hit is None else f"hit-{hit.kind}")
         if hit is None:
             ctx.cache = "miss"
             return None

@@ -32,6 +32,7 @@ from iatros.gateway.context import RequestContext
 from iatros.gateway.grounding import Grounder, Grounding
 from iatros.gateway.pipeline import Gateway
 from iatros.governance.service import Governance
+from iatros.observability.spans import retrieved, span
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta
 from iatros.routing.router import estimate_prompt_tokens
 
@@ -115,6 +116,7 @@ class ChatService:
         For callers without a transport of their own (features, the CLI's ``--no-stream``).
         """
         ctx = RequestContext(principal=principal, endpoint=endpoint)
+        self.gateway.tracing.begin(ctx)
         request.stream = False
         try:
             reply = await self.respond(ctx, request)
@@ -144,16 +146,20 @@ class ChatService:
         ctx.model = request.model
         if request.patient_id is not None:
             ctx.patient_id = request.patient_id
-        await self.governance.admit(ctx, estimate_prompt_tokens(call.messages))
+        with span(ctx.trace, "admission"):
+            await self.governance.admit(ctx, estimate_prompt_tokens(call.messages))
         if self.settings.log_content:
             ctx.content = {"messages": call.messages}
         route = self.settings.models.get(request.model)
         collection = request.knowledge or (route.knowledge if route else None)
         grounding: Grounding | None = None
         if collection is not None:
-            grounding = await self.grounder.ground(
-                ctx.principal.tenant, collection, call.messages, request.knowledge_k
-            )
+            where = {"gen_ai.data_source.id": collection}
+            with span(ctx.trace, "retrieval", **where) as sp:
+                grounding = await self.grounder.ground(
+                    ctx.principal.tenant, collection, call.messages, request.knowledge_k
+                )
+                retrieved(sp, grounding.sources, grounding.confidence, grounding.escalate)
             if grounding.escalate:  # nothing supports an answer: say so, ask no model
                 ctx.route = f"{request.model}; knowledge={collection}; escalate"
                 ctx.deployment = ""

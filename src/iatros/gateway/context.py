@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from iatros.auth import Principal
+from iatros.observability.spans import RequestTrace
 from iatros.providers.base import Usage
 
 
@@ -41,6 +42,8 @@ class RequestContext:
     """Prompt and answer, kept only when ``log_content`` is on (they may hold patient data)."""
     extra_headers: dict[str, str] = field(default_factory=dict)
     """Headers added by pipeline steps (rate-limit state, ...)."""
+    trace: RequestTrace | None = None
+    """The request's spans while tracing is on (``observability/spans.py``); else None."""
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started

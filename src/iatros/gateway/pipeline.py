@@ -31,7 +31,10 @@ from iatros.gateway.embedder import Embedder
 from iatros.observability.logging import log_request
 from iatros.observability.looplag import LoopLag, loop_lag
 from iatros.observability.metrics import Metrics
+from iatros.observability.spans import attempt as trace_attempt
+from iatros.observability.spans import attempt_done
 from iatros.observability.stalls import StallWatch
+from iatros.observability.tracing import Tracing, deployment_infos
 from iatros.providers.base import ChatCall, ChatResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
 from iatros.routing.health import DeploymentHealth, State
@@ -93,6 +96,11 @@ class Gateway:
         )
         self.metrics.watch_providers(self.readiness)
         self.metrics.watch_deployments(lambda: self.router.health)
+        self.tracing = Tracing.from_settings(
+            settings.tracing,
+            deployments=deployment_infos(settings),
+            log_content=settings.log_content,
+        )
         self.sinks: list[Callable[[RequestContext], None]] = []
         """Called with every finished request (usage records, audit)."""
         self._started = False
@@ -142,6 +150,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         self.metrics.tally.fold()
+        await asyncio.to_thread(self.tracing.close)
         with contextlib.suppress(Exception):
             await self.cache.close()
         for provider in self.providers.values():
@@ -319,6 +328,7 @@ class Gateway:
         while True:
             deployment, health, timeout, probe = step
             ctx.deployment = deployment.name
+            span = trace_attempt(ctx.trace, deployment.name, call)
             started = time.perf_counter()
             try:
                 if math.isinf(timeout):
@@ -341,10 +351,12 @@ class Gateway:
                 ctx.upstream_s += elapsed
                 health.record_success(elapsed)
                 ctx.usage = result.usage
+                attempt_done(span)
                 with contextlib.suppress(StopAsyncIteration):
                     await attempts.asend(None)
                 return result
             ctx.upstream_s += time.perf_counter() - started
+            attempt_done(span, failure)
             step = await attempts.asend(failure)
 
     async def open_stream(
@@ -356,6 +368,7 @@ class Gateway:
         while True:
             deployment, health, timeout, probe = step
             ctx.deployment = deployment.name
+            span = trace_attempt(ctx.trace, deployment.name, call)  # ends with the request
             deltas = self._stream(ctx, deployment, health, call)
             try:
                 async with asyncio.timeout(None if math.isinf(timeout) else timeout):
@@ -370,6 +383,7 @@ class Gateway:
                     )
                 else:
                     failure = UpstreamError(f"deployment {deployment.name!r} sent an empty stream")
+                attempt_done(span, failure)
                 step = await attempts.asend(failure)
                 continue
             except asyncio.CancelledError:
@@ -420,6 +434,8 @@ class Gateway:
 
     def finish(self, ctx: RequestContext) -> None:
         """Record metrics, the request log line and the sinks' records from the context."""
+        if ctx.trace is not None:
+            ctx.trace.finish(ctx)
         for sink in self.sinks:
             sink(ctx)
         total = ctx.elapsed_s()

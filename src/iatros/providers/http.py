@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from iatros.observability.spans import UPSTREAM_HEADERS
+
 _BUFFER_HIGH = 256 * 1024
 """Pause reading a streamed body when this much is buffered and unread."""
 
@@ -455,6 +457,9 @@ class HttpClient:
         """
         if self._closed:
             raise HttpError("the client is closed")
+        traced = UPSTREAM_HEADERS.get()  # the provider attempt's traceparent, when traced
+        if traced is not None:
+            headers = {**headers, **traced} if headers else traced
         request = self._encode(method, target, body, headers or {})
         loop = asyncio.get_running_loop()
         connection: _Connection | None = None
