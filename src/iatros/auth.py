@@ -26,6 +26,8 @@ class Principal:
     tenant_rpm: int | None = None
     tenant_tpm: int | None = None
     tenant_budget_eur: float | None = None
+    capabilities: tuple[str, ...] = ()
+    """Permissions beside the role's (``reviewer``), see :mod:`iatros.governance.roles`."""
 
 
 ANONYMOUS = Principal(tenant="default", key_id="anonymous", role="admin")

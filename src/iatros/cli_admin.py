@@ -80,6 +80,10 @@ def keys_create(
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
     budget: Annotated[float | None, typer.Option(help="Monthly budget in EUR.")] = None,
     expires: Annotated[str | None, typer.Option(help="Expiry date (YYYY-MM-DD).")] = None,
+    capability: Annotated[
+        list[str] | None,
+        typer.Option(help="A capability beside the role (reviewer); repeat for several."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create a key. It is printed once: only its hash is stored."""
@@ -93,6 +97,7 @@ def keys_create(
             tpm=tpm,
             budget_eur=budget,
             expires_at=_parse_date(expires),
+            capabilities=capability or [],
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -66,6 +66,14 @@ class NotFound(GatewayError):
     code = "not_found"
 
 
+class Conflict(GatewayError):
+    """The request contradicts the resource's state (answering a closed review twice)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 

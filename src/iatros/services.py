@@ -55,7 +55,7 @@ class Services:
             else None
         )
         grounder = Grounder(
-            kb, settings.knowledge.min_score, settings.knowledge.reviewed_min_score
+            kb, settings.knowledge.min_score, settings.knowledge.reviewed_min_overlap
         )
         transcriber = Transcriber(gw, settings.transcription)
         reviews = build_review_desk(settings, gov, kb)

@@ -47,6 +47,11 @@ class KeyCreate(BaseModel):
     tpm: int | None = Field(None, gt=0, le=INT32_MAX)
     budget_eur: float | None = Field(None, gt=0)
     expires_at: datetime | None = None
+    capabilities: list[Literal["reviewer"]] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Permissions beside the role: `reviewer` answers the review queue.",
+    )
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -110,6 +115,7 @@ def add_admin_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Handler
                         budget_eur=body.budget_eur,
                         expires_at=body.expires_at,
                         scope=scope,
+                        capabilities=body.capabilities,
                     )
                 )
             except ValueError as exc:

@@ -77,6 +77,7 @@ def chat_request(req: schemas.ChatCompletionRequest, principal: Principal) -> Ch
         cache_ttl_s=ext.cache_ttl,
         knowledge=ext.knowledge,
         knowledge_k=ext.knowledge_k,
+        conversation_id=ext.conversation_id,
         patient_id=ext.patient_id,
     )
 
@@ -134,6 +135,8 @@ def stream_response(
 
     def chunk(delta: StreamDelta) -> bytes:
         extra = {"iatros": pending_extension.pop()} if pending_extension else {}
+        if delta.extension is not None:  # the verification, on the last chunk
+            extra = {"iatros": {**extra.get("iatros", {}), **delta.extension}}
         choice = {
             "index": 0,
             "delta": delta.delta,

@@ -81,6 +81,12 @@ class IatrosExtension(BaseModel):
         description="Answer from this collection of your documents, citing them as [n].",
     )
     knowledge_k: int | None = Field(None, ge=1, le=20, description="Passages to retrieve.")
+    conversation_id: Identifier | None = Field(
+        None,
+        max_length=64,
+        description="The asker's conversation: a reviewer's answer to an escalation is "
+        "listed under it (GET /v1/reviews/mine?conversation_id=…).",
+    )
 
 
 class ChatCompletionRequest(_Open):

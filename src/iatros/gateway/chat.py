@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +31,8 @@ from iatros.gateway.caching import CacheMode, replay
 from iatros.gateway.context import RequestContext
 from iatros.gateway.grounding import Grounder, Grounding
 from iatros.gateway.pipeline import Gateway
+from iatros.gateway.safety import Escalations, SafetyStep
+from iatros.gateway.verification import Policy
 from iatros.governance.service import Governance
 from iatros.observability.spans import retrieved, span
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta
@@ -60,6 +62,8 @@ class ChatRequest:
     """A collection to ground the answer in (else the route's ``knowledge:``, if any)."""
     knowledge_k: int | None = None
     patient_id: str | None = None
+    conversation_id: str | None = None
+    """The asker's conversation: a reviewer's answer to an escalation is shown in it."""
 
 
 @dataclass(slots=True)
@@ -102,11 +106,18 @@ class Streaming:
 
 
 class ChatService:
-    def __init__(self, gateway: Gateway, governance: Governance, grounder: Grounder) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        governance: Governance,
+        grounder: Grounder,
+        escalations: Escalations | None = None,
+    ) -> None:
         self.gateway = gateway
         self.governance = governance
         self.grounder = grounder
         self.settings = gateway.settings
+        self.safety = SafetyStep(escalations, self.settings.knowledge.verification)
 
     async def ask(
         self, principal: Principal, request: ChatRequest, *, endpoint: str = "chat"
@@ -159,12 +170,22 @@ class ChatService:
                 grounding = await self.grounder.ground(
                     ctx.principal.tenant, collection, call.messages, request.knowledge_k
                 )
-                retrieved(sp, grounding.sources, grounding.confidence, grounding.escalate)
+                retrieved(sp, grounding.sources, grounding.retrieval_match, grounding.escalate)
             if grounding.escalate:  # nothing supports an answer: say so, ask no model
                 ctx.route = f"{request.model}; knowledge={collection}; escalate"
                 ctx.deployment = ""
+                ctx.grounding = "escalated"
+                await self.safety.escalate(
+                    ctx, grounding, "no_source", call.messages,
+                    conversation_id=request.conversation_id,
+                )  # fmt: skip
                 message = {"role": "assistant", "content": grounding.refusal}
                 return Answer(message, "stop", grounding)
+            if grounding.reviewed is not None:  # a reviewer answered this: verbatim
+                ctx.route = f"{request.model}; knowledge={collection}; reviewed"
+                ctx.deployment = ""
+                ctx.grounding = "reviewed"
+                return Answer(reviewed_message(grounding), "stop", grounding)
         cache_req = gw.cache.request(
             ctx,
             call,
@@ -175,21 +196,72 @@ class ChatService:
         )
         hit = await gw.cache.lookup(ctx, cache_req, request.cache_mode)
         if hit is not None:
+            if grounding is not None:  # stored verified; the check gives the trust signal
+                _, verified = self.safety.verify(grounding, str(hit.message.get("content")), "off")
+                ctx.grounding = verified.status
             return Answer(hit.message, hit.finish_reason, grounding, cached=hit)
-        if grounding is not None:
-            call.messages = grounding.messages
+        if grounding is None:
+            return await self._call(ctx, request, call, cache_req, guard)
+        policy = self.safety.policy(route.verification if route else None)
+        original = call.messages
+        call.messages = grounding.messages
+        try:
+            return await self._call(ctx, request, call, cache_req, guard, grounding, policy)
+        except GatewayError:
+            ctx.grounding = "escalated"
+            await self.safety.escalate(
+                ctx, grounding, "model_failure", original, conversation_id=request.conversation_id
+            )
+            raise
+
+    async def _call(
+        self,
+        ctx: RequestContext,
+        request: ChatRequest,
+        call: ChatCall,
+        cache_req: CacheRequest,
+        guard: CallGuard | None,
+        grounding: Grounding | None = None,
+        policy: Policy = "off",
+    ) -> Answer | Streaming:
+        """Plan and call the model; verify a grounded answer before it is stored or given."""
+        gw = self.gateway
         plan = gw.plan(ctx, request.model, call, pin=request.pin)
         if request.stream:
             opening = gw.open_stream(ctx, plan, call)
             first, deltas = await (guard(opening) if guard is not None else opening)
-            relay = self._relay(ctx, cache_req, request.cache_mode, first, deltas)
+            if grounding is not None and policy != "off":
+                gated = self.safety.gate(
+                    ctx, grounding, policy, _prepend(first, deltas), request.call.messages,
+                    request.conversation_id,
+                )  # fmt: skip
+                first, deltas = None, gated
+            relay = self._relay(
+                ctx, cache_req, request.cache_mode, first, deltas, _verified(grounding)
+            )
             return Streaming(relay, grounding)
         calling = gw.chat(ctx, plan, call)
         result = await (guard(calling) if guard is not None else calling)
         if ctx.content is not None:
             ctx.content["answer"] = result.message.get("content")
+        message = result.message
+        if grounding is not None and policy != "off":
+            draft = str(message.get("content") or "")
+            text, verified = self.safety.verify(grounding, draft, policy)
+            ctx.grounding = verified.action if verified.action != "none" else verified.status
+            if verified.action != "none":
+                message = {**message, "content": text}
+            if verified.action == "withheld":
+                await self.safety.escalate(
+                    ctx, grounding, "unsupported_detail", request.call.messages,
+                    draft=draft,
+                    conversation_id=request.conversation_id,
+                )  # fmt: skip
+                return Answer(message, result.finish_reason, grounding)
+            if verified.action == "flagged":
+                return Answer(message, result.finish_reason, grounding)
         await gw.cache.store(ctx, cache_req, request.cache_mode, result)
-        return Answer(result.message, result.finish_reason, grounding)
+        return Answer(message, result.finish_reason, grounding)
 
     async def _relay(
         self,
@@ -198,8 +270,10 @@ class ChatService:
         mode: CacheMode,
         first: StreamDelta | None,
         deltas: AsyncIterator[StreamDelta],
+        storable: Callable[[], bool] = lambda: True,
     ) -> AsyncGenerator[StreamDelta, None]:
-        """Pass the deltas on; when the model has finished, store the whole answer."""
+        """Pass the deltas on; when the model has finished, store the whole answer
+        (unless ``storable`` says the verification flagged or withheld it)."""
         pieces: list[str] = []
         finish: str | None = None
         try:
@@ -218,12 +292,53 @@ class ChatService:
             message = {"role": "assistant", "content": "".join(pieces)}
             if ctx.content is not None:
                 ctx.content["answer"] = message["content"]
-            await self.gateway.cache.store(
-                ctx, cache_req, mode, ChatResult(message, finish, ctx.usage)
-            )
+            if storable():
+                await self.gateway.cache.store(
+                    ctx, cache_req, mode, ChatResult(message, finish, ctx.usage)
+                )
         finally:
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
                 # Shielded: a cancelled client still releases the provider's resources.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(aclose())
+
+
+async def _prepend(
+    first: StreamDelta | None, deltas: AsyncIterator[StreamDelta]
+) -> AsyncGenerator[StreamDelta, None]:
+    """``first`` then ``deltas``, closing ``deltas`` when closed."""
+    try:
+        if first is not None:
+            yield first
+        async for delta in deltas:
+            yield delta
+    finally:
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(aclose())
+
+
+def _verified(grounding: Grounding | None) -> Callable[[], bool]:
+    """Whether a streamed answer may be cached: not grounded, or verified as given."""
+
+    def storable() -> bool:
+        if grounding is None or grounding.verification is None:
+            return True
+        return bool(grounding.verification.get("action") == "none")
+
+    return storable
+
+
+def reviewed_message(grounding: Grounding) -> dict[str, Any]:
+    """A reviewer's saved answer, verbatim, signed, citing the document it was saved as."""
+    reviewed = grounding.reviewed
+    assert reviewed is not None
+    index = next(
+        (s["index"] for s in grounding.sources if s.get("document_id") == reviewed.document_id),
+        1,
+    )
+    date = reviewed.reviewed_at[:10]
+    signature = f"— {reviewed.reviewer}, {date} [{index}]" if date else f"— {reviewed.reviewer}"
+    return {"role": "assistant", "content": f"{reviewed.answer}\n\n{signature}"}

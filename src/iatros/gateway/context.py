@@ -32,6 +32,9 @@ class RequestContext:
     route: str = ""
     """Why that deployment (``x-iatros-route``)."""
     cache: str = "bypass"
+    grounding: str = ""
+    """For grounded answers: ``supported``, ``no-details``, ``flagged``, ``withheld``,
+    ``escalated`` or ``reviewed`` (journaled with the usage record)."""
     patient_id: str | None = None
     upstream_s: float = 0.0
     """Time spent waiting on providers; everything else is gateway overhead."""

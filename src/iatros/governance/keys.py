@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from iatros.governance.audit import AuditChain, event
 from iatros.governance.keycache import notify
-from iatros.governance.roles import check_role
+from iatros.governance.roles import check_capabilities, check_role
 from iatros.store.db import PLATFORM, Database
 from iatros.store.models import ApiKey, Tenant
 
@@ -57,6 +57,7 @@ class KeyInfo:
     created_at: str
     expires_at: str | None
     revoked_at: str | None
+    capabilities: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyInfo:
@@ -77,7 +78,13 @@ class KeyInfo:
             iso(key.created_at) or "",
             iso(key.expires_at),
             iso(key.revoked_at),
+            key_capabilities(key),
         )
+
+
+def key_capabilities(key: ApiKey) -> tuple[str, ...]:
+    """The key's capabilities as a tuple (stored comma-separated)."""
+    return tuple(c for c in (key.capabilities or "").split(",") if c)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +128,12 @@ class KeyStore:
         expires_at: datetime | None = None,
         scope: str = PLATFORM,
         rotated_from: str | None = None,
+        capabilities: Sequence[str] = (),
     ) -> tuple[str, KeyInfo]:
         """Create a key; the plaintext is returned once and never stored."""
         check_tenant(tenant)
         check_role(role)
+        granted = check_capabilities(capabilities)
         _positive("rpm", rpm)
         _positive("tpm", tpm)
         _positive("budget", budget_eur)
@@ -150,6 +159,7 @@ class KeyStore:
             created_at=now,
             expires_at=expires_at,
             rotated_from=rotated_from,
+            capabilities=",".join(granted),
         )
         with self.db.session(PLATFORM) as session:
             if session.get(Tenant, tenant) is None:
@@ -166,7 +176,7 @@ class KeyStore:
                     actor=actor,
                     action="key.created",
                     target=key.id,
-                    details={"role": role, "prefix": key.prefix},
+                    details={"role": role, "prefix": key.prefix, "capabilities": list(granted)},
                 )
             ],
         )
@@ -215,6 +225,7 @@ class KeyStore:
             expires_at=expires if expires is None or _aware(expires) > datetime.now(UTC) else None,
             scope=scope,
             rotated_from=key_id,
+            capabilities=template.capabilities,
         )
         self.revoke(key_id, scope=scope, actor=actor)
         return token, info

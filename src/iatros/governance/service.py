@@ -28,7 +28,7 @@ from iatros.governance.journal import (
     storable_text,
 )
 from iatros.governance.keycache import KeyWatch, touch_version
-from iatros.governance.keys import KeyMatch, KeyStore, hash_key
+from iatros.governance.keys import KeyMatch, KeyStore, hash_key, key_capabilities
 from iatros.governance.ratelimit import Limit, RateLimiter
 from iatros.governance.records import RecordKeeper
 from iatros.governance.roles import allowed
@@ -181,6 +181,7 @@ class Governance:
             tenant_rpm=tenant.rpm,
             tenant_tpm=tenant.tpm,
             tenant_budget_eur=tenant.budget_eur,
+            capabilities=key_capabilities(key),
         )
 
     async def _any_keys(self) -> bool:
@@ -228,7 +229,7 @@ class Governance:
     # -- authorisation, limits, budgets -----------------------------------------
 
     def authorize(self, ctx: RequestContext, permission: str) -> None:
-        if not allowed(ctx.principal.role, permission):
+        if not allowed(ctx.principal.role, permission, ctx.principal.capabilities):
             self.audit_denied(ctx.principal.key_id, ctx.principal.tenant, f"role:{permission}")
             raise PermissionDenied(
                 f"The {ctx.principal.role!r} role may not do this ({permission})."
@@ -298,6 +299,7 @@ class Governance:
             "deployment": ctx.deployment[:128],
             "route": ctx.route[:512],
             "cache": ctx.cache[:16],
+            "grounding": ctx.grounding,
         }
         text = ctx.model + ctx.route + principal.tenant + principal.key_id + ctx.deployment
         if "\x00" in text or not text.isascii():  # rare: the careful path, field by field

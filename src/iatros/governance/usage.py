@@ -38,10 +38,13 @@ _COLUMNS = (
     "completion_tokens",
     "cost_eur",
     "latency_ms",
+    "grounding",
 )
+_DEFAULTS = {"grounding": ""}
+"""Columns added after the first release: journals written before them lack the field."""
 
 
-_TEXT_COLUMNS = frozenset(_COLUMNS[:9])
+_TEXT_COLUMNS = frozenset((*_COLUMNS[:9], "grounding"))
 _INT_COLUMNS = frozenset(("status", "prompt_tokens", "completion_tokens"))
 
 
@@ -55,7 +58,7 @@ def usage_problem(record: object) -> str | None:
     if not isinstance(record, dict):
         return "not_an_object"
     for column in _COLUMNS:
-        value = record.get(column)
+        value = record.get(column, _DEFAULTS.get(column))
         if column in _TEXT_COLUMNS:
             ok = isinstance(value, str)
         elif column in _INT_COLUMNS:
@@ -88,6 +91,8 @@ def store_usage(db: Database, records: list[dict[str, Any]]) -> None:
     timestamp = _sqlite_ts if dialect.name == "sqlite" else _utc
     params: list[Any] = []
     for record in records:
+        if "grounding" not in record:
+            record = {**_DEFAULTS, **record}
         row = _row(record)
         params.append(row[0])
         params.append(timestamp(row[1]))

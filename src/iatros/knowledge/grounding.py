@@ -66,23 +66,41 @@ def _source_header(n: int, passage: Passage) -> str:
     return f"[{n}] {passage.document}{where}"
 
 
-def build_grounded_messages(
-    messages: Sequence[dict[str, Any]], passages: Sequence[Passage], *, max_chars: int = 3000
-) -> list[dict[str, Any]]:
-    """``messages`` preceded by a system message carrying the numbered sources.
+def passage_bodies(
+    passages: Sequence[Passage], question: str, *, max_chars: int = 3000
+) -> list[str]:
+    """The text of each passage as the model sees it (what its answer is checked against).
 
     ``max_chars`` bounds the sources' text (about 750 tokens by default, so the prompt
     fits a 2,048-token local model); longer passages are cut to their best sentences.
     """
-    question = last_user_text(messages)
-    refusal = no_answer_text(question)
     budget = max(200, max_chars // max(1, len(passages)))
-    blocks = []
-    for n, passage in enumerate(passages, 1):
+    bodies = []
+    for passage in passages:
         body = " ".join(passage.text.split())
         if len(body) > budget:
             body = snippet(body, question, budget)
-        blocks.append(f"{_source_header(n, passage)}: {body}")
+        bodies.append(body)
+    return bodies
+
+
+def build_grounded_messages(
+    messages: Sequence[dict[str, Any]],
+    passages: Sequence[Passage],
+    *,
+    max_chars: int = 3000,
+    bodies: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """``messages`` preceded by a system message carrying the numbered sources
+    (``bodies``: the passages' texts from :func:`passage_bodies`, computed if absent)."""
+    question = last_user_text(messages)
+    refusal = no_answer_text(question)
+    if bodies is None:
+        bodies = passage_bodies(passages, question, max_chars=max_chars)
+    blocks = [
+        f"{_source_header(n, passage)}: {body}"
+        for n, (passage, body) in enumerate(zip(passages, bodies, strict=True), 1)
+    ]
     instructions = (
         "Answer the question using only the numbered sources below, in the language of "
         "the question. Cite the source of each fact as [1], [2], ... "

@@ -68,6 +68,17 @@ class KnowledgeSettings(BaseModel):
     questions are answered, 70% of same-domain questions whose abstract is not indexed and
     100% of off-topic ones escalate. 0.575 balances the two (94% / 93%) but escalates
     paraphrased questions that PubMedQA's title-like questions do not represent."""
+    verification: Literal["withhold", "flag", "off"] = "withhold"
+    """What happens to a grounded answer with a decisive detail (a dose, a drug, a side, a
+    negation) its sources do not support (``iatros.gateway.verification``): ``withhold``
+    it, quote the closest source and pass the question to a reviewer; ``flag`` the detail
+    and quote the source beside the answer; ``off``: no check. Per route:
+    ``models.<name>.verification``."""
+    reviewed_min_overlap: float = Field(0.6, ge=0.0, le=1.0)
+    """A reviewer's saved answer (a review answered "save to knowledge") is given verbatim
+    when it is the best relevant passage, its question shares at least this share of
+    content words with the one asked (Jaccard) and has the same clinical details: a
+    human's answer is not paraphrased by a model."""
     fusion: Literal["zscore", "rrf"] = "zscore"
     """How hybrid search merges the dense and BM25 lists.
 

@@ -67,6 +67,8 @@ class StreamDelta:
     delta: dict[str, Any]
     finish_reason: str | None = None
     usage: Usage | None = None
+    extension: dict[str, Any] | None = None
+    """Iatros facts to send with this chunk (``iatros``: the verification at the end)."""
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from iatros.store.db import Database
@@ -71,3 +71,59 @@ def save_feedback(
             "deployment": row.deployment,
             "created_at": row.ts.isoformat(),
         }
+
+
+def feedback_list(
+    db: Database,
+    scope: str,
+    *,
+    rating: str | None = None,
+    model: str | None = None,
+    deployment: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Ratings, newest first, each with its request's route, cache and grounding outcome;
+    and the counts of ``up`` and ``down`` under the same filters (without ``rating``)."""
+    with db.session(scope) as session:
+        query = select(
+            Feedback,
+            UsageRecord.route,
+            UsageRecord.cache,
+            UsageRecord.grounding,
+            UsageRecord.status,
+        ).outerjoin(UsageRecord, UsageRecord.request_id == Feedback.request_id)
+        counting = select(Feedback.rating, func.count()).group_by(Feedback.rating)
+        for column, value in ((Feedback.model, model), (Feedback.deployment, deployment)):
+            if value is not None:
+                query = query.where(column == value)
+                counting = counting.where(column == value)
+        if since is not None:
+            query = query.where(Feedback.ts >= since)
+            counting = counting.where(Feedback.ts >= since)
+        if until is not None:
+            query = query.where(Feedback.ts < until)
+            counting = counting.where(Feedback.ts < until)
+        if rating is not None:
+            query = query.where(Feedback.rating == rating)
+        rows = session.execute(query.order_by(Feedback.ts.desc()).limit(limit)).all()
+        counts = {str(r): int(n) for r, n in session.execute(counting).all()}
+        return [
+            {
+                "id": fb.id,
+                "tenant": fb.tenant_id,
+                "created_at": fb.ts.isoformat(),
+                "key_id": fb.key_id,
+                "request_id": fb.request_id,
+                "rating": fb.rating,
+                "comment": fb.comment,
+                "model": fb.model,
+                "deployment": fb.deployment,
+                "route": route,
+                "cache": cache,
+                "grounding": grounding,
+                "status": status,
+            }
+            for fb, route, cache, grounding, status in rows
+        ], {"up": counts.get("up", 0), "down": counts.get("down", 0)}

@@ -50,6 +50,8 @@ class ApiKey(TenantScoped, Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     rotated_from: Mapped[str | None] = mapped_column(String(32))
+    capabilities: Mapped[str] = mapped_column(String(256), default="")
+    """Comma-separated capabilities beside the role (``reviewer``)."""
 
 
 class UsageRecord(TenantScoped, Base):
@@ -70,6 +72,8 @@ class UsageRecord(TenantScoped, Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost_eur: Mapped[float] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
+    grounding: Mapped[str] = mapped_column(String(16), default="")
+    """The safety outcome of a grounded answer (see ``RequestContext.grounding``)."""
 
 
 class AuditRecord(TenantScoped, Base):
