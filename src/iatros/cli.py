@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def serve(
         access_log=False,
         timeout_keep_alive=30,
         backlog=4096,
+        timeout_graceful_shutdown=math.ceil(settings.server.shutdown_timeout_s),  # api/shutdown
     )
 
 
@@ -164,8 +166,8 @@ def _chat_over_http(url: str, key: str | None, body: dict[str, Any], details: bo
             if "error" in data:
                 err.print(f"\n[red]error:[/red] {data['error']['message']}")
                 raise typer.Exit(1)
-            if "iatros" in data and extension is None:
-                extension = data["iatros"]
+            if "iatros" in data:  # sources first, the verification on the last chunk
+                extension = {**(extension or {}), **data["iatros"]}
             for choice in data.get("choices", []):
                 sys.stdout.write(choice["delta"].get("content") or "")
                 sys.stdout.flush()

@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from iatros.cache import CacheSettings
+from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.speech.settings import TranscriptionSettings
+from iatros.instances import check_instances, instance_warnings
 from iatros.jobs.settings import JobSettings
 from iatros.knowledge import KnowledgeSettings
 from iatros.observability.settings import AlertSettings, TracingSettings
@@ -54,13 +56,9 @@ class ServerSettings(_Strict):
     ``["*"]`` turns the check off. See ``api/origin_guard.py``."""
 
     instances: int = Field(1, ge=1, le=1000)
-    """How many instances serve this configuration behind a load balancer (a hint for
-    the start-up check: with more than one, settings that would silently diverge
-    between instances are refused; see ``Settings._check_instances``)."""
+    """Instances behind one balancer: over 1, diverging settings are refused (instances.py)."""
     shutdown_timeout_s: float = Field(30.0, ge=0)
-    """On SIGTERM: stop accepting, report not ready, let requests and streams in flight
-    finish for up to this long; streams still open then end with an explicit error
-    event, and running jobs go back to the queue."""
+    """SIGTERM: requests and streams get this long to finish (api/shutdown.py)."""
 
     @property
     def worker_count(self) -> int:
@@ -236,9 +234,9 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
-    """The background job queue (``iatros.jobs``): Redis when ``redis_url`` is set."""
     reviews: ReviewSettings = Field(default_factory=ReviewSettings)
     transcription: TranscriptionSettings = Field(default_factory=TranscriptionSettings)
+    scribe: ScribeSettings = Field(default_factory=ScribeSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     """OpenTelemetry traces (off by default; see ``observability/tracing.py``)."""
     alerts: AlertSettings = Field(default_factory=AlertSettings)
@@ -332,43 +330,18 @@ class Settings(BaseSettings):
         return self
 
     def _check_instances(self) -> None:
-        """With ``server.instances > 1``, refuse what would silently differ per instance.
-
-        Each of these works on one instance and quietly breaks a cluster: an in-process
-        cache (an invalidation reaches one instance), rate limits without Redis (the
-        limit multiplies by the number of instances), SQLite (keys, usage and audit per
-        instance), a generated secret (cache tags and audit keys differ), an in-process
-        job queue (a job is lost with its instance), a knowledge index that is not on a
-        server (each instance searches only what it ingested itself).
-        """
-        count = self.server.instances
-        if count <= 1:
-            return
-        problems: list[str] = []
-        if self.cache.backend == "memory":
-            problems.append("cache.backend: memory (use redis)")
-        if not self.redis_url:
-            problems.append("no redis_url (rate limits and budgets would be per instance)")
-        if not self.database_url or self.database_url.startswith("sqlite"):
-            problems.append("no PostgreSQL database_url (keys, usage, audit per instance)")
-        if self.secret_key is None:
-            problems.append("no secret_key (each instance would generate its own)")
-        if self.jobs.backend == "memory":
-            problems.append("jobs.backend: memory (jobs die with their instance)")
-        knowledge = self.knowledge
-        shared_knowledge = knowledge.backend not in ("embedded", "qdrant") or (
-            knowledge.backend == "qdrant" and knowledge.qdrant_url is not None
+        check_instances(
+            self.server.instances,
+            memory_cache=self.cache.enabled and self.cache.backend == "memory",
+            redis_url=self.redis_url,
+            database_url=self.database_url,
+            has_secret=self.secret_key is not None,
+            memory_jobs=self.jobs.backend == "memory",
         )
-        if self.embeddings.default_model is not None and not shared_knowledge:
-            problems.append(
-                f"knowledge.backend: {knowledge.backend} without a server (each instance "
-                "would search only its own documents; use qdrant with qdrant_url, a shared "
-                "plugin backend, or embeddings.default_model: null)"
-            )
-        if problems:
-            raise ValueError(
-                f"server.instances: {count} instances need shared state: " + "; ".join(problems)
-            )
+
+    def instance_warnings(self) -> list[str]:
+        k, on = self.knowledge, self.embeddings.default_model is not None
+        return instance_warnings(self.server.instances, on, k.backend, k.qdrant_url)
 
     def _check_fallback_cycles(self) -> None:
         """Refuse fallback chains between logical models that loop back on themselves."""

@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 from iatros import __version__, heap
 from iatros.api.admin import add_admin_routes
 from iatros.api.audio import add_audio_routes
+from iatros.api.scribe import add_scribe_routes
 from iatros.api.chat import add_chat_routes
 from iatros.api.docs import add_docs_routes
 from iatros.api.embeddings import add_embedding_routes
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.admin_key is None and settings.allow_anonymous_loopback:
             _log.warning("no IATROS_ADMIN_KEY set: accepting unauthenticated requests on loopback")
+        for warning in settings.instance_warnings():
+            _log.warning("several instances: %s", warning)
         await services.start()
         await services.jobs.start(settings.jobs.workers)
         drain.on_begin(services.jobs.drain)
@@ -144,6 +147,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
     add_review_routes(app, services.reviews, gov, handle)
     add_audio_routes(app, services.transcriber, gov, handle)
+    add_scribe_routes(app, services.scribe, handle)
     mount_web(app, gw, gov, handle)
     add_ops_routes(app, gw, gov, settled)
     add_docs_routes(app)

@@ -36,6 +36,9 @@ def add_ops_routes(app: FastAPI, gw: Gateway, gov: Governance, settled: asyncio.
         checks["store"] = await asyncio.to_thread(gov.ready)
         checks["heap"] = settled.is_set()
         ready = all(checks.values())
+        drain = getattr(app.state, "drain", None)
+        if drain is not None and drain.draining:  # SIGTERM: the balancer must stop sending
+            return json_response({"status": "draining", "checks": checks}, 503)
         return json_response(
             {"status": "ready" if ready else "starting", "checks": checks}, 200 if ready else 503
         )

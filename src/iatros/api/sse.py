@@ -16,6 +16,7 @@ import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from iatros.api import shutdown
 from iatros.errors import GatewayError
 
 DONE = b"data: [DONE]\n\n"
@@ -47,14 +48,39 @@ class EventStreamResponse(StreamingResponse):
             disconnected = True
             streaming.cancel()
 
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         watcher = asyncio.get_running_loop().create_task(watch())
+        shutdown.track_stream(streaming)
         try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
+            await self.stream_response(sending)
+        except asyncio.CancelledError as exc:
+            if shutdown.is_shutdown(exc) and started and not disconnected:
+                streaming.uncancel()  # the shutdown deadline: say so, then end the stream
+                await send(
+                    {"type": "http.response.body", "body": _shutdown_event(), "more_body": True}
+                )
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             if not disconnected:
                 raise
             streaming.uncancel()  # our own cancellation: the client left, nothing to send
         finally:
+            shutdown.untrack_stream(streaming)
             watcher.cancel()
         if self.background is not None and not disconnected:
             await self.background()
+
+
+def _shutdown_event() -> bytes:
+    exc = GatewayError(
+        "The server is shutting down; the answer was cut short. Retry the request.",
+        code="server_shutting_down",
+    )
+    exc.status = 503
+    return error_event(exc)

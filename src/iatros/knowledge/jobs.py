@@ -9,6 +9,12 @@ and every ``job_poll_s``), and only one of them ever wins. The winner renews its
 every third of ``job_lease_s`` while it works; if it dies, the lease runs out and another
 worker takes the job over; if it finds it has lost the lease (it stalled for longer
 than the lease), it stops, and its late updates are refused by the store.
+
+With a shared queue (Redis, :mod:`iatros.jobs`), uploads go there instead: the files
+travel with the job as attachments, any instance or ``iatros worker`` process runs it
+(handler ``knowledge.ingest``), and any instance answers ``GET /v1/knowledge/jobs/{id}``
+from the queue's record. The SQLite table stays the embedded default (durable on one
+data directory without a server).
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from iatros.jobs import JobContext, JobInfo, JobNotFound, JobQueue
 from iatros.knowledge.context import Context
 from iatros.knowledge.ingestion import Ingestor, Item
 from iatros.knowledge.jobstore import JobStore, new_job_id
 from iatros.knowledge.names import check_collection, check_tenant, mib
-from iatros.knowledge.types import FileReport, JobStatus, KnowledgeError
+from iatros.knowledge.types import FileReport, JobState, JobStatus, KnowledgeError, NotFound
 
+INGEST_JOB = "knowledge.ingest"
 log = logging.getLogger("iatros.knowledge.jobs")
 
 
@@ -55,12 +63,21 @@ class JobRunner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
         self._current: str | None = None
+        self.queue: JobQueue | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, queue: JobQueue) -> None:
+        """Run ingestion as ``knowledge.ingest`` jobs of ``queue``; uploads go there when
+        it is shared (without Redis the SQLite job table stays the queue)."""
+        queue.register(INGEST_JOB, self.run_queued)
+        self.queue = queue
 
     @property
     def jobs(self) -> JobStore:
         return self.ctx.store.jobs
 
     def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._loop(), name="knowledge-jobs")
 
     async def stop(self) -> None:
@@ -96,6 +113,9 @@ class JobRunner:
         check_collection(collection)
         if not files:
             raise KnowledgeError("no files to ingest")
+        self._event_loop = asyncio.get_running_loop()
+        if self.queue is not None and self.queue.shared:
+            return await self._enqueue(tenant, collection, files, metadata or {})
         job_id = new_job_id()
         await self.ctx.run(self._save_upload, job_id, list(files), metadata or {})
         names = [name for name, _ in files]
@@ -118,8 +138,66 @@ class JobRunner:
         (folder / "metadata.json").write_text(json.dumps(metadata))
 
     def job_status(self, tenant: str, job_id: str) -> JobStatus:
-        """The job's state and per-file results so far (NotFound for another tenant's)."""
-        return self.jobs.job(check_tenant(tenant), job_id)
+        """The job's state and per-file results so far (NotFound for another tenant's).
+
+        Blocking (called from a worker thread): a queued job is read on the event loop.
+        """
+        check_tenant(tenant)
+        queue, loop = self.queue, self._event_loop
+        if queue is not None and queue.shared and loop is not None:
+            future = asyncio.run_coroutine_threadsafe(queue.status(job_id, tenant=tenant), loop)
+            try:
+                return _from_queue(future.result(timeout=30))
+            except JobNotFound:
+                pass  # perhaps from before the queue was configured
+        return self.jobs.job(tenant, job_id)
+
+    async def _enqueue(
+        self,
+        tenant: str,
+        collection: str,
+        files: Sequence[tuple[str, bytes]],
+        metadata: dict[str, Any],
+    ) -> str:
+        assert self.queue is not None
+        limit = self.ctx.settings.max_file_bytes
+        attachments = {f"{i:05d}": data for i, (_, data) in enumerate(files) if len(data) <= limit}
+        payload = {
+            "collection": collection,
+            "files": [name for name, _ in files],
+            "stored": [len(data) <= limit for _, data in files],
+            "metadata": metadata,
+        }
+        return await self.queue.enqueue(INGEST_JOB, payload, tenant=tenant, attachments=attachments)
+
+    async def run_queued(self, job: JobContext) -> dict[str, Any]:
+        """The ``knowledge.ingest`` handler: idempotent, since an unchanged file is skipped."""
+        payload = job.payload
+        collection = str(payload["collection"])
+        names = [str(n) for n in payload["files"]]
+        stored = list(payload.get("stored", [True] * len(names)))
+        limit = self.ctx.settings.max_file_bytes
+        items: list[Item] = []
+        for i, name in enumerate(names):
+            if not stored[i]:
+                error = f"file too large: over the {mib(limit)} limit (knowledge.max_file_bytes)"
+                items.append(Item(name, error=error))
+                continue
+            data = await job.attachment(f"{i:05d}")
+            if data is None:
+                items.append(Item(name, error="the uploaded file expired before ingestion"))
+            else:
+                items.append(self.ingestor.item(name, data=data))
+        results: list[dict[str, Any]] = []
+
+        async def on_report(report: FileReport) -> None:
+            results.append(report.to_dict())
+            await job.progress({"results": results})
+
+        report = await self.ingestor.ingest_items(
+            job.tenant, collection, items, None, dict(payload.get("metadata") or {}), on_report
+        )
+        return {"results": [r.to_dict() for r in report.reports]}
 
     # --- running ------------------------------------------------------------------
 
@@ -213,3 +291,33 @@ class JobRunner:
         )
         await self._update(job_id, state="done", results=report.reports)
         await self.ctx.run(shutil.rmtree, folder, ignore_errors=True)
+
+
+_STATES: dict[str, JobState] = {
+    "queued": "queued",
+    "running": "running",
+    "done": "done",
+    "failed": "queued",
+}
+
+
+def _from_queue(info: JobInfo) -> JobStatus:
+    """A queue record in the shape ``GET /v1/knowledge/jobs/{id}`` has always had."""
+    if info.name != INGEST_JOB:
+        raise NotFound(f"no job {info.id!r}")
+    payload_files = info.payload.get("files")
+    source = info.result if info.result is not None else info.progress
+    results = [FileReport.from_dict(r) for r in (source or {}).get("results", [])]
+    error = info.error
+    if info.state == "dead":
+        error = f"failed after {info.attempts} attempt(s): {error}"
+    return JobStatus(
+        info.id,
+        str(info.payload.get("collection", "")),
+        _STATES.get(info.state, "failed"),
+        info.created_at,
+        info.updated_at,
+        list(payload_files) if isinstance(payload_files, list) else [],
+        results,
+        error if info.state in ("dead", "cancelled", "failed") else None,
+    )

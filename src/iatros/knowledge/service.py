@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from iatros.jobs import JobQueue
 from iatros.knowledge.backends.base import BackendFactory, SearchBackend
 from iatros.knowledge.chunking import Chunker
 from iatros.knowledge.context import Context, EmbedFn
@@ -248,6 +249,11 @@ class KnowledgeBase:
     ) -> str:
         """Store the uploaded files and queue their ingestion; returns the job id."""
         return await self._runner.submit_upload(tenant, collection, files, metadata=metadata)
+
+    def attach_queue(self, queue: JobQueue) -> None:
+        """Ingest as ``knowledge.ingest`` jobs of ``queue``; uploads go there when it is
+        shared (Redis), else to the SQLite job table (see :mod:`iatros.knowledge.jobs`)."""
+        self._runner.attach(queue)
 
     def job_status(self, tenant: str, job_id: str) -> JobStatus:
         """The job's state and per-file results so far (NotFound for another tenant's)."""
