@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+from iatros.clinical.scribe.service import ScribeService
 from iatros.clinical.speech.transcriber import Transcriber
 from iatros.config import Settings
 from iatros.gateway.chat import ChatService
@@ -30,6 +31,7 @@ class Services:
     chat: ChatService
     transcriber: Transcriber
     reviews: ReviewDesk
+    scribe: ScribeService
     jobs: JobQueue = field(init=False)
     """The job queue (``iatros.jobs``); workers are started by the server's lifespan
     (``jobs.workers``) or ``iatros worker``, never by a CLI command that only asks."""
@@ -60,7 +62,8 @@ class Services:
         transcriber = Transcriber(gw, settings.transcription)
         reviews = build_review_desk(settings, gov, kb)
         chat = ChatService(gw, gov, grounder, reviews)
-        return cls(settings, gw, gov, kb, chat, transcriber, reviews)
+        scribe = ScribeService(chat, transcriber, gov, settings.scribe)
+        return cls(settings, gw, gov, kb, chat, transcriber, reviews, scribe)
 
     async def start(self) -> None:
         await self.governance.start()

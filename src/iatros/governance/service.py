@@ -39,7 +39,7 @@ from iatros.store.db import Database, database_url
 
 log = logging.getLogger("iatros.governance")
 KEY_CACHE_S = 5.0
-BILLABLE = frozenset({"chat", "embeddings"})
+BILLABLE = frozenset({"chat", "embeddings", "audio", "scribe"})
 """Endpoints that get a usage record (one per request)."""
 
 

@@ -1,0 +1,261 @@
+"""The clinical scribe over HTTP: encounters, drafts, edits, sign-off, amendments, exports.
+
+``POST /v1/scribe/encounters`` takes a transcript (JSON) or a recording (multipart:
+``file`` plus the same fields flattened: ``template``, ``language``, ``patient_id``,
+``patient_name``, ``patient_birth_date``, ``clinician_name``). Encounters belong to the
+caller's tenant: another tenant's id is a 404, as an unknown one. Editing or signing a
+signed note is a 409 that says what to do instead (amend it).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+
+from iatros.api.http import (
+    Handler,
+    error_responses,
+    json_response,
+    openapi_body,
+    parse_body,
+    read_body,
+    validation_error,
+)
+from iatros.api.validation import FreeText, Identifier, ModelInput
+from iatros.clinical.scribe.service import ScribeService
+from iatros.clinical.scribe.templates import templates
+from iatros.errors import InvalidRequest, PayloadTooLarge
+from iatros.gateway import RequestContext
+
+EncounterId = Annotated[str, Path(pattern=r"^enc_[0-9a-f]{24}$")]
+PERMISSION = "chat"
+"""Who may use the scribe: the roles that may ask the models (admin, clinician, service)."""
+
+
+class Patient(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: Identifier | None = Field(None, min_length=1, max_length=64)
+    name: FreeText | None = Field(None, max_length=200)
+    birth_date: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    gender: Literal["male", "female", "other", "unknown"] | None = None
+
+    @field_validator("birth_date")
+    @classmethod
+    def _real_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            date.fromisoformat(value)
+        return value
+
+
+class Clinician(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: FreeText | None = Field(None, max_length=200)
+    qualification: FreeText | None = Field(None, max_length=200)
+
+
+class EncounterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    transcript: ModelInput = Field(min_length=1, max_length=200_000)
+    template: str | None = Field(None, pattern=r"^[a-z_]{1,32}$")
+    language: str | None = Field(None, pattern=r"^[a-z]{2}$")
+    patient: Patient | None = None
+    clinician: Clinician | None = None
+
+
+class Statement(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: ModelInput = Field(min_length=1, max_length=4000)
+    lines: list[Annotated[int, Field(ge=1, le=100_000)]] | None = Field(None, max_length=50)
+
+
+class SectionEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: str = Field(pattern=r"^[a-z_]{1,32}$")
+    statements: list[Statement] = Field(max_length=200)
+
+
+class NoteEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: int | None = Field(None, ge=1, le=100_000)
+    """The version edited; a newer one on the server gives 409 ``version_mismatch``."""
+    sections: list[SectionEdit] = Field(max_length=50)
+    structured: dict[str, list[dict[str, Any]]] | None = None
+
+
+class SignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: FreeText = Field(min_length=1, max_length=200)
+    """The signing clinician's name as it appears on the PDF and in the FHIR attester."""
+    qualification: FreeText | None = Field(None, max_length=200)
+
+
+FORM_FIELDS = {"file", "template", "language", "patient_id", "patient_name",
+               "patient_birth_date", "patient_gender", "clinician_name"}  # fmt: skip
+
+
+async def _from_form(request: Request, max_bytes: int) -> tuple[bytes, str, EncounterRequest]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 65536:
+        raise PayloadTooLarge(
+            f"The recording is larger than {max_bytes} bytes.", param="file", code="audio_too_large"
+        )
+    try:
+        form = await request.form(max_files=1, max_fields=16, max_part_size=max_bytes + 65536)
+    except Exception as exc:
+        raise InvalidRequest(f"The multipart body could not be read: {exc}") from None
+    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unknown parameter '{unknown[0]}'.", param=unknown[0])
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("Send the recording in the file field 'file'.", param="file")
+    values = {k: v for k, v in form.items() if isinstance(v, str) and v != ""}
+    patient = {
+        key: values[f"patient_{key}"]
+        for key in ("id", "name", "birth_date", "gender")
+        if f"patient_{key}" in values
+    }
+    body: dict[str, Any] = {
+        "transcript": "(audio)",
+        "template": values.get("template"),
+        "language": values.get("language"),
+        "patient": patient or None,
+        "clinician": {"name": values["clinician_name"]} if "clinician_name" in values else None,
+    }
+    try:
+        parsed = EncounterRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"The recording is larger than {max_bytes} bytes.", param="file", code="audio_too_large"
+        )
+    return data, upload.filename or "recording", parsed
+
+
+def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> None:
+    limit = scribe.chat.settings.server.max_body_bytes
+    audio_limit = scribe.transcriber.settings.max_file_bytes
+
+    @app.get("/v1/scribe/templates", tags=["Scribe"], summary="Note templates")
+    async def list_templates(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            data = [t.model_dump() for t in templates().values()]
+            return json_response({"object": "list", "data": data})
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.post(
+        "/v1/scribe/encounters",
+        tags=["Scribe"],
+        summary="A new encounter from a transcript (JSON) or a recording (multipart)",
+        status_code=201,
+        responses=error_responses(400, 401, 403, 413, 429, 502, 503),
+        openapi_extra=openapi_body(EncounterRequest),
+    )
+    async def create(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            content_type = request.headers.get("content-type", "")
+            audio: bytes | None = None
+            filename = "recording"
+            if content_type.startswith("multipart/form-data"):
+                audio, filename, body = await _from_form(request, audio_limit)
+            else:
+                body = parse_body(EncounterRequest, await read_body(request, limit))
+            view = await scribe.create(
+                ctx.principal,
+                template=body.template,
+                language=body.language,
+                text=None if audio is not None else body.transcript,
+                audio=audio,
+                filename=filename,
+                patient=body.patient.model_dump(exclude_none=True) if body.patient else None,
+                clinician=(
+                    body.clinician.model_dump(exclude_none=True) if body.clinician else None
+                ),
+            )
+            return json_response(view.as_dict(), 201)
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.get("/v1/scribe/encounters", tags=["Scribe"], summary="Your tenant's encounters")
+    async def list_encounters(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            return json_response({"object": "list", "data": await scribe.encounters(ctx.principal)})
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.get(
+        "/v1/scribe/encounters/{encounter_id}",
+        tags=["Scribe"],
+        summary="An encounter: transcript, note (current or a given version), versions",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def get(
+        request: Request,
+        encounter_id: EncounterId,
+        version: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    ) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            view = await scribe.get(ctx.principal, encounter_id, version)
+            return json_response(view.as_dict())
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.put(
+        "/v1/scribe/encounters/{encounter_id}/note",
+        tags=["Scribe"],
+        summary="Edit the draft note (409 once signed: amend it instead)",
+        responses=error_responses(400, 401, 403, 404, 409),
+        openapi_extra=openapi_body(NoteEdit),
+    )
+    async def edit(request: Request, encounter_id: EncounterId) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            body = parse_body(NoteEdit, await read_body(request, limit))
+            view = await scribe.edit(
+                ctx.principal,
+                encounter_id,
+                [s.model_dump() for s in body.sections],
+                body.structured,
+                body.version,
+            )
+            return json_response(view.as_dict())
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.post(
+        "/v1/scribe/encounters/{encounter_id}/sign",
+        tags=["Scribe"],
+        summary="Sign the note: the version becomes immutable (409 if already signed)",
+        responses=error_responses(400, 401, 403, 404, 409),
+        openapi_extra=openapi_body(SignRequest),
+    )
+    async def sign(request: Request, encounter_id: EncounterId) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            body = parse_body(SignRequest, await read_body(request, limit))
+            view = await scribe.sign(
+                ctx.principal, encounter_id, body.model_dump(exclude_none=True)
+            )
+            return json_response(view.as_dict())
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.post(
+        "/v1/scribe/encounters/{encounter_id}/amend",
+        tags=["Scribe"],
+        summary="Start an amendment: a new draft version of a signed note",
+        responses=error_responses(401, 403, 404, 409),
+    )
+    async def amend(request: Request, encounter_id: EncounterId) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            view = await scribe.amend(ctx.principal, encounter_id)
+            return json_response(view.as_dict(), 201)
+
+        return await handle(request, "scribe", PERMISSION, work)

@@ -1,0 +1,1 @@
+"""The clinical scribe: consultation audio or transcript → draft note → sign-off → export."""
