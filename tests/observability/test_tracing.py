@@ -359,3 +359,45 @@ def test_traceparent_parsing_follows_w3c() -> None:
         assert parse_traceparent(bad) is None, bad
     future = parse_traceparent(f"01-{CLIENT_TRACE}-{CLIENT_SPAN}-00-more")
     assert future is not None and not future.sampled
+
+
+def test_the_otlp_encoder_writes_what_the_official_classes_read() -> None:
+    from iatros.observability.otlp import Encoder
+    from iatros.observability.spans import RemoteParent, RequestTrace
+
+    class _Recorder:
+        def describe_attempt(self, deployment: str, call: Any) -> tuple[str, dict[str, Any]]:
+            return "chat x", {}
+
+        def finish(self, trace: RequestTrace, ctx: Any) -> None:
+            return None
+
+    parent = RemoteParent(int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16), True, "k=v")
+    trace = RequestTrace(int(CLIENT_TRACE, 16), parent, 1_000, _Recorder())
+    trace.root.name, trace.root.end_ns = "chat m", 9_000
+    trace.root.attributes.update({"n": -5, "f": 0.5, "b": True, "s": "é", "big": 2**40})
+    child = trace.child("retrieval h", ids=["c1", "c2"], scores=[0.9, 0.1])
+    child.end_ns, child.error = child.start_ns + 10, "upstream_error"
+    encoder = Encoder({"service.name": "svc"}, "iatros", "1.0", "https://s/1.37.0")
+    for _ in range(2):  # the second time from the memo
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(encoder.request([trace]))
+        (resource_spans,) = message.resource_spans
+        assert resource_spans.resource.attributes[0].value.string_value == "svc"
+        (scope_spans,) = resource_spans.scope_spans
+        assert scope_spans.scope.name == "iatros" and scope_spans.schema_url == "https://s/1.37.0"
+        root, retrieval = scope_spans.spans
+        assert root.trace_id.hex() == CLIENT_TRACE and root.parent_span_id.hex() == CLIENT_SPAN
+        assert root.trace_state == "k=v" and root.kind == 2
+        assert (root.start_time_unix_nano, root.end_time_unix_nano) == (1_000, 9_000)
+        assert root.flags & 0x300 == 0x300  # the parent is known to be remote
+        values = {a.key: a.value for a in root.attributes}
+        assert values["n"].int_value == -5 and values["f"].double_value == 0.5
+        assert values["b"].bool_value is True and values["s"].string_value == "é"
+        assert values["big"].int_value == 2**40
+        assert retrieval.parent_span_id == root.span_id and retrieval.flags & 0x300 == 0x100
+        attrs = {a.key: a.value for a in retrieval.attributes}
+        assert [v.string_value for v in attrs["ids"].array_value.values] == ["c1", "c2"]
+        assert [v.double_value for v in attrs["scores"].array_value.values] == [0.9, 0.1]
+        assert attrs["error.type"].string_value == "upstream_error"
+        assert retrieval.status.code == 2 and retrieval.status.message == "upstream_error"

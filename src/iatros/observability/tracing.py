@@ -30,9 +30,11 @@ that setting.
 never in spans; the tenant and key id are (as they are in the usage records).
 
 **Cost.** The request path records plain objects (:mod:`iatros.observability.spans`);
-the SDK's spans are built once the request has been answered, and the SDK's
-``BatchSpanProcessor`` exports them from its own thread. With tracing off the path pays
-a ``None`` check per step.
+once the request has been answered they are kept for the explorer and queued for the
+OTLP exporter's thread (:mod:`iatros.observability.otlp`, which writes the protobuf itself:
+the SDK's exporter cost more than the request). SDK span processors added with
+:meth:`Tracing.add_processor` (the tests' ``InMemorySpanExporter``) get SDK
+``ReadableSpan`` objects. With tracing off the path pays a ``None`` check per step.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from iatros.observability.otel_env import LIMIT, Resolved, resolve
+from iatros.observability.otlp import Encoder, OtlpExporter
 from iatros.observability.settings import TracingSettings
 from iatros.observability.spans import (
     RemoteParent,
@@ -168,6 +171,7 @@ class Tracing:
             self._attempts[name] = (f"chat {info.model}", self._static_attributes(name, info))
         self._processors: list[SpanProcessor] = list(processors or ())
         self._resource: Any = None
+        self.exporter: OtlpExporter | None = None
         self._scope: Any = None
         if self.enabled:
             self._start_sdk()
@@ -221,13 +225,8 @@ class Tracing:
         self._resource = Resource.create({SERVICE_NAME: self.config.service_name})
         self._scope = InstrumentationScope("iatros", __version__, SCHEMA_URL)
         if self.config.endpoint is not None:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-            exporter = OTLPSpanExporter(
-                endpoint=self.config.endpoint, headers=self.config.headers or None
-            )
-            self._processors.append(BatchSpanProcessor(exporter))
+            encoder = Encoder(dict(self._resource.attributes), "iatros", __version__, SCHEMA_URL)
+            self.exporter = OtlpExporter(self.config.endpoint, self.config.headers, encoder)
             log.info("tracing on", extra={"endpoint": self.config.endpoint})
         else:
             log.info("tracing on, kept locally (no OTLP endpoint)")
@@ -312,6 +311,8 @@ class Tracing:
         if self.log_content and ctx.content is not None:
             self._add_content(attributes, ctx.content)
         self.store.add(ctx.request_id, trace)
+        if self.exporter is not None:
+            self.exporter.add(trace)
         if self._processors:
             for span in self.readable(trace):
                 for processor in self._processors:
@@ -378,6 +379,8 @@ class Tracing:
 
     def close(self) -> None:
         """Export what is pending (bounded by the processors' own timeouts)."""
+        if self.exporter is not None:
+            self.exporter.close()
         for processor in self._processors:
             try:
                 processor.shutdown()
