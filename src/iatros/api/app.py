@@ -38,6 +38,7 @@ from iatros.api.chat import add_chat_routes
 from iatros.api.docs import add_docs_routes
 from iatros.api.embeddings import add_embedding_routes
 from iatros.api.http import RequestScope, error_response, log
+from iatros.api.jobs import add_job_routes
 from iatros.api.knowledge import add_knowledge_routes
 from iatros.api.models import add_model_routes
 from iatros.api.openapi import build_openapi
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     add_model_routes(app, gw, handle)
     add_admin_routes(app, gw, gov, handle)
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
+    add_job_routes(app, services.jobs, gov, handle)
     add_review_routes(app, services.reviews, gov, handle)
     add_audio_routes(app, services.transcriber, gov, handle)
     add_scribe_routes(app, services.scribe, handle)

@@ -17,6 +17,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "audit:read": frozenset({"admin", "auditor"}),
     "deployments:read": frozenset({"admin"}),
     "cache:manage": frozenset({"admin"}),
+    "jobs:manage": frozenset({"admin"}),
     "knowledge:read": frozenset({"admin", "clinician", "service"}),
     "knowledge:write": frozenset({"admin", "clinician", "service"}),
     "feedback": frozenset({"admin", "clinician", "service"}),

@@ -11,6 +11,7 @@ the ``x-iatros-instance`` response header says which instance answered.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -328,3 +329,103 @@ class Cluster:
             resp = client.post("/admin/keys", json={"role": "clinician", **fields})
             resp.raise_for_status()
             return str(resp.json()["key"])
+
+
+# --- load: plain and streaming chat requests through the balancer -------------------------
+
+CHAT = {
+    "model": "assistant",
+    "messages": [{"role": "user", "content": "What is ibuprofen?"}],
+    "iatros": {"cache": "no-cache"},  # every request reaches an instance's upstream call
+}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One request of a load run: when, on which instance, how it ended."""
+
+    kind: str  # "plain" or "stream"
+    started: float
+    ended: float
+    status: int
+    instance: str
+    result: str  # "ok", "http_error", "transport_error", "error_event", "truncated"
+    detail: str = ""
+
+
+async def _plain(client: httpx.AsyncClient, key: str) -> tuple[int, str, str, str]:
+    resp = await client.post(
+        "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"}
+    )
+    result = "ok" if resp.status_code == 200 else "http_error"
+    return resp.status_code, resp.headers.get("x-iatros-instance", ""), result, resp.text[:200]
+
+
+async def _stream(client: httpx.AsyncClient, key: str) -> tuple[int, str, str, str]:
+    body = {**CHAT, "stream": True}
+    async with client.stream(
+        "POST", "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as resp:
+        instance = resp.headers.get("x-iatros-instance", "")
+        if resp.status_code != 200:
+            return resp.status_code, instance, "http_error", (await resp.aread()).decode()[:200]
+        last = ""
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                last = line[6:]
+                if last.startswith('{"error"'):
+                    return 200, instance, "error_event", last[:200]
+        # Closed cleanly: it must have said [DONE], or it is a silent truncation.
+        return 200, instance, "ok" if last == "[DONE]" else "truncated", last[:200]
+
+
+async def run_load(
+    url: str,
+    key: str,
+    duration_s: float,
+    *,
+    plain_clients: int = 8,
+    stream_clients: int = 4,
+    stop: Any = None,
+) -> list[Outcome]:
+    """Closed-loop clients (each on its own connection) until ``duration_s`` or ``stop``
+    (a ``threading.Event``) is set; every request's outcome is returned."""
+    outcomes: list[Outcome] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + duration_s
+
+    async def client_loop(kind: str) -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        timeout = httpx.Timeout(60, connect=5)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+            while loop.time() < end and not (stop is not None and stop.is_set()):
+                started = time.time()
+                try:
+                    call = _stream if kind == "stream" else _plain
+                    status, instance, result, detail = await call(client, key)
+                except httpx.HTTPError as exc:
+                    status, instance, result = 0, "", "transport_error"
+                    detail = f"{type(exc).__name__}: {exc}"[:200]
+                outcomes.append(
+                    Outcome(kind, started, time.time(), status, instance, result, detail)
+                )
+
+    await asyncio.gather(
+        *[client_loop("plain") for _ in range(plain_clients)],
+        *[client_loop("stream") for _ in range(stream_clients)],
+    )
+    return outcomes
+
+
+def load_in_thread(url: str, key: str, duration_s: float, **kw: Any) -> tuple[Any, list[Outcome]]:
+    """Start :func:`run_load` in a thread; join the thread, then read the list."""
+    import threading
+
+    outcomes: list[Outcome] = []
+
+    def target() -> None:
+        outcomes.extend(asyncio.run(run_load(url, key, duration_s, **kw)))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcomes

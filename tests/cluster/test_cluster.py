@@ -1,0 +1,151 @@
+"""Three ``iatros serve`` processes behind HAProxy, sharing Redis and PostgreSQL.
+
+The short form of ``bench/cluster.py`` (which runs longer loads and writes
+``bench/results/cluster-*.json``). One cluster serves the module; the tests run in
+file order, the destructive ones (kill, rolling restart) last.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from iatros.testing.cluster import ADMIN_KEY, CHAT, Cluster, Outcome, load_in_thread
+
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # 100 ms between streamed chunks: a stream lasts about a second, so some are
+    # always in flight when an instance is killed or restarted.
+    with Cluster(size=3, token_delay_ms=100, shutdown_timeout_s=10) as running:
+        yield running
+
+
+def _failures(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.result != "ok"]
+
+
+def test_d_a_cache_entry_stored_by_one_instance_is_a_hit_on_another(cluster: Cluster) -> None:
+    body = {"model": "assistant", "messages": [{"role": "user", "content": "cache across?"}]}
+    first, third = cluster.instances[0], cluster.instances[2]
+    stored = httpx.post(first.url + "/v1/chat/completions", json=body, headers=ADMIN, timeout=30)
+    assert stored.status_code == 200 and stored.headers["x-iatros-cache"] == "miss"
+    hit = httpx.post(third.url + "/v1/chat/completions", json=body, headers=ADMIN, timeout=30)
+    assert hit.status_code == 200
+    assert hit.headers["x-iatros-cache"] == "hit-exact"
+    assert hit.json()["choices"][0]["message"] == stored.json()["choices"][0]["message"]
+
+
+def test_a_a_60_rpm_limit_holds_exactly_across_instances(cluster: Cluster) -> None:
+    key = cluster.create_key(rpm=60)
+    headers = {"authorization": f"Bearer {key}"}
+
+    def one(_: int) -> tuple[int, str]:
+        resp = httpx.post(
+            cluster.url + "/v1/chat/completions", json=CHAT, headers=headers, timeout=30
+        )
+        return resp.status_code, resp.headers.get("x-iatros-instance", "")
+
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(one, range(150)))
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {200: 60, 429: 90}, statuses
+    assert len({inst for status, inst in results if status == 200}) == 3  # all took part
+
+
+def test_e_100_ingestion_jobs_each_processed_exactly_once_by_3_workers(cluster: Cluster) -> None:
+    collection = "exactly-once"
+
+    def upload(i: int) -> str:
+        doc = f"# Protocol {i}\n\nStep {i}: rinse with chlorhexidine {i} times.\n".encode()
+        resp = httpx.post(
+            f"{cluster.url}/v1/knowledge/collections/{collection}/documents",
+            files={"files": (f"protocol-{i:03d}.md", doc, "text/markdown")},
+            headers=ADMIN,
+            timeout=30,
+        )
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["job_id"])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        job_ids = list(pool.map(upload, range(100)))
+    assert len(set(job_ids)) == 100
+    pending = set(job_ids)
+    deadline = time.monotonic() + 120
+    statuses: dict[str, dict[str, object]] = {}
+    with httpx.Client(base_url=cluster.url, headers=ADMIN, timeout=30) as client:
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending):  # through the balancer: any instance answers
+                job = client.get(f"/v1/knowledge/jobs/{job_id}").json()
+                if job["state"] in ("done", "failed"):
+                    statuses[job_id] = job
+                    pending.discard(job_id)
+            time.sleep(0.2)
+        assert not pending, f"{len(pending)} jobs not finished"
+        assert {j["state"] for j in statuses.values()} == {"done"}
+        runs = [client.get(f"/admin/jobs/{job_id}").json() for job_id in job_ids]
+    assert [r["attempts"] for r in runs] == [1] * 100  # no job started twice
+    per_instance: dict[str, list[str]] = {}
+    for inst in cluster.instances:  # each instance lists the documents it ingested
+        docs = httpx.get(
+            f"{inst.url}/v1/knowledge/collections/{collection}/documents",
+            headers=ADMIN,
+            timeout=30,
+        )
+        names = [d["name"] for d in docs.json()["data"]] if docs.status_code == 200 else []
+        per_instance[inst.name] = names
+    everything = [n for names in per_instance.values() for n in names]
+    assert len(everything) == 100 and len(set(everything)) == 100, per_instance
+    busy = [name for name, names in per_instance.items() if names]
+    assert len(busy) >= 2, {k: len(v) for k, v in per_instance.items()}
+
+
+def test_b_an_instance_killed_under_load(cluster: Cluster) -> None:
+    victim = cluster.instances[1]
+    thread, outcomes = load_in_thread(
+        cluster.url, ADMIN_KEY, 7.0, plain_clients=8, stream_clients=6
+    )
+    time.sleep(3.0)
+    killed_at = time.time()
+    cluster.kill(victim)
+    thread.join(60)
+    cluster.restart(victim)  # for the tests after this one
+    plain = [o for o in outcomes if o.kind == "plain"]
+    streams = [o for o in outcomes if o.kind == "stream"]
+    assert len(plain) > 50 and len(streams) > 10
+    assert _failures(plain) == []  # HAProxy resent them to a live instance
+    cut = [o for o in streams if o.result != "ok"]
+    assert not [o for o in cut if o.result == "truncated"]  # never a silent clean end
+    for o in cut:  # only streams of the killed instance, in flight at the kill, failed
+        assert o.started <= killed_at + 0.5 <= o.ended + 0.5, o
+        assert o.result in ("transport_error", "error_event"), o
+    assert cut, "no stream was in flight on the killed instance: the test proved nothing"
+    after = [o for o in streams if o.started > killed_at + 0.5]
+    assert after and all(o.result == "ok" for o in after)
+
+
+def test_f_rolling_restart_of_all_three_with_zero_failed_requests(cluster: Cluster) -> None:
+    stop = __import__("threading").Event()
+    thread, outcomes = load_in_thread(
+        cluster.url, ADMIN_KEY, 300.0, plain_clients=8, stream_clients=4, stop=stop
+    )
+    time.sleep(1.0)
+    try:
+        for inst in cluster.instances:
+            assert cluster.terminate(inst) in (0, -15)  # graceful: in-flight work finished
+            cluster.restart(inst)
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert len(outcomes) > 100
+    assert _failures(outcomes) == []
+    served = Counter(o.instance for o in outcomes)
+    assert set(served) == {"i1", "i2", "i3"}
