@@ -139,6 +139,9 @@ def test_a_wrong_number_is_withheld_escalated_and_not_cached(clinic: Any) -> Non
     # Asked again: the withheld draft was not cached, the model is asked again.
     again = _ask(server, clinician, "wrong", conversation_id="conv-1")
     assert again.headers["x-iatros-cache"] != "hit-exact"
+    with server.http() as http:
+        metrics = http.get("/metrics").text
+    assert 'iatros_grounded_answers_total{outcome="withheld",route="wrong"} 2.0' in metrics
 
 
 def test_a_supported_answer_passes_and_says_so(clinic: Any) -> None:
@@ -385,3 +388,75 @@ def test_capability_is_checked_and_kept_on_rotation(clinic: Any) -> None:
         assert rotated["capabilities"] == ["reviewer"]
     with server.http(rotated["key"]) as http:
         assert http.get("/v1/reviews").status_code == 200
+
+
+def test_cli_lists_shows_and_answers_in_process_and_over_http(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = _config(tmp_path / "data")
+    config_file = tmp_path / "iatros.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    server = server_factory(config)
+    server.wait_ready()
+    with server.http() as http:
+        first = http.post("/v1/reviews", json={"question": "Is 2 mg too much?"}).json()
+        second = http.post("/v1/reviews", json={"question": "Call the lab?"}).json()
+
+    def iatros(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IATROS_")}
+        return subprocess.run(
+            [sys.executable, "-m", "iatros", "reviews", *args],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    listed = iatros("list", "--json", "--config", str(config_file))
+    assert listed.returncode == 0, listed.stderr
+    ids = [orjson.loads(line)["id"] for line in listed.stdout.splitlines()]
+    assert {first["id"], second["id"]} <= set(ids)
+    answered = iatros(
+        "answer", first["id"], "--text", "No, 2 mg is the usual dose.", "--name", "Dr Lee",
+        "--config", str(config_file),
+    )  # fmt: skip
+    assert answered.returncode == 0, answered.stderr
+    twice = iatros("answer", first["id"], "--text", "again", "--config", str(config_file))
+    assert twice.returncode == 1 and "409" in twice.stderr
+    remote = ("--url", server.url, "--key", ADMIN_KEY)
+    shown = iatros("show", first["id"], *remote)
+    assert shown.returncode == 0, shown.stderr
+    item = orjson.loads(shown.stdout)
+    assert item["answer"] == "No, 2 mg is the usual dose." and item["reviewer_name"] == "Dr Lee"
+    assert item["answered_by"] == "cli"
+    dismissed = iatros("dismiss", second["id"], "--note", "duplicate", *remote)
+    assert dismissed.returncode == 0, dismissed.stderr
+    missing = iatros("show", "rev_missing", *remote)
+    assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_a_model_failure_on_a_knowledge_route_is_escalated(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "data")
+    config["providers"]["down"] = {
+        "type": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 1,
+    }  # fmt: skip
+    config["deployments"]["down-d"] = {"provider": "down", "model": "m"}
+    config["models"]["broken"] = {"deployments": ["down-d"], "knowledge": "handbook",
+                                  "retry": {"max_attempts": 1}}  # fmt: skip
+    server = server_factory(config)
+    server.wait_ready()
+    _ingest(server)
+    with server.http() as http:
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "broken", "messages": [{"role": "user", "content": QUESTION}]},
+        )
+        assert r.status_code >= 500
+        items = http.get("/v1/reviews", params={"reason": "model_failure"}).json()["data"]
+    assert len(items) == 1 and items[0]["question"] == QUESTION
+    assert items[0]["request_id"] == r.headers["x-iatros-request-id"]

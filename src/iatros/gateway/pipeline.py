@@ -450,6 +450,8 @@ class Gateway:
             prompt_tokens=ctx.usage.prompt_tokens,
             completion_tokens=ctx.usage.completion_tokens,
         )
+        if ctx.grounding:
+            self.metrics.grounded_answer(ctx.model, ctx.grounding)
         if log.isEnabledFor(logging.INFO):
             log_request(
                 "iatros.gateway",

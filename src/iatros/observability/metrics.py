@@ -161,6 +161,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.grounded = Counter(
+            "iatros_grounded_answers",
+            "Answers on knowledge routes by safety outcome (supported, no-details, flagged, "
+            "withheld, escalated, reviewed): the clinical-safety rates",
+            ("route", "outcome"),
+            registry=self.registry,
+        )
         self.tokens = Counter(
             "iatros_tokens", "Tokens processed", ("model", "direction"), registry=self.registry
         )
@@ -247,6 +254,9 @@ class Metrics:
 
     def count_probe(self, deployment: str, passed: bool) -> None:
         self._child(self.probes, deployment, "pass" if passed else "fail").inc()
+
+    def grounded_answer(self, route: str, outcome: str) -> None:
+        self.tally.inc(self._child(self.grounded, route, outcome))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
