@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
@@ -244,6 +245,45 @@ def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> N
                 ctx.principal, encounter_id, body.model_dump(exclude_none=True)
             )
             return json_response(view.as_dict())
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.get(
+        "/v1/scribe/encounters/{encounter_id}/pdf",
+        tags=["Scribe"],
+        summary="The note as a PDF (a DRAFT mark until it is signed)",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def pdf(
+        request: Request,
+        encounter_id: EncounterId,
+        version: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    ) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            view, data = await scribe.export_pdf(ctx.principal, encounter_id, version)
+            name = f"{view.id}-v{view.version}.pdf"
+            return Response(
+                data,
+                media_type="application/pdf",
+                headers={"content-disposition": f'inline; filename="{name}"'},
+            )
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.get(
+        "/v1/scribe/encounters/{encounter_id}/fhir",
+        tags=["Scribe"],
+        summary="The note as an HL7 FHIR R4 document Bundle (PDF in its DocumentReference)",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def fhir(
+        request: Request,
+        encounter_id: EncounterId,
+        version: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    ) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            _, bundle = await scribe.export_fhir(ctx.principal, encounter_id, version)
+            return Response(orjson.dumps(bundle), media_type="application/fhir+json")
 
         return await handle(request, "scribe", PERMISSION, work)
 

@@ -120,6 +120,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _aware(value: datetime) -> datetime:
+    """SQLite gives back naive datetimes; every one stored here is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return _aware(value).isoformat() if value is not None else None
+
+
 def _digest(content: dict[str, Any]) -> str:
     import orjson
 
@@ -220,8 +229,8 @@ class EncounterStore:
             return EncounterView(
                 id=row.id,
                 tenant=t,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
+                created_at=_aware(row.created_at),
+                updated_at=_aware(row.updated_at),
                 template=row.template,
                 language=row.language,
                 source=row.source,
@@ -245,15 +254,15 @@ class EncounterStore:
                     {
                         "version": v.version,
                         "status": v.status,
-                        "created_at": v.created_at.isoformat(),
-                        "signed_at": v.signed_at.isoformat() if v.signed_at else None,
+                        "created_at": _iso(v.created_at),
+                        "signed_at": _iso(v.signed_at),
                         "signed_by": v.signed_by,
                         "content_sha256": v.content_sha256,
                     }
                     for v in versions
                 ],
                 has_audio=row.audio is not None,
-                audio_deleted_at=row.audio_deleted_at,
+                audio_deleted_at=_aware(row.audio_deleted_at) if row.audio_deleted_at else None,
             )
 
     def list(self, tenant: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -265,7 +274,7 @@ class EncounterStore:
                 {
                     "id": r.id,
                     "object": "scribe.encounter",
-                    "created_at": r.created_at.isoformat(),
+                    "created_at": _iso(r.created_at),
                     "template": r.template,
                     "language": r.language,
                     "status": r.status,

@@ -12,6 +12,8 @@ import asyncio
 from typing import Any
 
 from iatros.auth import Principal
+from iatros.clinical.export.fhir import build_bundle
+from iatros.clinical.export.pdf import render_pdf
 from iatros.clinical.scribe.crypto import Sealer
 from iatros.clinical.scribe.drafting import DraftContext, NoteDrafter
 from iatros.clinical.scribe.extraction import extract
@@ -221,6 +223,26 @@ class ScribeService:
             audio_deleted=dropped,
         )  # fmt: skip
         return view
+
+    async def export_pdf(
+        self, principal: Principal, encounter_id: str, version: int | None = None
+    ) -> tuple[EncounterView, bytes]:
+        view = await self.get(principal, encounter_id, version, action="scribe.export.pdf")
+        pdf = await asyncio.to_thread(render_pdf, view.as_dict(), self.settings.practice_name)
+        return view, pdf
+
+    async def export_fhir(
+        self, principal: Principal, encounter_id: str, version: int | None = None
+    ) -> tuple[EncounterView, dict[str, Any]]:
+        """The FHIR document, with the PDF inside its DocumentReference."""
+        view = await self.get(principal, encounter_id, version, action="scribe.export.fhir")
+        data = view.as_dict()
+
+        def build() -> dict[str, Any]:
+            pdf = render_pdf(data, self.settings.practice_name)
+            return build_bundle(data, self.settings.practice_name, pdf)
+
+        return view, await asyncio.to_thread(build)
 
     async def amend(self, principal: Principal, encounter_id: str) -> EncounterView:
         version = await asyncio.to_thread(
