@@ -60,6 +60,7 @@ class Texts:
     source_says: str
     unverified: str
     reviewer_asked: str
+    negation: str
 
 
 TEXTS = {
@@ -69,6 +70,7 @@ TEXTS = {
         source_says="The closest source says:",
         unverified="unverified",
         reviewer_asked="A reviewer has been asked to answer.",
+        negation="negation",
     ),
     "fr": Texts(
         withheld="Je n'ai pas pu vérifier {count} de cette réponse dans les sources : "
@@ -76,6 +78,7 @@ TEXTS = {
         source_says="La source la plus proche dit :",
         unverified="non vérifié",
         reviewer_asked="La question a été transmise à une personne pour réponse.",
+        negation="négation",
     ),
 }
 
@@ -257,7 +260,8 @@ def _flag_sentences(text: str, unsupported: list[Detail], texts: Texts) -> str:
     """``text`` with a marker after each sentence that has an unsupported detail."""
     by_sentence: dict[str, list[str]] = {}
     for detail in unsupported:
-        by_sentence.setdefault(detail.sentence, []).append(detail.value)
+        label = texts.negation if detail.kind == "negation" else detail.value
+        by_sentence.setdefault(detail.sentence, []).append(label)
     out = text
     for sentence, values in by_sentence.items():
         marker = f" ⚠ [{texts.unverified}: {', '.join(dict.fromkeys(values))}]"

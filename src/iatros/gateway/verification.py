@@ -213,10 +213,16 @@ class Verification:
 # -- sentences and sources ---------------------------------------------------------------
 
 
+_MARKER_ONLY = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s*$")
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences (and list items) of ``text``, stripped; empty pieces dropped."""
+    """Sentences (and list items) of ``text``, stripped; empty pieces and list markers
+    (``1.``, ``2)``, ``-``) dropped: a list's numbering is not a detail to verify."""
     out = []
     for piece in _SENTENCE_END.split(text):
+        if _MARKER_ONLY.match(piece):
+            continue
         piece = _LIST_MARKER.sub("", piece).strip()
         if piece:
             out.append(piece)
