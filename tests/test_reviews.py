@@ -11,15 +11,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import httpx
 import orjson
 import pytest
 
-from tests.conftest import ADMIN_KEY, RunningServer, free_port
-
 from iatros.reviews import verify_signature
+from tests.conftest import ADMIN_KEY, RunningServer, free_port
 
 DOC = (
     "Fluoride toothpaste. Adults should brush twice daily with a toothpaste containing "
@@ -226,7 +224,9 @@ def test_out_of_scope_question_reaches_a_reviewer_and_the_answer_comes_back(clin
     assert mine["data"][0]["answer"] == "This is outside what the practice answers."
     assert mine["data"][0]["reviewer_name"] == "Dr Martin"
     with server.http() as http:
-        actions = [e["action"] for e in http.get("/admin/audit", params={"limit": 200}).json()["data"]]
+        actions = [
+            e["action"] for e in http.get("/admin/audit", params={"limit": 200}).json()["data"]
+        ]
     assert {"review.created", "review.claimed", "review.answered"} <= set(actions)
 
 
@@ -280,10 +280,10 @@ def test_bad_review_input_gets_precise_errors(clinic: Any) -> None:
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
     fail = True
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         type(self).received.append((dict(self.headers.items()), body))
         self.send_response(503 if type(self).fail else 200)
@@ -305,7 +305,9 @@ def test_webhooks_are_signed_retried_then_failed_and_logged(
     hook = {"secret": WEBHOOK_SECRET, "max_attempts": 3, "backoff_base_s": 0.05,
             "poll_interval_s": 0.05, "timeout_s": 1}  # fmt: skip
     down = server_factory(
-        _config(tmp_path / "a", reviews={"webhook": {"url": f"http://127.0.0.1:{dead_port}/h", **hook}})
+        _config(
+            tmp_path / "a", reviews={"webhook": {"url": f"http://127.0.0.1:{dead_port}/h", **hook}}
+        )
     )
     down.wait_ready()
     with down.http() as http:

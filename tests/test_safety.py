@@ -42,8 +42,16 @@ class _Queue:
     def __init__(self) -> None:
         self.raised: list[dict[str, Any]] = []
 
-    async def escalate(self, ctx: Any, grounding: Any, reason: str, messages: Any, *,
-                       draft: str | None = None, conversation_id: str | None = None) -> Any:  # fmt: skip
+    async def escalate(
+        self,
+        ctx: Any,
+        grounding: Any,
+        reason: str,
+        messages: Any,
+        *,
+        draft: str | None = None,
+        conversation_id: str | None = None,
+    ) -> Any:
         self.raised.append({"reason": reason, "draft": draft, "conversation": conversation_id})
         return {"id": "rev_1", "status": "open", "reason": reason}
 
