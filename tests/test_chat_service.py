@@ -119,8 +119,12 @@ def _iatros(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 def _details(stderr: str) -> dict[str, Any]:
+    """The ``--details`` line; a review item's id (each escalation raises its own) aside."""
     line = [ln for ln in stderr.splitlines() if ln.startswith("{")][-1]
     info: dict[str, Any] = orjson.loads(line)
+    review = (info.get("iatros") or {}).get("review")
+    if review is not None:
+        assert review.pop("id").startswith("rev_")
     return info
 
 
