@@ -36,6 +36,7 @@ from iatros.api.audio import add_audio_routes
 from iatros.api.scribe import add_scribe_routes
 from iatros.api.chat import add_chat_routes
 from iatros.api.docs import add_docs_routes
+from iatros.api.explorer import add_explorer_routes
 from iatros.api.embeddings import add_embedding_routes
 from iatros.api.http import RequestScope, error_response, log
 from iatros.api.jobs import add_job_routes
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     app.fast_routes[("POST", "/v1/embeddings")] = add_embedding_routes(app, gw, gov, handle)
     add_model_routes(app, gw, handle)
     add_admin_routes(app, gw, gov, handle)
+    add_explorer_routes(app, gw, gov, handle)
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
     add_job_routes(app, services.jobs, gov, handle)
     add_review_routes(app, services.reviews, gov, handle)

@@ -4,11 +4,12 @@ import { api, ApiError, session } from "./api.js";
 import * as chat from "./chat.js";
 import * as dashboard from "./dashboard.js";
 import * as documents from "./documents.js";
+import * as explorer from "./explorer.js";
 import { $, $$, announce } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { applyTranslations, language, loadLanguages, onLanguageChange, setLanguage, t } from "./i18n.js";
 
-const views = { chat, documents, dashboard };
+const views = { chat, documents, dashboard, requests: explorer };
 const state = { me: null, current: null };
 
 /** Which views the caller's role may use (what it may not do is not shown at all). */
@@ -18,6 +19,7 @@ function allowedViews(me) {
   if (caps.chat) out.push("chat");
   if (caps.documents && me.features?.knowledge) out.push("documents");
   if (caps.dashboard) out.push("dashboard");
+  if (caps.dashboard) out.push("requests");
   return out;
 }
 
