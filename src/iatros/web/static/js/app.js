@@ -5,11 +5,12 @@ import * as chat from "./chat.js";
 import * as dashboard from "./dashboard.js";
 import * as documents from "./documents.js";
 import * as explorer from "./explorer.js";
+import * as scribe from "./scribe.js";
 import { $, $$, announce } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { applyTranslations, language, loadLanguages, onLanguageChange, setLanguage, t } from "./i18n.js";
 
-const views = { chat, documents, dashboard, requests: explorer };
+const views = { chat, documents, dashboard, requests: explorer, scribe };
 const state = { me: null, current: null };
 
 /** Which views the caller's role may use (what it may not do is not shown at all). */
@@ -17,6 +18,7 @@ function allowedViews(me) {
   const caps = me.capabilities || {};
   const out = [];
   if (caps.chat) out.push("chat");
+  if (caps.chat) out.push("scribe"); // the scribe needs the same permission as chat
   if (caps.documents && me.features?.knowledge) out.push("documents");
   if (caps.dashboard) out.push("dashboard");
   if (caps.dashboard) out.push("requests");
