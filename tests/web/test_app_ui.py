@@ -65,7 +65,7 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
     page.locator("#identity").wait_for(state="visible")
     assert page.locator("#who-tenant").inner_text() == "clinic-roles"
     assert page.locator("#who-role").inner_text() == "clinician"
-    assert visible_nav(page) == ["chat", "documents"]  # no dashboard for a clinician
+    assert visible_nav(page) == ["chat", "documents", "scribe"]  # no dashboard for a clinician
     assert page.locator("#view-chat").is_visible()
     page.goto(web_server.url + "/#/dashboard")  # not allowed: back to the chat
     page.locator("#view-chat").wait_for(state="visible")
@@ -86,7 +86,7 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
     page.locator("#signout").click()
 
     sign_in(page, web_server, ADMIN_KEY)
-    assert visible_nav(page) == ["chat", "documents", "dashboard", "requests"]
+    assert visible_nav(page) == ["chat", "documents", "dashboard", "requests", "scribe"]
     assert page.locator("#who-role").inner_text() == "administrator"
 
 
