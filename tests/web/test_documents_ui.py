@@ -129,8 +129,14 @@ class FakeKnowledge:
             body = json.loads(request.post_data or "{}")
             self.chat_bodies.append(body)
             question = body["messages"][-1]["content"]
+            last: dict[str, Any] = {}
             if "unknown" in question:
-                extra = {"sources": [], "confidence": 0.08, "escalate": True}
+                extra = {
+                    "sources": [],
+                    "retrieval_match": 0.08,
+                    "escalate": True,
+                    "review": {"id": "rev_fake0001", "status": "open", "reason": "no_source"},
+                }
                 text = "I don't know: the documents available to me do not answer this question."
             else:
                 extra = {
@@ -143,10 +149,15 @@ class FakeKnowledge:
                             "score": 0.82,
                         }
                     ],
-                    "confidence": 0.93,
+                    "retrieval_match": 0.93,
                     "escalate": False,
                 }
                 text = "Give **50 mg/kg/day** in two doses [1]."
+                detail = {"kind": "number", "detail": "50 mg/kg/day", "sentence": text,
+                          "source": 1, "evidence": HOSTILE_SNIPPET}  # fmt: skip
+                last = {"verification": {"status": "supported", "policy": "withhold",
+                                         "action": "none", "supported": [detail],
+                                         "unsupported": []}}  # fmt: skip
             route.fulfill(
                 status=200,
                 headers={
@@ -156,13 +167,13 @@ class FakeKnowledge:
                     "x-iatros-route": "assistant; strategy=priority; pick=fake-gpt",
                     "x-iatros-cache": "miss",
                 },
-                body=sse(extra, text),
+                body=sse(extra, text, last),
             )
             return
         route.fallback()
 
 
-def sse(extra: dict[str, Any], text: str) -> str:
+def sse(extra: dict[str, Any], text: str, last: dict[str, Any] | None = None) -> str:
     def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
         data = {
             "id": "chatcmpl-x",
@@ -176,7 +187,8 @@ def sse(extra: dict[str, Any], text: str) -> str:
 
     pieces = [chunk({"role": "assistant", "content": ""}, iatros=extra)]
     pieces += [chunk({"content": word}) for word in re.split(r"(?<= )", text)]
-    pieces.append(chunk({}, "stop"))
+    # The verification rides on the last chunk (the one with finish_reason), as the gateway's.
+    pieces.append(chunk({}, "stop", **({"iatros": last} if last else {})))
     return "".join(pieces) + "data: [DONE]\n\n"
 
 
@@ -258,7 +270,9 @@ def test_answers_show_their_sources_and_the_escalation(
     page.keyboard.press("Enter")
     answer = page.locator(".msg-assistant").last
     answer.locator("xpath=self::*[@data-status='done']").wait_for()
-    assert knowledge.chat_bodies[-1]["iatros"] == {"knowledge": "protocols"}
+    sent = knowledge.chat_bodies[-1]["iatros"]
+    assert sent["knowledge"] == "protocols" and set(sent) == {"knowledge", "conversation_id"}
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", sent["conversation_id"])
 
     sources = answer.locator(".sources")
     assert sources.is_visible()
@@ -267,7 +281,12 @@ def test_answers_show_their_sources_and_the_escalation(
     assert sources.locator(".source-snippet").inner_text() == HOSTILE_SNIPPET
     assert "relevance 82%" in sources.inner_text()
     assert sources.locator("a, img, script, b").count() == 0
-    assert "confidence 93%" in answer.locator(".msg-meta").inner_text()
+    meta = answer.locator(".msg-meta")
+    assert "retrieval match 93%" in meta.inner_text()
+    assert "not a measure of whether the answer is right" in (
+        meta.locator(".badge-match").get_attribute("title") or ""
+    )
+    assert meta.locator(".trust").inner_text().strip() == "verified against the sources"
     # Sources sit beside the answer on a wide screen.
     main_box = answer.locator(".msg-main").bounding_box()
     side_box = sources.bounding_box()
@@ -287,8 +306,11 @@ def test_answers_show_their_sources_and_the_escalation(
     banner = refusal.locator(".escalate")
     assert banner.get_attribute("role") == "note"
     dont = "I don\N{RIGHT SINGLE QUOTATION MARK}t know"
-    assert f"{dont} — passed on to a person" in banner.inner_text()
-    assert "confidence 8%" in refusal.locator(".msg-meta").inner_text()
+    assert dont in banner.inner_text()
+    assert "Passed to a reviewer" in refusal.locator(".review-state").inner_text()
+    assert "retrieval match 8%" in refusal.locator(".msg-meta").inner_text()
+    # The same conversation goes on under the same id (the reviewer's answer comes back to it).
+    assert knowledge.chat_bodies[-1]["iatros"]["conversation_id"] == sent["conversation_id"]
     assert page.evaluate("window.__pwned") is None
     shot(page, "chat-escalation")
     page.locator("#lang-select").select_option("fr")

@@ -52,6 +52,9 @@ def test_me_tells_tenant_role_and_what_the_role_may_do(web_server: RunningServer
         "documents_manage": True,
         "dashboard": True,
         "deployments": True,
+        "reviews_ask": True,
+        "reviews": True,
+        "feedback_read": True,
     }
     assert "keys:manage" in admin["permissions"]
     assert {m["id"] for m in admin["chat_models"]} == {"assistant", "fake-gpt", "fake-azure-gpt"}
@@ -66,7 +69,8 @@ def test_me_tells_tenant_role_and_what_the_role_may_do(web_server: RunningServer
         auditor["id"],
         False,
     )
-    assert sorted(me["permissions"]) == ["audit:read", "usage:read"]
+    assert sorted(me["permissions"]) == ["audit:read", "feedback:read", "usage:read"]
+    assert me["capabilities"]["feedback_read"] and not me["capabilities"]["reviews"]
     assert me["capabilities"]["dashboard"] and not me["capabilities"]["chat"]
     assert not me["capabilities"]["deployments"] and not me["capabilities"]["documents"]
 
@@ -74,6 +78,18 @@ def test_me_tells_tenant_role_and_what_the_role_may_do(web_server: RunningServer
     with web_server.http(clinician["key"]) as http:
         me = http.get("/v1/me").json()
     assert me["capabilities"]["chat"] and not me["capabilities"]["dashboard"]
+    assert me["capabilities"]["reviews_ask"] and not me["capabilities"]["reviews"]
+    assert me["key_capabilities"] == []
+
+    # A clinician key given the reviewer capability sees the review queue and feedback.
+    reviewer = create_key(
+        web_server, tenant="clinic-me", role="clinician", capabilities=["reviewer"]
+    )
+    with web_server.http(reviewer["key"]) as http:
+        me = http.get("/v1/me").json()
+    assert me["capabilities"]["reviews"] and me["capabilities"]["feedback_read"]
+    assert {"reviews:answer", "feedback:read"} <= set(me["permissions"])
+    assert me["key_capabilities"] == ["reviewer"] and not me["capabilities"]["dashboard"]
 
 
 def test_me_refuses_missing_and_wrong_keys(web_server: RunningServer) -> None:
@@ -316,6 +332,12 @@ def test_summaries_buckets_percentiles_and_routes() -> None:
         row(70, cache="hit-exact", cost_eur=0.0, route="assistant; cache=exact", latency_ms=5.0),
         row(80, status=499),
     ]
+    grounded = [row(90, grounding=g) for g in ("supported", "withheld", "withheld", "escalated")]
+    safety = summarize(
+        rows + grounded, since=start, until=start + timedelta(hours=3), bucket="hour", prices={}
+    )["safety"]
+    assert safety == {"supported": 1, "no-details": 0, "flagged": 0, "withheld": 2,
+                      "escalated": 1, "reviewed": 0}  # fmt: skip
     out = summarize(
         rows,
         since=start,

@@ -7,11 +7,16 @@ files. This module adds the few endpoints the app needs beside the OpenAI ones:
 - ``GET /v1/me``: who the key belongs to and what its role may do, so the app shows
   only what the caller can use;
 - ``POST /v1/feedback``: thumbs up or down on an answer, stored for experiments;
-- ``GET /admin/stats``: the dashboard's numbers over a period (admins and auditors).
+- ``GET /admin/stats``: the dashboard's numbers over a period (admins and auditors), with
+  the safety outcomes of grounded answers and the period's thumbs up and down.
+
+The review queue (``/v1/reviews``) and the feedback list (``GET /v1/feedback``) the app's
+Reviews and Feedback screens use live in :mod:`iatros.api.reviews`.
 
 The front end, for whoever changes it (edit, reload; there is nothing to build):
 ``static/index.html`` holds the markup of every screen (texts as ``data-i18n`` keys);
-``static/js/`` has one module per screen (``chat``, ``documents``, ``dashboard``) plus
+``static/js/`` has one module per screen (``chat``, ``documents``, ``dashboard``,
+``reviews``, ``feedback``) plus
 ``api`` (fetch, SSE, uploads), ``markdown`` (the safe renderer), ``charts`` (SVG),
 ``i18n`` and ``dom`` (elements from text nodes only: never ``innerHTML``);
 ``static/i18n/{en,fr}.json`` hold every interface text (the tests check both have the
@@ -53,7 +58,7 @@ from iatros.gateway import Gateway, RequestContext
 from iatros.governance.roles import PERMISSIONS, allowed
 from iatros.governance.service import Governance
 from iatros.store.db import PLATFORM
-from iatros.store.feedback import save_feedback
+from iatros.store.feedback import feedback_list, save_feedback
 from iatros.web import stats
 
 __all__ = ["STATIC_DIR", "mount_web"]
@@ -83,6 +88,10 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "documents_manage": ("knowledge:write",),
     "dashboard": ("usage:read",),
     "deployments": ("deployments:read",),
+    # The clinical safety loop: "ask a human", the review queue, the feedback view.
+    "reviews_ask": ("reviews:ask",),
+    "reviews": ("reviews:answer",),
+    "feedback_read": ("feedback:read",),
 }
 
 
@@ -97,12 +106,13 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def capabilities(role: str) -> dict[str, bool]:
-    """Which parts of the app a role may use (the first permission that exists decides)."""
+def capabilities(role: str, extra: tuple[str, ...] = ()) -> dict[str, bool]:
+    """Which parts of the app a role may use (the first permission that exists decides);
+    ``extra`` are the key's own capabilities (``reviewer``) beside its role's."""
     out: dict[str, bool] = {}
     for name, candidates in CAPABILITIES.items():
         permission = next((p for p in candidates if p in PERMISSIONS), None)
-        out[name] = permission is not None and allowed(role, permission)
+        out[name] = permission is not None and allowed(role, permission, extra)
     return out
 
 
@@ -166,8 +176,11 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                 "key_id": principal.key_id,
                 "platform": principal.platform,
                 "anonymous": token is None,
-                "permissions": sorted(p for p in PERMISSIONS if allowed(principal.role, p)),
-                "capabilities": capabilities(principal.role),
+                "permissions": sorted(
+                    p for p in PERMISSIONS if allowed(principal.role, p, principal.capabilities)
+                ),
+                "capabilities": capabilities(principal.role, principal.capabilities),
+                "key_capabilities": list(principal.capabilities),
                 "features": {"knowledge": _has_knowledge_api(app)},
                 # /v1/models does not say which entries are embedding deployments.
                 "chat_models": [
@@ -253,6 +266,16 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                     key_id=key or None,
                 )
             )
+            # Ratings of the period (per tenant; the usage table, not feedback, knows keys).
+            feedback_counts = None
+            if not key:
+                feedback_counts = (
+                    await asyncio.to_thread(
+                        lambda: feedback_list(
+                            governance.db, tenant or scope, since=start, until=end, limit=1
+                        )
+                    )
+                )[1]
             body = stats.summarize(
                 rows,
                 since=start,
@@ -274,6 +297,7 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                     "row_limit": stats.MAX_ROWS,
                     "truncated": truncated,
                     **body,
+                    "feedback": feedback_counts,
                     "ttft": {**ttft, "scope": "process"},
                     "currency": "EUR",
                 }

@@ -1,4 +1,5 @@
-"""Dashboard numbers: usage rows of a period, bucketed, with percentiles and cache savings.
+"""Dashboard numbers: usage rows of a period, bucketed, with percentiles and cache savings,
+and the safety outcomes of grounded answers (verified, flagged, withheld, escalated).
 
 Percentiles are computed in Python from the rows of the window (at most ``MAX_ROWS``, the
 newest; ``truncated`` says when the window held more), which is exact and simple at the
@@ -46,6 +47,23 @@ class Row:
     completion_tokens: int
     cost_eur: float
     latency_ms: float
+    grounding: str = ""
+    """The safety outcome of a grounded answer (``UsageRecord.grounding``), "" otherwise."""
+
+
+GROUNDING_OUTCOMES = ("supported", "no-details", "flagged", "withheld", "escalated", "reviewed")
+
+
+def safety_counts(rows: Iterable[Row]) -> dict[str, int]:
+    """Grounded answers per safety outcome: verified, flagged, withheld, escalated, reviewed.
+
+    Every outcome is present (0 when none), so the dashboard shows what did not happen too.
+    """
+    counts = dict.fromkeys(GROUNDING_OUTCOMES, 0)
+    for row in rows:
+        if row.grounding:
+            counts[row.grounding] = counts.get(row.grounding, 0) + 1
+    return counts
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -188,6 +206,7 @@ def load_rows(
             UsageRecord.completion_tokens,
             UsageRecord.cost_eur,
             UsageRecord.latency_ms,
+            UsageRecord.grounding,
         )
         .where(UsageRecord.ts >= since, UsageRecord.ts < until)
         .order_by(UsageRecord.ts.desc())
@@ -212,6 +231,7 @@ def load_rows(
             completion_tokens=r.completion_tokens,
             cost_eur=r.cost_eur,
             latency_ms=r.latency_ms,
+            grounding=r.grounding or "",
         )
         for r in result[:limit]
     ]
@@ -228,6 +248,7 @@ def summarize(
     offset: timedelta = timedelta(0),
 ) -> dict[str, Any]:
     """Totals, per-bucket series, model mix, routing decisions, per tenant and per key."""
+    rows = list(rows)
     starts = bucket_starts(since, until, bucket, offset)
     series: dict[datetime, _Totals] = {start: _Totals() for start in starts}
     total = _Totals()
@@ -261,6 +282,7 @@ def summarize(
         "routes": ranked("routes", "decision"),
         "tenants": ranked("tenants", "tenant"),
         "keys": ranked("keys", "key_id"),
+        "safety": safety_counts(rows),
     }
 
 

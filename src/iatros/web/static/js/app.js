@@ -5,12 +5,14 @@ import * as chat from "./chat.js";
 import * as dashboard from "./dashboard.js";
 import * as documents from "./documents.js";
 import * as explorer from "./explorer.js";
+import * as feedback from "./feedback.js";
+import * as reviews from "./reviews.js";
 import * as scribe from "./scribe.js";
 import { $, $$, announce } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { applyTranslations, language, loadLanguages, onLanguageChange, setLanguage, t } from "./i18n.js";
 
-const views = { chat, documents, dashboard, requests: explorer, scribe };
+const views = { chat, documents, dashboard, requests: explorer, reviews, feedback, scribe };
 const state = { me: null, current: null };
 
 /** Which views the caller's role may use (what it may not do is not shown at all). */
@@ -22,6 +24,8 @@ function allowedViews(me) {
   if (caps.documents && me.features?.knowledge) out.push("documents");
   if (caps.dashboard) out.push("dashboard");
   if (caps.dashboard) out.push("requests");
+  if (caps.reviews) out.push("reviews");
+  if (caps.feedback_read) out.push("feedback");
   return out;
 }
 

@@ -1,4 +1,6 @@
-// Chat: conversations kept in this browser, streamed answers, sources, feedback.
+// Chat: conversations kept in this browser, streamed answers, sources, feedback, and the
+// clinical safety loop: each grounded answer's verification (the trust signal), escalations
+// passed to a reviewer, and the reviewer's answer arriving in the same conversation.
 
 import { api, streamChat } from "./api.js";
 import { $, announce, clear, h, icon, uid } from "./dom.js";
@@ -8,6 +10,8 @@ import { renderMarkdown } from "./markdown.js";
 
 const MAX_CONVERSATIONS = 200;
 const STORAGE_PREFIX = "iatros.conversations.";
+const REVIEW_POLL_MS = 5000;
+const OPEN_REVIEW = new Set(["open", "claimed"]);
 const state = {
   me: null,
   storageKey: null,
@@ -17,6 +21,7 @@ const state = {
   renamingId: null,
   deletingId: null,
   bound: false,
+  poll: null, // {timer, convId}: polling the current conversation's open review items
 };
 
 // -- storage --------------------------------------------------------------------
@@ -42,6 +47,12 @@ function save() {
 }
 
 const current = () => state.conversations.find((c) => c.id === state.currentId) || null;
+
+/** The id the gateway files this conversation's escalations under (an identifier, <= 64). */
+export function conversationId(conv) {
+  const clean = String(conv?.id ?? "").replace(/[^A-Za-z0-9_-]/g, "").slice(0, 64);
+  return clean || null;
+}
 
 function titleOf(conv) {
   return conv?.title || t("chat.untitled");
@@ -143,6 +154,7 @@ function deleteConversation(id) {
   save();
   renderList();
   renderConversation();
+  startReviewPoll();
   announce(t("chat.deleted"));
   $("#conv-new").focus();
 }
@@ -155,6 +167,7 @@ function openConversation(id) {
   renderConversation();
   closeDrawer();
   $("#prompt").focus();
+  startReviewPoll();
 }
 
 // -- messages -------------------------------------------------------------------
@@ -207,6 +220,10 @@ function renderBody(view) {
     view.body.append(h("p", { class: "user-text" }, msg.content));
     return;
   }
+  if (msg.role === "reviewer") {
+    renderReviewerBody(view);
+    return;
+  }
   if (msg.escalate) {
     view.body.append(h("div", { class: "escalate", role: "note" },
       icon("alert"),
@@ -221,10 +238,78 @@ function renderBody(view) {
   if (msg.status === "streaming" && !msg.content) {
     view.body.append(h("p", { class: "thinking" }, t("chat.thinking")));
   }
+  const unsupported = msg.verification?.unsupported || [];
+  if (unsupported.length && msg.status !== "streaming") view.body.append(unsupportedList(msg, unsupported));
+  if (msg.review) view.body.append(reviewState(msg.review));
   if (msg.status === "stopped") view.body.append(h("p", { class: "status-line stopped" }, t("chat.stopped")));
   if (msg.status === "error") {
     view.body.append(h("p", { class: "status-line error-text", role: "alert" }, `${t("chat.failed")} ${msg.error || ""}`));
   }
+}
+
+/** The reviewer's answer: a message of its own, signed and dated. */
+function renderReviewerBody(view) {
+  const { msg } = view;
+  const who = msg.reviewerName || t("chat.reviewer");
+  view.body.append(h("p", { class: "reviewer-sign" },
+    msg.dismissed ? t("chat.review_dismissed_by", { name: who, date: formatDate(msg.answeredAt) })
+      : t("chat.review_answered_by", { name: who, date: formatDate(msg.answeredAt) })));
+  if (msg.question) view.body.append(h("p", { class: "reviewer-question" }, t("chat.review_question", { question: msg.question })));
+  if (msg.content) {
+    const md = h("div", { class: "md" });
+    md.append(renderMarkdown(msg.content, { headingOffset: 2 }));
+    view.body.append(md);
+  }
+}
+
+const KIND_KEYS = { number: "chat.kind_number", drug: "chat.kind_drug", laterality: "chat.kind_laterality", negation: "chat.kind_negation" };
+
+/** The details the sources do not support, each with the passage it was checked against. */
+function unsupportedList(msg, details) {
+  const headingId = `unsupported-${msg.id}`;
+  const list = h("ul", { class: "unsupported-list" });
+  for (const d of details) {
+    list.append(h("li", {},
+      h("span", { class: "unsupported-detail" }, String(d.detail ?? "")),
+      " ",
+      h("span", { class: "unsupported-kind" }, `(${t(KIND_KEYS[d.kind] || "chat.kind_other")})`),
+      d.sentence ? h("span", { class: "unsupported-sentence" }, t("chat.in_sentence", { sentence: d.sentence })) : null,
+      h("span", { class: "unsupported-evidence" }, d.evidence
+        ? t(d.source ? "chat.checked_against_n" : "chat.checked_against", { n: d.source ?? "", evidence: d.evidence })
+        : t("chat.not_in_sources"))));
+  }
+  return h("section", { class: "unsupported", "aria-labelledby": headingId },
+    h("h3", { id: headingId, class: "unsupported-title" }, icon("alert"), t("chat.unsupported_title")),
+    list);
+}
+
+function reviewState(review) {
+  const status = review.status || "open";
+  const key = status === "answered" ? "chat.review_answered"
+    : status === "dismissed" ? "chat.review_closed"
+      : status === "claimed" ? "chat.review_claimed" : "chat.review_passed";
+  return h("p", { class: `review-state review-${status}`, dataset: { status } }, icon(status === "answered" ? "check" : "alert"), t(key));
+}
+
+/** The trust signal: what the faithfulness check concluded about this answer. */
+function trustBadge(msg) {
+  if (msg.reviewed) {
+    return h("span", { class: "badge badge-ok trust", dataset: { trust: "reviewed" } }, icon("check"),
+      t("chat.trust_reviewed", { name: msg.reviewed.reviewer || "", date: formatDate(msg.reviewed.reviewed_at, { dateStyle: "medium" }) }));
+  }
+  const v = msg.verification;
+  if (!v) return null;
+  if (v.action === "withheld") {
+    return h("span", { class: "badge badge-danger trust", dataset: { trust: "withheld" } }, icon("alert"), t("chat.trust_withheld"));
+  }
+  if (v.action === "flagged" || v.status === "unsupported") {
+    return h("span", { class: "badge badge-warn trust", dataset: { trust: "flagged" } }, icon("alert"), t("chat.trust_flagged"));
+  }
+  if (v.status === "supported") {
+    return h("span", { class: "badge badge-ok trust", dataset: { trust: "verified" }, title: t("chat.trust_verified_tip") },
+      icon("check"), t("chat.trust_verified"));
+  }
+  return h("span", { class: "badge trust", dataset: { trust: "no-details" }, title: t("chat.trust_none_tip") }, t("chat.trust_none"));
 }
 
 function renderMeta(view) {
@@ -232,14 +317,20 @@ function renderMeta(view) {
   clear(view.meta);
   if (msg.role !== "assistant") return;
   const items = [];
+  const trust = trustBadge(msg);
+  if (trust) items.push(trust);
   if (msg.deployment) items.push(h("span", { class: "badge badge-model", title: t("chat.model_answered") }, msg.deployment));
   if (msg.cache && msg.cache.startsWith("hit")) {
     items.push(h("span", { class: "badge badge-cache" }, icon("cache"),
       t(msg.cache === "hit-semantic" ? "chat.cache_semantic" : "chat.cache_exact")));
   }
-  if (typeof msg.confidence === "number") {
-    items.push(h("span", { class: `badge ${msg.confidence < 0.5 ? "badge-warn" : ""}` },
-      t("chat.confidence", { value: formatPercent(msg.confidence) })));
+  // How well the best source matches the question: not trust in the answer (that is the
+  // verification badge above), so it is worded and styled as a plain measure.
+  const match = typeof msg.retrievalMatch === "number" ? msg.retrievalMatch : msg.confidence;
+  if (typeof match === "number") {
+    items.push(h("span", { class: "badge badge-match", title: t("chat.retrieval_match_tip") },
+      t("chat.retrieval_match", { value: formatPercent(match) }),
+      h("span", { class: "visually-hidden" }, ` (${t("chat.retrieval_match_tip")})`)));
   }
   if (msg.ttftMs) items.push(h("span", { class: "meta-item" }, t("chat.ttft", { value: formatMs(msg.ttftMs) })));
   if (msg.usage?.completion_tokens) {
@@ -261,6 +352,15 @@ function renderActions(view) {
     class: "icon-btn", type: "button", "aria-label": t("chat.copy"), title: t("chat.copy"),
     onClick: () => copyText(msg.content),
   }, icon("copy")));
+  const canAsk = state.me?.capabilities?.reviews_ask && !msg.review && !msg.reviewed;
+  if (canAsk && msg.status === "done") {
+    // After a thumbs-down on a grounded answer, one click sends it on (reason "feedback").
+    const sendOn = msg.feedback?.rating === "down" && grounded(msg);
+    view.actions.append(h("button", {
+      class: `btn btn-small ${sendOn ? "btn-primary send-reviewer" : "ask-human"}`, type: "button",
+      onClick: () => askHuman(view, sendOn ? "feedback" : "user_request"),
+    }, t(sendOn ? "chat.send_to_reviewer" : "chat.ask_human")));
+  }
   if (!msg.requestId || !state.me?.capabilities?.feedback) return;
   for (const rating of ["up", "down"]) {
     view.actions.append(h("button", {
@@ -320,17 +420,23 @@ function renderSources(view) {
   view.sources.append(list);
 }
 
+function who(msg) {
+  if (msg.role === "user") return t("chat.you");
+  if (msg.role === "reviewer") return t("chat.reviewer");
+  return t("chat.assistant");
+}
+
 function messageView(msg) {
   const root = h("article", {
     class: `msg msg-${msg.role}`, dataset: { id: msg.id, status: msg.status || "done" },
-    "aria-label": msg.role === "user" ? t("chat.you") : t("chat.assistant"),
+    "aria-label": who(msg),
   });
   const body = h("div", { class: "msg-body" });
   const meta = h("div", { class: "msg-meta" });
   const actions = h("div", { class: "msg-actions" });
   const sources = h("aside", { class: "sources", hidden: true });
   const main = h("div", { class: "msg-main" },
-    h("div", { class: "msg-who", "aria-hidden": "true" }, msg.role === "user" ? t("chat.you") : t("chat.assistant")),
+    h("div", { class: "msg-who", "aria-hidden": "true" }, who(msg)),
     body, meta, actions);
   root.append(main, sources);
   if (msg.requestId) root.dataset.requestId = msg.requestId;
@@ -340,6 +446,128 @@ function messageView(msg) {
   renderActions(view);
   renderSources(view);
   return view;
+}
+
+const grounded = (msg) => Boolean(msg.collection || msg.sources?.length || msg.verification || msg.retrievalMatch !== undefined);
+
+/** What the conversation said up to `msg`, as the review item's excerpt. */
+function historyUntil(conv, msg) {
+  const out = [];
+  for (const m of conv.messages) {
+    if (m.content && (m.role === "user" || m.role === "assistant" || m.role === "reviewer")) {
+      out.push({ role: m.role === "user" ? "user" : "assistant", content: m.content.slice(0, 8000) });
+    }
+    if (m === msg) break;
+  }
+  return out.slice(-50);
+}
+
+/** "Ask a human" (or a thumbs-down sent on): a review item tied to this conversation. */
+async function askHuman(view, reason) {
+  const { msg } = view;
+  const conv = state.conversations.find((c) => c.messages.includes(msg));
+  if (!conv) return;
+  const index = conv.messages.indexOf(msg);
+  const question = [...conv.messages.slice(0, index)].reverse().find((m) => m.role === "user")?.content || msg.content;
+  const body = {
+    question: question.slice(0, 8000),
+    messages: historyUntil(conv, msg),
+    draft: msg.content.slice(0, 20000),
+    reason,
+  };
+  const cid = conversationId(conv);
+  if (cid) body.conversation_id = cid;
+  if (msg.collection) body.collection = msg.collection;
+  if (msg.requestId) body.request_id = msg.requestId;
+  for (const button of view.actions.querySelectorAll("button")) button.disabled = true;
+  try {
+    const item = await api("/v1/reviews", { method: "POST", body });
+    msg.review = { id: item.id, status: item.status, reason: item.reason };
+    conv.awaitingReview = true;
+    save();
+    renderBody(view);
+    renderActions(view);
+    announce(t("chat.review_passed"));
+    startReviewPoll();
+  } catch (err) {
+    renderActions(view);
+    announce(errorMessage(err), "error");
+  }
+}
+
+// -- reviewers' answers ------------------------------------------------------------------
+
+/** Poll the current conversation's review items while it has open ones (every 5 s). */
+function startReviewPoll() {
+  const conv = current();
+  if (state.poll && state.poll.convId === conv?.id) return;
+  stopReviewPoll();
+  if (!conv?.awaitingReview || !state.me?.capabilities?.reviews_ask || !conversationId(conv)) return;
+  const poll = { timer: null, convId: conv.id, busy: false };
+  state.poll = poll;
+  const tick = async () => {
+    if (state.poll !== poll) return;
+    if ($("#view-chat").hidden || document.hidden) { stopReviewPoll(); return; }
+    await checkReviews(conv);
+    if (state.poll === poll) {
+      if (conv.awaitingReview) poll.timer = setTimeout(tick, REVIEW_POLL_MS);
+      else state.poll = null;
+    }
+  };
+  tick();
+}
+
+function stopReviewPoll() {
+  if (state.poll?.timer) clearTimeout(state.poll.timer);
+  state.poll = null;
+}
+
+async function checkReviews(conv) {
+  let items;
+  try {
+    const data = await api(`/v1/reviews/mine?${new URLSearchParams({ conversation_id: conversationId(conv) })}`);
+    items = data.data || [];
+  } catch {
+    return; // offline or signed out: the next tick (or opening the conversation) tries again
+  }
+  if (!state.conversations.includes(conv)) { conv.awaitingReview = false; return; }
+  let changed = false;
+  const delivered = new Set(conv.messages.filter((m) => m.role === "reviewer").map((m) => m.reviewId));
+  // Oldest first, so that answers arrive in the order the questions were asked.
+  for (const item of [...items].reverse()) {
+    for (const m of conv.messages) {
+      if (m.role !== "assistant" || !(m.review?.id === item.id || (!m.review?.id && m.requestId && m.requestId === item.request_id))) continue;
+      if (!m.review || m.review.status !== item.status || !m.review.id) {
+        m.review = { ...(m.review || {}), id: item.id, status: item.status, reason: item.reason };
+        changed = true;
+      }
+    }
+    if ((item.status === "answered" || item.status === "dismissed") && !delivered.has(item.id)) {
+      conv.messages.push({
+        id: uid(), role: "reviewer", status: "done", ts: Date.now(), reviewId: item.id,
+        content: item.answer || "", reviewerName: item.reviewer_name || "", answeredAt: item.answered_at,
+        question: item.question, dismissed: item.status === "dismissed",
+      });
+      delivered.add(item.id);
+      changed = true;
+      announce(t("chat.review_arrived"));
+    }
+  }
+  for (const m of conv.messages) {
+    // An escalation that no item answers to was not passed on (no review queue there).
+    if (m.role === "assistant" && m.review && !m.review.id) { delete m.review; changed = true; }
+  }
+  const open = items.some((i) => OPEN_REVIEW.has(i.status));
+  if (conv.awaitingReview !== open) { conv.awaitingReview = open; changed = true; }
+  if (!changed) return;
+  conv.updated = Date.now();
+  save();
+  if (conv.id === state.currentId && !state.streaming) {
+    const box = $("#messages");
+    const stick = nearBottom(box);
+    renderConversation();
+    if (stick) box.scrollTop = box.scrollHeight;
+  }
 }
 
 async function copyText(text) {
@@ -397,7 +625,8 @@ async function send(text) {
   const collection = $("#collection-field").hidden ? "" : $("#collection-select").value;
   const history = conv.messages
     .filter((m) => m.content && (m.role === "user" || m.status === "done" || m.status === "stopped"))
-    .map((m) => ({ role: m.role, content: m.content }));
+    .filter((m) => !m.dismissed)
+    .map((m) => ({ role: m.role === "user" ? "user" : "assistant", content: m.content }));
   const user = { id: uid(), role: "user", content: text, ts: Date.now() };
   const msg = { id: uid(), role: "assistant", content: "", ts: Date.now(), status: "streaming", model, collection };
   conv.messages.push(user, msg);
@@ -422,7 +651,10 @@ async function send(text) {
     if (stick) box.scrollTop = box.scrollHeight;
   };
   const body = { model, messages: [...history, { role: "user", content: text }] };
-  if (collection) body.iatros = { knowledge: collection };
+  body.iatros = {};
+  if (collection) body.iatros.knowledge = collection;
+  const cid = conversationId(conv);
+  if (cid) body.iatros.conversation_id = cid;
   try {
     await streamChat(body, {
       signal: controller.signal,
@@ -434,8 +666,15 @@ async function send(text) {
         },
         iatros: (extra) => {
           if (Array.isArray(extra.sources)) msg.sources = extra.sources;
-          if (typeof extra.confidence === "number") msg.confidence = extra.confidence;
+          if (typeof extra.retrieval_match === "number") msg.retrievalMatch = extra.retrieval_match;
+          else if (typeof extra.confidence === "number") msg.retrievalMatch = extra.confidence; // older servers
           if (typeof extra.escalate === "boolean") msg.escalate = extra.escalate;
+          if (extra.verification) msg.verification = extra.verification;
+          if (extra.reviewed) msg.reviewed = extra.reviewed;
+          if (extra.review?.id) {
+            msg.review = { id: extra.review.id, status: extra.review.status || "open", reason: extra.review.reason };
+            conv.awaitingReview = true;
+          }
           renderSources(view);
           renderMeta(view);
           if (!frame) frame = requestAnimationFrame(paint);
@@ -449,6 +688,8 @@ async function send(text) {
       },
     });
     msg.status = "done";
+    // An escalation the stream did not name (an older server) is still looked for.
+    if (msg.escalate && !msg.review) { msg.review = { status: "open" }; conv.awaitingReview = true; }
   } catch (err) {
     if (err?.name === "AbortError") {
       msg.status = "stopped";
@@ -471,6 +712,7 @@ async function send(text) {
     renderSources(view);
     if (nearBottom(box) || msg.status !== "done") box.scrollTop = box.scrollHeight;
     if (document.activeElement === document.body || document.activeElement === $("#stop")) $("#prompt").focus();
+    if (conv.awaitingReview && conv.id === state.currentId) startReviewPoll();
   }
 }
 
@@ -561,6 +803,7 @@ function bind() {
     renderConversation();
     closeDrawer();
     prompt.focus();
+    startReviewPoll();
   });
   $("#conv-toggle").addEventListener("click", () => {
     if ($("#conv-panel").classList.contains("open")) closeDrawer();
@@ -569,6 +812,8 @@ function bind() {
   $("#conv-close").addEventListener("click", () => { closeDrawer(); $("#conv-toggle").focus(); });
   $("#model-select").addEventListener("change", (e) => localStorage.setItem("iatros.model", e.target.value));
   window.addEventListener("iatros:collections", () => loadCollections());
+  // Back to the tab: look for reviewers' answers again (polling pauses while hidden).
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && !$("#view-chat").hidden) startReviewPoll(); });
 }
 
 export async function init(me) {
@@ -590,6 +835,7 @@ export function show() {
   renderConversation();
   setStreaming(Boolean(state.streaming));
   $("#prompt").focus();
+  startReviewPoll();
 }
 
 export function relabel() {
@@ -617,6 +863,7 @@ function forgetConversations() {
 
 export function reset() {
   stop();
+  stopReviewPoll();
   state.storageKey = null;
   forgetConversations();
   state.me = null;

@@ -87,6 +87,18 @@ function renderKpis(data) {
     kpi("hit_ratio", t("dash.hit_ratio"), formatPercent(totals.cache_hit_ratio),
       t("dash.hits_of", { hits: formatNumber(totals.cache_hits), lookups: formatNumber(totals.cache_lookups) })),
   );
+  // The clinical safety loop: grounded answers passed to reviewers, and the ratings.
+  const safety = data.safety;
+  if (safety) {
+    box.append(kpi("escalated", t("dash.escalated"), formatNumber((safety.withheld || 0) + (safety.escalated || 0)),
+      t("dash.escalated_sub", { withheld: formatNumber(safety.withheld || 0), escalated: formatNumber(safety.escalated || 0) })));
+    box.append(kpi("verified", t("dash.verified"), formatNumber(safety.supported || 0),
+      t("dash.verified_sub", { flagged: formatNumber(safety.flagged || 0), reviewed: formatNumber(safety.reviewed || 0) })));
+  }
+  if (data.feedback) {
+    box.append(kpi("feedback", t("dash.feedback"), formatNumber(data.feedback.down || 0),
+      t("dash.feedback_sub", { up: formatNumber(data.feedback.up || 0) })));
+  }
 }
 
 function chartCard(id, title, build, series) {
