@@ -175,6 +175,9 @@ def test_an_escalation_is_answered_by_a_reviewer_and_reaches_the_next_asker(
     assert "null" not in detail.inner_text() and "undefined" not in detail.inner_text()
     shot(reviewer, "review-answered")
     assert axe_serious(reviewer, axe_source, "reviews") == []
+    assert "#/reviews/rev_" in reviewer.url  # the item's own address: a reload reopens it
+    reviewer.reload()
+    reviewer.locator("#rev-detail .rev-answer", has_text=answer_text).wait_for()
 
     # The answer arrives in the clinician's same conversation (polled every 5 s).
     arrived = clinician.locator(".msg-reviewer")

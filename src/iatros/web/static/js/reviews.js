@@ -109,6 +109,8 @@ function renderList() {
 
 async function select(id, focus = false) {
   state.selected = id;
+  // The item's own address (#/reviews/<id>): a reload or a shared link opens it again.
+  history.replaceState(null, "", `#/reviews/${encodeURIComponent(id)}`);
   state.error = null;
   renderList();
   try {
