@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml scripts/install-llama.sh
 	$(BIN)/pip install --quiet -e ".[dev]"
 	bash scripts/install-browser.sh
 	bash scripts/install-speech.sh
+	bash scripts/install-system.sh
 	touch $(STAMP)
 
 run: install
@@ -49,6 +50,7 @@ bench: install
 	$(BIN)/python bench/run.py --only local --out bench/results/local
 	$(BIN)/python bench/chaos.py
 	$(BIN)/python bench/cache_bench.py
+	$(BIN)/python bench/cluster.py
 
 bench-smoke: install
 	$(BIN)/python bench/run.py --smoke

@@ -53,11 +53,27 @@ def test_a_a_60_rpm_limit_holds_exactly_across_instances(cluster: Cluster) -> No
         )
         return resp.status_code, resp.headers.get("x-iatros-instance", "")
 
+    before = _timeout_refusals(cluster)
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         results = list(pool.map(one, range(150)))
     statuses = Counter(status for status, _ in results)
-    assert statuses == {200: 60, 429: 90}, statuses
+    # Exact: 60 admitted, never more; fewer only by checks refused because Redis answered
+    # too late (strict mode: a late answer is never decided in process, so the limit
+    # cannot multiply by the number of instances).
+    refused_late = _timeout_refusals(cluster) - before
+    assert refused_late <= 5, "Redis timed out too often for this test to mean much"
+    assert set(statuses) <= {200, 429}, statuses
+    assert 60 - refused_late <= statuses[200] <= 60, (statuses, refused_late)
     assert len({inst for status, inst in results if status == 200}) == 3  # all took part
+
+
+def _timeout_refusals(cluster: Cluster) -> int:
+    total = 0.0
+    for inst in cluster.instances:
+        for line in httpx.get(inst.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith('iatros_ratelimit_backend_errors_total{op="check"}'):
+                total += float(line.split()[-1])
+    return int(total)
 
 
 def test_e_100_ingestion_jobs_each_processed_exactly_once_by_3_workers(cluster: Cluster) -> None:

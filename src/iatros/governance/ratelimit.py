@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
 log = logging.getLogger("iatros.governance.ratelimit")
@@ -306,6 +307,10 @@ def _normalise(limits: Sequence[tuple[Limit, int]]) -> list[tuple[Limit, int]]:
     return list(merged.values())
 
 
+_STRICT_TIMEOUTS = 10
+"""Strict mode: this many Redis timeouts in a row mean Redis hangs: decide in process."""
+
+
 class RateLimiter:
     """Checks and charges limits in Redis, or in process when Redis is absent or failing.
 
@@ -314,6 +319,14 @@ class RateLimiter:
     ``breaker_s``, then one call probes it, so a dead Redis does not cost a timeout per request.
     A round trip that timed out may still have been applied by Redis: that request is then
     also decided in process, the price of not blocking on a slow Redis.
+
+    ``strict`` (set when several instances or workers share the limits) makes a timeout
+    refuse the check instead (429, ``Retry-After: 1``) without opening the breaker: Redis
+    answering late, or this process too busy to read its answer, must not turn one shared
+    limit into a limit per instance (measured on 3 instances, bench/cluster.py: one timeout
+    let 73 requests through a 60 rpm limit). A connection failure (Redis down), or
+    ``_STRICT_TIMEOUTS`` timeouts in a row with no answer between them (Redis hung), still
+    falls back in process, as documented: exact while Redis answers, available when not.
     """
 
     def __init__(
@@ -324,10 +337,13 @@ class RateLimiter:
         timeout_ms: float = 20,
         registry: CollectorRegistry | None = None,
         breaker_s: float = 1.0,
+        strict: bool = False,
     ) -> None:
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
         self.prefix = prefix
+        self.strict = strict
+        self._late = 0  # strict: timeouts in a row
         self._timeout_s = timeout_ms / 1000
         self._breaker_s = breaker_s
         self._local = _LocalBackend()
@@ -441,8 +457,14 @@ class RateLimiter:
                 async with asyncio.timeout(2 * self._timeout_s + 0.1):
                     raw = await self._submit(keys, args)
             except (RedisError, OSError, TimeoutError) as exc:
+                late = isinstance(exc, TimeoutError | RedisTimeout)
+                self._late = self._late + 1 if late else 0
+                if self.strict and check and late and self._late < _STRICT_TIMEOUTS:
+                    self._errors.labels(op=op).inc()  # refused, never admitted twice
+                    return False, [_State(0, 0, 1000) for _ in items]
                 self._failed(op, exc)
             else:
+                self._late = 0
                 if self._failing:
                     self._failing = False
                     log.info("rate limit backend is back: limits are shared again")

@@ -61,7 +61,10 @@ class Governance:
         # A generous Redis timeout: under load the event loop itself adds latency, and a
         # false timeout would fall back to per-instance limits (looser than configured).
         self.limiter = RateLimiter(
-            settings.redis_url, timeout_ms=settings.ratelimit_timeout_ms, registry=limiter_registry
+            settings.redis_url,
+            timeout_ms=settings.ratelimit_timeout_ms,
+            registry=limiter_registry,
+            strict=settings.server.instances > 1 or settings.server.worker_count > 1,
         )
         self._admin_key = (
             settings.admin_key.get_secret_value().encode() if settings.admin_key else None

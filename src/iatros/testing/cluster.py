@@ -61,6 +61,7 @@ def haproxy_config(
         "    timeout client 120s",
         "    timeout server 120s",
         "    timeout http-request 10s",
+        "    timeout check 3s",  # a busy 2-core box answers /readyz late, not never
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response junk-response",
@@ -78,7 +79,7 @@ def haproxy_config(
         "    http-check expect status 200",
         "    http-response set-header x-iatros-instance %s",
         f"    default-server inter {check_ms}ms fastinter {check_ms // 2}ms downinter "
-        f"{check_ms}ms fall 2 rise 2",
+        f"{check_ms}ms fall 3 rise 2",
     ]
     lines += [f"    server {name} 127.0.0.1:{p} check" for name, p in servers]
     return "\n".join(lines) + "\n"
@@ -107,6 +108,8 @@ class Cluster:
     upstream_delay_ms: float = 20.0
     shutdown_timeout_s: float = 10.0
     job_workers: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Top-level settings merged into every instance's configuration."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="iatros-cluster-")))
     instances: list[Instance] = field(default_factory=list)
     prefix: str = field(default_factory=lambda: f"cluster:{uuid.uuid4().hex[:10]}:")
@@ -126,7 +129,7 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:5432/{self.database}"
 
     def settings(self, instance: Instance) -> dict[str, Any]:
-        return {
+        return self.extra | {
             "data_dir": str(instance.data_dir),
             "admin_key": ADMIN_KEY,
             "secret_key": "cluster-secret-" + self.prefix,
