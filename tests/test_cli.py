@@ -102,6 +102,7 @@ def test_serve_runs_the_embedded_defaults(tmp_path: Path) -> None:
         "providers:\n"
         f"  local: {{type: local, models_dir: '{_models_dir()}'}}\n"
         "  minilm: {type: sentence-transformers}\n"
+        "  whisper: {type: whisper}\n"  # a file's providers: replace the defaults' whole
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "iatros", "serve", "--port", str(port), "--config", str(config)],
