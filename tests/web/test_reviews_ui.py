@@ -178,6 +178,11 @@ def test_an_escalation_is_answered_by_a_reviewer_and_reaches_the_next_asker(
     assert "#/reviews/rev_" in reviewer.url  # the item's own address: a reload reopens it
     reviewer.reload()
     reviewer.locator("#rev-detail .rev-answer", has_text=answer_text).wait_for()
+    reviewer.locator("#lang-select").select_option("fr")
+    assert reviewer.locator("#rev-title").inner_text() == "Relectures"
+    assert "Répondue" in reviewer.locator("#rev-detail .rev-facts").inner_text()
+    assert "Aucune source" in reviewer.locator("#rev-detail .rev-facts").inner_text()
+    reviewer.locator("#lang-select").select_option("en")
 
     # The answer arrives in the clinician's same conversation (polled every 5 s).
     arrived = clinician.locator(".msg-reviewer")
@@ -294,7 +299,7 @@ def test_trust_signals_and_a_thumbs_down_sent_to_a_reviewer(
 
 
 def test_a_closed_item_says_so_and_the_queue_fits_a_phone(
-    clinic: RunningServer, new_page: Callable[..., Any]
+    clinic: RunningServer, new_page: Callable[..., Any], axe_source: str
 ) -> None:
     clinician_key, reviewer_key = keys(clinic)
     question = "Who painted the ceiling of the Sistine Chapel between 1508 and 1512?"
@@ -306,7 +311,7 @@ def test_a_closed_item_says_so_and_the_queue_fits_a_phone(
         assert r.status_code == 200 and r.json()["iatros"]["escalate"] is True
         review_id = r.json()["iatros"]["review"]["id"]
 
-    phone = new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+    phone = new_page(viewport=PHONE, is_mobile=True, has_touch=True, bypass_csp=True)
 
     def fits() -> bool:
         return bool(phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
@@ -318,6 +323,9 @@ def test_a_closed_item_says_so_and_the_queue_fits_a_phone(
     box = detail.bounding_box()
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
     shot(phone, "phone-reviews", full_page=True)
+    detail.locator(".rev-dismiss summary").tap()  # the dismiss form open too
+    assert fits()
+    assert axe_serious(phone, axe_source, "reviews-open-item") == []
 
     # Someone else answers meanwhile: sending now is refused (409), said plainly, and the
     # item shown as it is now.
