@@ -532,6 +532,7 @@ async function checkReviews(conv) {
   }
   if (!state.conversations.includes(conv)) { conv.awaitingReview = false; return; }
   let changed = false;
+  const added = [];
   const delivered = new Set(conv.messages.filter((m) => m.role === "reviewer").map((m) => m.reviewId));
   // Oldest first, so that answers arrive in the order the questions were asked.
   for (const item of [...items].reverse()) {
@@ -543,11 +544,12 @@ async function checkReviews(conv) {
       }
     }
     if ((item.status === "answered" || item.status === "dismissed") && !delivered.has(item.id)) {
-      conv.messages.push({
+      added.push({
         id: uid(), role: "reviewer", status: "done", ts: Date.now(), reviewId: item.id,
         content: item.answer || "", reviewerName: item.reviewer_name || "", answeredAt: item.answered_at,
         question: item.question, dismissed: item.status === "dismissed",
       });
+      conv.messages.push(added[added.length - 1]);
       delivered.add(item.id);
       changed = true;
       announce(t("chat.review_arrived"));
@@ -562,12 +564,14 @@ async function checkReviews(conv) {
   if (!changed) return;
   conv.updated = Date.now();
   save();
-  if (conv.id === state.currentId && !state.streaming) {
-    const box = $("#messages");
-    const stick = nearBottom(box);
-    renderConversation();
-    if (stick) box.scrollTop = box.scrollHeight;
-  }
+  if (conv.id !== state.currentId) return;
+  const box = $("#messages");
+  const stick = nearBottom(box);
+  // While an answer streams, its view must stay the one being written: only add the new
+  // messages (the status lines are redrawn when the conversation is next drawn).
+  if (state.streaming) for (const m of added) box.append(messageView(m).root);
+  else renderConversation();
+  if (stick) box.scrollTop = box.scrollHeight;
 }
 
 async function copyText(text) {
