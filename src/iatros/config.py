@@ -182,6 +182,16 @@ class ReviewSettings(_Strict):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
 
+class ExperimentSettings(_Strict):
+    """Releases, experiments and their analysis (``iatros.experiments``)."""
+
+    refresh_s: float = Field(2.0, gt=0)
+    """How often an instance reloads releases and experiments from the shared database:
+    another instance's promotion or rollback takes effect here within this delay."""
+    analysis_interval_s: float = Field(3600.0, gt=0)
+    """How often running experiments with ``auto_promote`` are analysed for a winner."""
+
+
 class AuditSettings(_Strict):
     """Where the signed checkpoints of the audit chain go (see ``governance/anchors.py``)."""
 
@@ -235,6 +245,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     reviews: ReviewSettings = Field(default_factory=ReviewSettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     transcription: TranscriptionSettings = Field(default_factory=TranscriptionSettings)
     scribe: ScribeSettings = Field(default_factory=ScribeSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)

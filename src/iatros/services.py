@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from iatros.clinical.scribe.service import ScribeService
 from iatros.clinical.speech.transcriber import Transcriber
 from iatros.config import Settings
+from iatros.experiments.service import ExperimentService
 from iatros.gateway.chat import ChatService
 from iatros.gateway.grounding import Grounder
 from iatros.gateway.pipeline import Gateway
@@ -33,11 +34,19 @@ class Services:
     reviews: ReviewDesk
     scribe: ScribeService
     jobs: JobQueue = field(init=False)
+    experiments: ExperimentService = field(init=False)
+    """Releases and experiments (``iatros.experiments``): what each route serves."""
     """The job queue (``iatros.jobs``); workers are started by the server's lifespan
     (``jobs.workers``) or ``iatros worker``, never by a CLI command that only asks."""
 
     def __post_init__(self) -> None:
         self.jobs = build_queue(self.settings.jobs, self.settings.redis_url)
+        gov, cfg = self.governance, self.settings.experiments
+        self.experiments = ExperimentService(
+            gov.db, self.settings, gov.audit, refresh_s=cfg.refresh_s,
+            analysis_interval_s=cfg.analysis_interval_s,
+        )  # fmt: skip
+        self.gateway.router.releases = self.experiments.selector
         if self.knowledge is not None:
             self.knowledge.attach_queue(self.jobs)
 
@@ -68,6 +77,7 @@ class Services:
     async def start(self) -> None:
         await self.governance.start()
         await self.gateway.start()
+        await self.experiments.start_background()
         await self.transcriber.start()
         if self.knowledge is not None:
             await self.knowledge.start()
@@ -84,6 +94,8 @@ class Services:
                 await self.knowledge.close()
         with contextlib.suppress(Exception):
             await self.transcriber.close()
+        with contextlib.suppress(Exception):
+            await self.experiments.close()
         with contextlib.suppress(Exception):
             await self.gateway.close()
         await self.governance.close()

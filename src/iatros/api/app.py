@@ -36,6 +36,7 @@ from iatros.api.audio import add_audio_routes
 from iatros.api.scribe import add_scribe_routes
 from iatros.api.chat import add_chat_routes
 from iatros.api.docs import add_docs_routes
+from iatros.api.experiments import add_experiment_routes
 from iatros.api.explorer import add_explorer_routes
 from iatros.api.embeddings import add_embedding_routes
 from iatros.api.http import RequestScope, error_response, log
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     add_explorer_routes(app, gw, gov, handle)
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
     add_job_routes(app, services.jobs, gov, handle)
+    add_experiment_routes(app, services.experiments, handle)
     add_review_routes(app, services.reviews, gov, handle)
     add_audio_routes(app, services.transcriber, gov, handle)
     add_scribe_routes(app, services.scribe, handle)

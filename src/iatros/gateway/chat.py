@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 from iatros.auth import Principal
 from iatros.cache import CachedResponse, CacheRequest
 from iatros.errors import GatewayError
+from iatros.experiments.assignment import bind_units
 from iatros.gateway.caching import CacheMode, replay
 from iatros.gateway.context import RequestContext
 from iatros.gateway.grounding import Grounder, Grounding
@@ -226,6 +227,7 @@ class ChatService:
     ) -> Answer | Streaming:
         """Plan and call the model; verify a grounded answer before it is stored or given."""
         gw = self.gateway
+        bind_units(ctx.principal.key_id, call.user, request.conversation_id)  # experiments
         plan = gw.plan(ctx, request.model, call, pin=request.pin)
         if request.stream:
             opening = gw.open_stream(ctx, plan, call)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from iatros.config import DeploymentConfig, ModelRouteConfig, RetrySettings, Settings
 from iatros.errors import InvalidRequest, ModelNotFound
@@ -58,6 +58,13 @@ class Plan:
     routing may try them, once each, if every admitted one fails."""
 
 
+class ReleaseSelection(Protocol):
+    """Experiments and the release registry (``iatros.experiments``) choose the policy a
+    route serves: ``(route policy, label for x-iatros-route)`` or None for the config's."""
+
+    def select(self, model: str, call: ChatCall) -> tuple[ModelRouteConfig, str] | None: ...
+
+
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """A conservative token estimate (about 3.5 characters a token, plus per-message framing)."""
     chars = 0
@@ -83,6 +90,8 @@ class Router:
         self.deployments = deployments
         self.rng = rng or random.Random()
         self.health = {name: DeploymentHealth(settings.routing.breaker) for name in deployments}
+        self.releases: ReleaseSelection | None = None
+        """Set by the experiment service: the active release or experiment variant of a route."""
 
     # -- planning ---------------------------------------------------------------
 
@@ -109,6 +118,12 @@ class Router:
             self._check_context(pinned, call, model)
             return self._with_route(Plan(model, pinned, f"{model}; pinned={pin}"), route)
 
+        release = ""
+        if self.releases is not None:
+            chosen = self.releases.select(model, call)
+            if chosen is not None:
+                route, label = chosen
+                release = f"; {label}"
         ordered, why, complexity = self._order(route, call)
         chain = self._dedup(ordered + self._fallback_chain(route, {model}))
         fitting = self._check_context(chain, call, model)
@@ -118,7 +133,7 @@ class Router:
         )
         candidates = self._with_refused(usable, fitting) if panic else usable
         detail = "" if why == route.strategy else f"; {why}"
-        decision = f"{model}; strategy={route.strategy}{detail}; pick={candidates[0].name}"
+        decision = f"{model}{release}; strategy={route.strategy}{detail}; pick={candidates[0].name}"
         if candidates[0] is not ordered[0]:
             skipped = ordered[0].name
             decision += f"; skipped={skipped}({self._skip_reason(ordered[0], fitting)})"

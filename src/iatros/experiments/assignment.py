@@ -1,0 +1,96 @@
+"""Which release serves a request: the route's active release, or an experiment's variant.
+
+The router asks :class:`ReleaseSelector` once per planned request; the answer comes from
+an in-memory snapshot (no database work on the request path), replaced whole by the
+experiment service whenever releases or experiments change here, and every
+``experiments.refresh_s`` from the shared database (other instances' changes).
+
+Assignment is sticky and stateless: the unit (API key, end user, or conversation) is
+hashed with the experiment's salt into a bucket in [0, 100), and the variants' shares
+cut that range in order. The same unit always lands in the same variant while the
+experiment runs; a new salt reshuffles everyone. SHA-256 rather than Python's
+``hash``: stable across processes and restarts, so several instances agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from iatros.config import ModelRouteConfig
+from iatros.providers.base import ChatCall
+
+_UNITS: ContextVar[tuple[str, str | None, str | None] | None] = ContextVar(
+    "iatros_experiment_units", default=None
+)
+
+
+def bind_units(key_id: str, user: str | None, conversation_id: str | None) -> None:
+    """Tell the selector who is asking (called by the chat service before planning)."""
+    _UNITS.set((key_id, user, conversation_id))
+
+
+def unit_value(unit: str, call: ChatCall) -> str:
+    """The value hashed for ``unit``; a missing user or conversation falls back to the key
+    (a request without a conversation is its own asker's), then to the fairness key."""
+    bound = _UNITS.get()
+    key = bound[0] if bound else call.fairness_key
+    if unit == "user":
+        return (bound[1] if bound else None) or call.user or key
+    if unit == "conversation":
+        return (bound[2] if bound else None) or key
+    return key
+
+
+def bucket(salt: str, value: str) -> float:
+    """A uniform position in [0, 100) for ``value`` under ``salt``."""
+    digest = hashlib.sha256(f"{salt}\x1f{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 * 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    name: str
+    release_id: str
+    upper: float
+    """The variant takes buckets below this (cumulative share)."""
+    route: ModelRouteConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RouteState:
+    release_id: str | None = None
+    route: ModelRouteConfig | None = None
+    experiment_id: str | None = None
+    unit: str = "key"
+    salt: str = ""
+    arms: tuple[Arm, ...] = field(default_factory=tuple)
+
+
+class ReleaseSelector:
+    """The router's view of the registry: route name -> what to serve."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, RouteState] = {}
+
+    def replace(self, routes: dict[str, RouteState]) -> None:
+        self._routes = routes
+
+    def state(self, model: str) -> RouteState | None:
+        return self._routes.get(model)
+
+    def select(self, model: str, call: ChatCall) -> tuple[ModelRouteConfig, str] | None:
+        state = self._routes.get(model)
+        if state is None:
+            return None
+        if state.arms:
+            position = bucket(state.salt, unit_value(state.unit, call))
+            for arm in state.arms:
+                if position < arm.upper:
+                    break
+            label = f"experiment={state.experiment_id}:{arm.name}; release={arm.release_id}"
+            return arm.route, label
+        if state.route is None:
+            return None
+        return state.route, f"release={state.release_id}"
