@@ -150,6 +150,9 @@ def test_a_supported_answer_passes_and_says_so(clinic: Any) -> None:
     assert verification["status"] == "supported" and verification["action"] == "none"
     assert {"1350", "1500"} <= {d["detail"] for d in verification["supported"]}
     assert "review" not in body["iatros"]
+    hit = _ask(server, clinician, "right")  # a verified answer is cached, and says so again
+    assert hit.headers["x-iatros-cache"] == "hit-exact"
+    assert hit.json()["iatros"]["verification"]["status"] == "supported"
 
 
 def test_flag_policy_marks_the_detail_and_quotes_the_source(clinic: Any) -> None:

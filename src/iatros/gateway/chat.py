@@ -196,14 +196,19 @@ class ChatService:
             collection_version=grounding.version if grounding else None,
         )
         hit = await gw.cache.lookup(ctx, cache_req, request.cache_mode)
+        policy = self.safety.policy(route.verification if route else None)
         if hit is not None:
-            if grounding is not None:  # stored verified; the check gives the trust signal
-                _, verified = self.safety.verify(grounding, str(hit.message.get("content")), "off")
+            if grounding is None:
+                return Answer(hit.message, hit.finish_reason, None, cached=hit)
+            # Stored only when verified; checked again for the trust signal, and in case
+            # the rules changed since: an answer that no longer passes is not given.
+            _, verified = self.safety.verify(grounding, str(hit.message.get("content")), policy)
+            if verified.action == "none":
                 ctx.grounding = verified.status
-            return Answer(hit.message, hit.finish_reason, grounding, cached=hit)
+                return Answer(hit.message, hit.finish_reason, grounding, cached=hit)
+            ctx.cache = "miss"
         if grounding is None:
             return await self._call(ctx, request, call, cache_req, guard)
-        policy = self.safety.policy(route.verification if route else None)
         original = call.messages
         call.messages = grounding.messages
         try:
