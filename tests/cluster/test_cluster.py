@@ -37,8 +37,13 @@ def test_d_a_cache_entry_stored_by_one_instance_is_a_hit_on_another(cluster: Clu
     first, third = cluster.instances[0], cluster.instances[2]
     stored = httpx.post(first.url + "/v1/chat/completions", json=body, headers=ADMIN, timeout=30)
     assert stored.status_code == 200 and stored.headers["x-iatros-cache"] == "miss"
-    hit = httpx.post(third.url + "/v1/chat/completions", json=body, headers=ADMIN, timeout=30)
-    assert hit.status_code == 200
+    # A lookup slower than cache.redis_timeout_ms (5 ms) is a miss by design: on a busy
+    # box, allow a second ask (never a hit unless the entry is shared).
+    for _ in range(3):
+        hit = httpx.post(third.url + "/v1/chat/completions", json=body, headers=ADMIN, timeout=30)
+        assert hit.status_code == 200
+        if hit.headers["x-iatros-cache"] == "hit-exact":
+            break
     assert hit.headers["x-iatros-cache"] == "hit-exact"
     assert hit.json()["choices"][0]["message"] == stored.json()["choices"][0]["message"]
 
