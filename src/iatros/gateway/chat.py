@@ -196,10 +196,12 @@ class ChatService:
             collection_version=grounding.version if grounding else None,
         )
         hit = await gw.cache.lookup(ctx, cache_req, request.cache_mode)
+        if grounding is None:
+            if hit is not None:
+                return Answer(hit.message, hit.finish_reason, None, cached=hit)
+            return await self._call(ctx, request, call, cache_req, guard)
         policy = self.safety.policy(route.verification if route else None)
         if hit is not None:
-            if grounding is None:
-                return Answer(hit.message, hit.finish_reason, None, cached=hit)
             # Stored only when verified; checked again for the trust signal, and in case
             # the rules changed since: an answer that no longer passes is not given.
             _, verified = self.safety.verify(grounding, str(hit.message.get("content")), policy)
@@ -207,8 +209,6 @@ class ChatService:
                 ctx.grounding = verified.status
                 return Answer(hit.message, hit.finish_reason, grounding, cached=hit)
             ctx.cache = "miss"
-        if grounding is None:
-            return await self._call(ctx, request, call, cache_req, guard)
         original = call.messages
         call.messages = grounding.messages
         try:
