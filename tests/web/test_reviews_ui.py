@@ -31,6 +31,7 @@ QUESTION = "What fluoride toothpaste concentration should adults brush with twic
 WRONG = "Adults should use a toothpaste with 500-1280 ppm fluoride [1]."
 RIGHT = "Adults should brush twice daily with 1350-1500 ppm fluoride toothpaste [1]."
 TENANT = "practice-ui"
+SLA_S = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             },
         },
         "embeddings": {"default_model": "t-embed"},
+        "reviews": {"sla_hours": SLA_S / 3600},  # items are overdue within the test
     }
     from iatros.api.app import create_app
 
@@ -142,6 +144,7 @@ def test_an_escalation_is_answered_by_a_reviewer_and_reaches_the_next_asker(
     sign_in(clinician, clinic, clinician_key)
     assert not clinician.locator("#nav a[data-view=reviews]").is_visible()
     answer = ask(clinician, "right", question)
+    asked = time.time()
     assert "Passed to a reviewer" in answer.locator(".review-state").inner_text()
     assert answer.locator(".escalate").is_visible()
     assert not answer.locator(".sources").is_visible()  # irrelevant passages are not shown
@@ -153,13 +156,16 @@ def test_an_escalation_is_answered_by_a_reviewer_and_reaches_the_next_asker(
     badge.wait_for()
     assert int(badge.get_attribute("data-count") or 0) >= 1
     assert "waiting for a reviewer" in badge.inner_text()
+    time.sleep(max(0.0, SLA_S + 0.5 - (time.time() - asked)))  # past its due time
     open_reviews(reviewer)
     row = reviewer.locator("#rev-list .rev-item", has_text=question)
     row.wait_for()
     assert "No source" in row.inner_text() and "Open" in row.inner_text()
+    assert "overdue" in row.locator(".rev-overdue").inner_text()
     detail = open_item(reviewer, question)
     assert reviewer.evaluate("document.activeElement.id") == "rev-detail-title"
     assert "Candidate sources" in detail.inner_text()
+    assert "overdue" in detail.locator(".rev-facts").inner_text()
     assert "handbook" in detail.locator(".rev-facts").inner_text()
     assert question in detail.locator(".rev-excerpt").inner_text()
     detail.locator("#rev-claim").click()
@@ -257,9 +263,9 @@ def test_trust_signals_and_a_thumbs_down_sent_to_a_reviewer(
     sign_in(reviewer, clinic, reviewer_key)
     open_reviews(reviewer)
     reviewer.locator("#rev-reason").select_option("feedback")
-    item = reviewer.locator("#rev-list .rev-item", has_text="Thumbs down")
-    item.wait_for()
-    assert item.count() == 1 and QUESTION in item.inner_text()
+    items = reviewer.locator("#rev-list .rev-item")
+    wait_until(lambda: items.count() == 1)  # the filtered list has replaced the queue
+    assert "Thumbs down" in items.inner_text() and QUESTION in items.inner_text()
     detail = open_item(reviewer, QUESTION)
     assert RIGHT in detail.locator(".rev-draft").inner_text()
     # A withheld answer's item shows the draft and what the check found unsupported.
