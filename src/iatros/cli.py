@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from iatros.cli_admin import audit_app, db_app, keys_app, tenants_app
+from iatros.cli_alerts import alerts_app
 from iatros.cli_common import ConfigOpt, KeyOpt, UrlOpt, _fail, _settings, err, out
 from iatros.cli_reviews import reviews_app
 from iatros.cli_scribe import scribe_app
@@ -257,6 +258,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(jobs_app, name="jobs")
 app.command()(worker)
 app.add_typer(reviews_app, name="reviews")

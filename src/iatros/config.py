@@ -6,6 +6,10 @@ sections of the defaults (so a file that lists ``providers`` gets exactly those)
 Nested settings are reachable from the environment with ``__``:
 ``IATROS_SERVER__PORT=9000``. Strings in the YAML may reference the environment
 as ``${NAME}`` so secrets stay out of files.
+
+Why this module is long: it is the one typed settings object of every area (routing,
+cache, knowledge, jobs, reviews, experiments, ...), kept together on purpose so that a
+reader sees every setting and its default in one place.
 """
 
 from __future__ import annotations

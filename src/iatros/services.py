@@ -20,6 +20,7 @@ from iatros.gateway.pipeline import Gateway
 from iatros.governance.service import Governance
 from iatros.jobs import JobQueue, build_queue
 from iatros.knowledge import KnowledgeBase
+from iatros.observability.monitor import Monitor
 from iatros.reviews import ReviewDesk, build_review_desk
 
 
@@ -38,9 +39,13 @@ class Services:
     """Releases and experiments (``iatros.experiments``): what each route serves."""
     """The job queue (``iatros.jobs``); workers are started by the server's lifespan
     (``jobs.workers``) or ``iatros worker``, never by a CLI command that only asks."""
+    monitor: Monitor | None = field(init=False, default=None)
+    """Anomaly detection and alerts (``alerts.enabled``), started with the services."""
 
     def __post_init__(self) -> None:
         self.jobs = build_queue(self.settings.jobs, self.settings.redis_url)
+        if self.settings.alerts.enabled:
+            self.monitor = Monitor(self.settings, self.gateway)
         gov, cfg = self.governance, self.settings.experiments
         self.experiments = ExperimentService(
             gov.db, self.settings, gov.audit, refresh_s=cfg.refresh_s,
@@ -77,6 +82,8 @@ class Services:
     async def start(self) -> None:
         await self.governance.start()
         await self.gateway.start()
+        if self.monitor is not None:
+            await self.monitor.start()
         await self.experiments.start_background()
         await self.transcriber.start()
         if self.knowledge is not None:
@@ -96,6 +103,9 @@ class Services:
             await self.transcriber.close()
         with contextlib.suppress(Exception):
             await self.experiments.close()
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                await self.monitor.close()
         with contextlib.suppress(Exception):
             await self.gateway.close()
         await self.governance.close()

@@ -25,9 +25,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind, StatusCode
 
+from iatros.observability.otel_env import resolve
 from iatros.observability.settings import TracingSettings
 from iatros.observability.spans import parse_traceparent
-from iatros.observability.otel_env import resolve
 from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import ADMIN_KEY, RunningServer, test_model_config, upstream_config
 

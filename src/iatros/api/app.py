@@ -32,13 +32,13 @@ from starlette.types import Receive, Scope, Send
 
 from iatros import __version__, heap
 from iatros.api.admin import add_admin_routes
+from iatros.api.alerts import add_alert_routes
 from iatros.api.audio import add_audio_routes
-from iatros.api.scribe import add_scribe_routes
 from iatros.api.chat import add_chat_routes
 from iatros.api.docs import add_docs_routes
+from iatros.api.embeddings import add_embedding_routes
 from iatros.api.experiments import add_experiment_routes
 from iatros.api.explorer import add_explorer_routes
-from iatros.api.embeddings import add_embedding_routes
 from iatros.api.http import RequestScope, error_response, log
 from iatros.api.jobs import add_job_routes
 from iatros.api.knowledge import add_knowledge_routes
@@ -47,6 +47,7 @@ from iatros.api.openapi import build_openapi
 from iatros.api.ops import add_ops_routes
 from iatros.api.origin_guard import OriginGuard
 from iatros.api.reviews import add_review_routes
+from iatros.api.scribe import add_scribe_routes
 from iatros.api.shutdown import Drain
 from iatros.config import Settings, load_settings
 from iatros.errors import GatewayError, InvalidRequest, NotFound
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     add_model_routes(app, gw, handle)
     add_admin_routes(app, gw, gov, handle)
     add_explorer_routes(app, gw, gov, handle)
+    add_alert_routes(app, services.monitor, gov, handle)
     add_knowledge_routes(app, gw, gov, services.knowledge, handle)
     add_job_routes(app, services.jobs, gov, handle)
     add_experiment_routes(app, services.experiments, handle)

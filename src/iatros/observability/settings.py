@@ -88,7 +88,9 @@ class AlertSettings(_Strict):
     """How often the metrics are sampled and the detectors updated."""
     warmup_samples: int = Field(12, ge=3)
     """Samples a detector learns from before it may fire (2 minutes at 10 s)."""
-    group_wait_s: float = Field(0.0, ge=0)
+    group_wait_s: float = Field(30.0, ge=0)
+    """A new incident's first notification waits this long for its other alerts (an error
+    rate and the breaker it trips are one notification, at the highest severity)."""
     repeat_interval_s: float = Field(4 * 3600.0, gt=0)
     """A still-firing alert is notified again after this long."""
     resolve_after: int = Field(3, ge=1)

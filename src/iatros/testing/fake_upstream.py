@@ -36,6 +36,9 @@ class Behaviour:
     fail_status: int | None = None
     """Answer every chat/embedding request with this HTTP status."""
     fail_first: int = 0
+    fail_ratio: float = 0.0
+    """Fail this share of chat/embedding requests, spread evenly (0.3: 3 in every 10), with
+    ``fail_status`` or 500: an upstream that is partly failing."""
     """Fail only the first N requests (with ``fail_status`` or 500), then recover."""
     drop_after_chunks: int | None = None
     """Close the connection after N streamed chunks, without [DONE]."""
@@ -194,8 +197,11 @@ class _Protocol(asyncio.Protocol):
         if method != "POST" or not (is_chat or is_embed):
             self._write(_response(404, _error(404, f"no route {path}")))
             return
-        failing = b.fail_status is not None or b.fail_first
-        if failing and (b.fail_first == 0 or state.served <= b.fail_first):
+        failing = (b.fail_status is not None or b.fail_first) and not b.fail_ratio
+        spread = b.fail_ratio and int(state.served * b.fail_ratio) != int(
+            (state.served - 1) * b.fail_ratio
+        )
+        if spread or (failing and (b.fail_first == 0 or state.served <= b.fail_first)):
             status = b.fail_status or 500
             if b.delay_ms:
                 await asyncio.sleep(b.delay_ms / 1000)
