@@ -1,7 +1,7 @@
 """Tools an agent may call, registered through the ``iatros.tools`` entry points.
 
-No tool is built in yet; this is the seam the agents work will use, so a tool package
-plugs in exactly like a provider or a parser::
+The built-in tools (:mod:`iatros.agents.builtin_tools`) register here exactly as a tool
+package does, so a tool package plugs in like a provider or a parser::
 
     [project.entry-points."iatros.tools"]
     drug_interactions = "my_package.tools:DrugInteractions"
@@ -14,6 +14,7 @@ by the OpenAI tool-calling format, is logged and skipped (:mod:`iatros.plugins`)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +31,11 @@ class ToolContext:
     tenant: str
     request_id: str
     patient_id: str | None = None
+    principal: Any = None
+    """The caller (an :class:`iatros.auth.Principal`), for tools that act on its behalf."""
+    services: Mapping[str, Any] = field(default_factory=dict)
+    """Services a tool may use, by name (``knowledge``, ``reviews``, ``agent_settings``):
+    handed in by the caller, so a tool never builds its own connection to the store."""
 
 
 @dataclass(slots=True)
@@ -49,6 +55,9 @@ class Tool(Protocol):
         name: unique, 1-64 letters, digits, ``_`` or ``-``.
         description: what it does, for the model choosing it.
         parameters: the JSON Schema (``{"type": "object", ...}``) of its arguments.
+
+    A tool may also declare ``permission`` (a permission of
+    :mod:`iatros.governance.roles` the caller's key must have; ``"chat"`` when absent).
     """
 
     name: str
@@ -77,6 +86,11 @@ def load_tools() -> dict[str, Tool]:
     for tool in load_group(TOOLS, _build).values():
         tools.setdefault(tool.name, tool)
     return tools
+
+
+def permission(tool: Tool) -> str:
+    """The permission a caller needs to use ``tool`` (``"chat"`` unless it declares one)."""
+    return str(getattr(tool, "permission", "chat"))
 
 
 def openai_tool(tool: Tool) -> dict[str, Any]:
