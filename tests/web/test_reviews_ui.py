@@ -268,6 +268,9 @@ def test_trust_signals_and_a_thumbs_down_sent_to_a_reviewer(
     assert "Thumbs down" in items.inner_text() and QUESTION in items.inner_text()
     detail = open_item(reviewer, QUESTION)
     assert RIGHT in detail.locator(".rev-draft").inner_text()
+    # Asked on a route grounded in "handbook": the answer can be saved there.
+    assert "handbook" in detail.locator(".rev-facts").inner_text()
+    assert detail.locator("#rev-save").is_enabled()
     # A withheld answer's item shows the draft and what the check found unsupported.
     with clinic.http(clinician_key) as http:
         body = {"model": "wrong", "messages": [{"role": "user", "content": QUESTION}]}

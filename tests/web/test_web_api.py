@@ -59,6 +59,7 @@ def test_me_tells_tenant_role_and_what_the_role_may_do(web_server: RunningServer
     assert "keys:manage" in admin["permissions"]
     assert {m["id"] for m in admin["chat_models"]} == {"assistant", "fake-gpt", "fake-azure-gpt"}
     assert [m["id"] for m in admin["chat_models"] if m["logical"]] == ["assistant"]
+    assert all(m["knowledge"] is None for m in admin["chat_models"])  # no grounded route
 
     auditor = create_key(web_server, tenant="clinic-me", role="auditor")
     with web_server.http(auditor["key"]) as http:

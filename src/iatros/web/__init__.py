@@ -183,8 +183,18 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                 "key_capabilities": list(principal.capabilities),
                 "features": {"knowledge": _has_knowledge_api(app)},
                 # /v1/models does not say which entries are embedding deployments.
+                # ``knowledge``: the collection a route grounds every answer in, so that an
+                # "ask a human" from its answers names it (a reviewer can then save the
+                # answer there).
                 "chat_models": [
-                    {"id": m.id, "logical": m.id in settings.models, "description": m.description}
+                    {
+                        "id": m.id,
+                        "logical": m.id in settings.models,
+                        "description": m.description,
+                        "knowledge": (
+                            settings.models[m.id].knowledge if m.id in settings.models else None
+                        ),
+                    }
                     for m in gateway.models()
                     if m.kind == "chat"
                 ],

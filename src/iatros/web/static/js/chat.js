@@ -448,7 +448,7 @@ function messageView(msg) {
   return view;
 }
 
-const grounded = (msg) => Boolean(msg.collection || msg.sources?.length || msg.verification || msg.retrievalMatch !== undefined);
+const grounded = (msg) => Boolean(msg.collection || msg.routeKnowledge || msg.sources?.length || msg.verification || msg.retrievalMatch !== undefined);
 
 /** What the conversation said up to `msg`, as the review item's excerpt. */
 function historyUntil(conv, msg) {
@@ -477,7 +477,8 @@ async function askHuman(view, reason) {
   };
   const cid = conversationId(conv);
   if (cid) body.conversation_id = cid;
-  if (msg.collection) body.collection = msg.collection;
+  const collection = msg.collection || msg.routeKnowledge; // chosen, or the route's own
+  if (collection) body.collection = collection;
   if (msg.requestId) body.request_id = msg.requestId;
   for (const button of view.actions.querySelectorAll("button")) button.disabled = true;
   try {
@@ -632,7 +633,8 @@ async function send(text) {
     .filter((m) => !m.dismissed)
     .map((m) => ({ role: m.role === "user" ? "user" : "assistant", content: m.content }));
   const user = { id: uid(), role: "user", content: text, ts: Date.now() };
-  const msg = { id: uid(), role: "assistant", content: "", ts: Date.now(), status: "streaming", model, collection };
+  const routeKnowledge = (state.me.chat_models || []).find((m) => m.id === model)?.knowledge || "";
+  const msg = { id: uid(), role: "assistant", content: "", ts: Date.now(), status: "streaming", model, collection, routeKnowledge };
   conv.messages.push(user, msg);
   conv.updated = Date.now();
   save();
