@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml scripts/install-llama.sh
 	bash scripts/install-browser.sh
 	bash scripts/install-speech.sh
 	bash scripts/install-system.sh
+	bash scripts/install-prometheus.sh
 	touch $(STAMP)
 
 run: install

@@ -182,9 +182,7 @@ def add_explorer_routes(app: FastAPI, gw: Gateway, gov: Governance, handle: Hand
             window = timestamp(since, "since"), timestamp(until, "until")
             statuses = _status_filter(status) if status else None
             if grounding is not None and _GROUNDING is None:
-                raise InvalidRequest(
-                    "This store has no grounding outcomes yet.", param="grounding"
-                )
+                raise InvalidRequest("This store has no grounding outcomes yet.", param="grounding")
             await gov.flush()  # what is still in the journal too
 
             def read() -> list[dict[str, Any]]:

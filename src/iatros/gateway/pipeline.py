@@ -31,6 +31,7 @@ from iatros.gateway.embedder import Embedder
 from iatros.observability.logging import log_request
 from iatros.observability.looplag import LoopLag, loop_lag
 from iatros.observability.metrics import Metrics
+from iatros.observability.outcomes import Outcomes
 from iatros.observability.spans import attempt as trace_attempt
 from iatros.observability.spans import attempt_done
 from iatros.observability.stalls import StallWatch
@@ -103,6 +104,9 @@ class Gateway:
         )
         self.sinks: list[Callable[[RequestContext], None]] = []
         """Called with every finished request (usage records, audit)."""
+        deps = settings.deployments
+        prices = {n: (d.price_per_1k_input, d.price_per_1k_output) for n, d in deps.items()}
+        self.sinks.append(Outcomes(self.metrics, prices).record)  # cost and tokens per tenant
         self._started = False
         self._health_task: asyncio.Task[None] | None = None
         self._lag: LoopLag | None = None
