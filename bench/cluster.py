@@ -291,7 +291,9 @@ def main() -> int:
         "upstream 20 ms, 100 ms between streamed chunks; load generator on the "
         "same 2 cores",
     }
-    with Cluster(size=3, token_delay_ms=100, shutdown_timeout_s=10) as cluster:
+    # The committed code (git archive HEAD): instances restarted mid-run never load
+    # a half-edited working tree.
+    with Cluster(size=3, token_delay_ms=100, shutdown_timeout_s=10, snapshot=True) as cluster:
         for name, run in (
             ("throughput", lambda: throughput(cluster, seconds)),
             ("rate_limit", lambda: rate_limit(cluster)),

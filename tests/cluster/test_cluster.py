@@ -8,6 +8,7 @@ file order, the destructive ones (kill, rolling restart) last.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 def cluster() -> Iterator[Cluster]:
     # 100 ms between streamed chunks: a stream lasts about a second, so some are
     # always in flight when an instance is killed or restarted.
-    with Cluster(size=3, token_delay_ms=100, shutdown_timeout_s=10) as running:
+    snapshot = os.environ.get("IATROS_TEST_CLUSTER_SNAPSHOT") == "1"  # see Cluster.snapshot
+    with Cluster(size=3, token_delay_ms=100, shutdown_timeout_s=10, snapshot=snapshot) as running:
         yield running
 
 
@@ -126,6 +128,45 @@ def test_e_100_ingestion_jobs_each_processed_exactly_once_by_3_workers(cluster: 
     assert len(everything) == 100 and len(set(everything)) == 100, per_instance
     busy = [name for name, names in per_instance.items() if names]
     assert len(busy) >= 2, {k: len(v) for k, v in per_instance.items()}
+
+
+def test_c_a_document_ingested_through_instance_1_is_found_through_instance_3(
+    cluster: Cluster,
+) -> None:
+    first, third = cluster.instances[0], cluster.instances[2]
+    doc = b"# Dry socket\n\nAlveolar osteitis: irrigate and pack with zinc oxide eugenol.\n"
+    resp = httpx.post(
+        f"{first.url}/v1/knowledge/collections/surgery/documents",
+        files={"files": ("dry-socket.md", doc, "text/markdown")},
+        headers=ADMIN,
+        timeout=30,
+    )
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while True:  # asked through instance 3: the job record is shared too
+        job = httpx.get(f"{third.url}/v1/knowledge/jobs/{job_id}", headers=ADMIN).json()
+        if job["state"] in ("done", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert job["state"] == "done", job
+    found = httpx.post(
+        f"{third.url}/v1/knowledge/search",
+        headers=ADMIN,
+        timeout=30,
+        json={"query": "alveolar osteitis packing", "collection": "surgery", "k": 3},
+    )
+    assert found.status_code == 200, found.text
+    hits = found.json()["data"]
+    assert hits and hits[0]["document"] == "dry-socket.md"
+    assert "zinc oxide eugenol" in hits[0]["text"]
+    elsewhere = httpx.post(  # another tenant's key sees nothing of it
+        f"{third.url}/v1/knowledge/search",
+        headers={"authorization": f"Bearer {cluster.create_key(tenant='other-clinic')}"},
+        json={"query": "alveolar osteitis", "collection": "surgery"},
+        timeout=30,
+    )
+    assert elsewhere.status_code == 404
 
 
 def test_b_an_instance_killed_under_load(cluster: Cluster) -> None:

@@ -29,6 +29,9 @@ class KnowledgeSettings(BaseModel):
     qdrant_path: str | None = None
     """Local mode only (no ``qdrant_url``): the directory, ``<data_dir>/knowledge/qdrant``
     by default. One process at a time may open it."""
+    postgres_url: str | None = None
+    """``backend: postgres``: the PostgreSQL database holding the shared chunk table
+    (usually the one in ``database_url``; in YAML ``${IATROS_DATABASE_URL}``)."""
     qdrant_collection: str = "iatros_chunks"
     """The one Qdrant collection holding every tenant's chunks (payload-partitioned)."""
 

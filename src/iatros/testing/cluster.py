@@ -110,6 +110,10 @@ class Cluster:
     job_workers: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
     """Top-level settings merged into every instance's configuration."""
+    snapshot: bool = False
+    """Run the instances from ``git archive HEAD`` (the committed code) instead of the
+    working tree: on a tree others are editing, an instance restarted mid-run would
+    otherwise load their half-written changes."""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="iatros-cluster-")))
     instances: list[Instance] = field(default_factory=list)
     prefix: str = field(default_factory=lambda: f"cluster:{uuid.uuid4().hex[:10]}:")
@@ -159,6 +163,9 @@ class Cluster:
             },
             "models": {"assistant": {"deployments": ["fake-gpt"]}},
             "embeddings": {"default_model": "t-embed"},
+            # Shared knowledge: the chunk table in the cluster's PostgreSQL database (no
+            # Qdrant server can be installed on this machine; see knowledge/backends).
+            "knowledge": {"backend": "postgres", "postgres_url": self.database_url},
             "cache": {
                 "backend": "redis",
                 "key_prefix": self.prefix + "cache:",
@@ -174,6 +181,8 @@ class Cluster:
     # --- lifecycle ----------------------------------------------------------------
 
     def start(self) -> Cluster:
+        if self.snapshot:
+            self._take_snapshot()
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         self._upstream = subprocess.Popen(
@@ -229,6 +238,8 @@ class Cluster:
     def launch(self, inst: Instance) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IATROS_")}
         env["IATROS_CONFIG"] = str(inst.config)
+        if self.snapshot:
+            env["PYTHONPATH"] = str(self.root / "src")
         log = open(inst.log, "ab")  # noqa: SIM115 - the process keeps it
         inst.proc = subprocess.Popen(
             [sys.executable, "-m", "iatros", "serve"],
@@ -236,6 +247,13 @@ class Cluster:
             stdout=log,
             stderr=log,
         )
+
+    def _take_snapshot(self) -> None:
+        repo = Path(__file__).resolve().parents[3]
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", "HEAD", "src"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(self.root)], input=archive, check=True)
 
     def wait_ready(self, inst: Instance, timeout_s: float = 90) -> None:
         deadline = time.monotonic() + timeout_s
