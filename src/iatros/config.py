@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from iatros.agents.settings import AgentSettings
 from iatros.cache import CacheSettings
 from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.speech.settings import TranscriptionSettings
@@ -256,6 +257,8 @@ class Settings(BaseSettings):
     """OpenTelemetry traces (off by default; see ``observability/tracing.py``)."""
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     """Anomaly detection and alert routing (off by default; see ``observability/alerts.py``)."""
+    agents: AgentSettings = Field(default_factory=AgentSettings)
+    """Agents and workflows: enabled tools per tenant, the HTTP tool's allow-list, runs."""
 
     @model_validator(mode="before")
     @classmethod

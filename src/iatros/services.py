@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+from iatros.agents.service import AgentService
 from iatros.clinical.scribe.service import ScribeService
 from iatros.clinical.speech.transcriber import Transcriber
 from iatros.config import Settings
@@ -41,19 +42,25 @@ class Services:
     (``jobs.workers``) or ``iatros worker``, never by a CLI command that only asks."""
     monitor: Monitor | None = field(init=False, default=None)
     """Anomaly detection and alerts (``alerts.enabled``), started with the services."""
+    agents: AgentService = field(init=False)
+    """Agent and workflow templates and runs; the server's lifespan starts its resume loop
+    (``agents.start()``), a CLI process never does."""
 
     def __post_init__(self) -> None:
         self.jobs = build_queue(self.settings.jobs, self.settings.redis_url)
-        if self.settings.alerts.enabled:
-            self.monitor = Monitor(self.settings, self.gateway)
         gov, cfg = self.governance, self.settings.experiments
         self.experiments = ExperimentService(
             gov.db, self.settings, gov.audit, refresh_s=cfg.refresh_s,
             analysis_interval_s=cfg.analysis_interval_s,
         )  # fmt: skip
         self.gateway.router.releases = self.experiments.selector
+        if self.settings.alerts.enabled:
+            self.monitor = Monitor(self.settings, self.gateway)
         if self.knowledge is not None:
             self.knowledge.attach_queue(self.jobs)
+        self.agents = AgentService(
+            self.settings, self.chat, self.governance, self.reviews.queue, self.knowledge
+        )
 
     @classmethod
     def build(
@@ -82,9 +89,9 @@ class Services:
     async def start(self) -> None:
         await self.governance.start()
         await self.gateway.start()
+        await self.experiments.start_background()
         if self.monitor is not None:
             await self.monitor.start()
-        await self.experiments.start_background()
         await self.transcriber.start()
         if self.knowledge is not None:
             await self.knowledge.start()
@@ -95,17 +102,19 @@ class Services:
         with contextlib.suppress(Exception):
             await self.jobs.close()  # first: its handlers use the services below
         with contextlib.suppress(Exception):
+            await self.agents.close()
+        with contextlib.suppress(Exception):
             await self.reviews.close()
         if self.knowledge is not None:
             with contextlib.suppress(Exception):
                 await self.knowledge.close()
         with contextlib.suppress(Exception):
             await self.transcriber.close()
-        with contextlib.suppress(Exception):
-            await self.experiments.close()
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 await self.monitor.close()
+        with contextlib.suppress(Exception):
+            await self.experiments.close()
         with contextlib.suppress(Exception):
             await self.gateway.close()
         await self.governance.close()

@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from iatros import __version__, heap
 from iatros.api.admin import add_admin_routes
+from iatros.api.agents import add_agent_routes
 from iatros.api.alerts import add_alert_routes
 from iatros.api.audio import add_audio_routes
 from iatros.api.chat import add_chat_routes
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
             _log.warning("several instances: %s", warning)
         await services.start()
         await services.jobs.start(settings.jobs.workers)
+        await services.agents.start()  # resumes runs a previous process left running
         drain.on_begin(services.jobs.drain)
         drain.install()
         heap.tune()
@@ -144,7 +146,10 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     _add_error_handlers(app)
 
     handle = RequestScope(gw, gov).handle
-    app.fast_routes[("POST", "/v1/chat/completions")] = add_chat_routes(app, services.chat, handle)
+    agent_model = add_agent_routes(app, services.agents, handle)
+    app.fast_routes[("POST", "/v1/chat/completions")] = add_chat_routes(
+        app, services.chat, handle, agent_model
+    )
     app.fast_routes[("POST", "/v1/embeddings")] = add_embedding_routes(app, gw, gov, handle)
     add_model_routes(app, gw, handle)
     add_admin_routes(app, gw, gov, handle)

@@ -183,8 +183,13 @@ def stream_response(
     return EventStreamResponse(body(), headers=headers)
 
 
-def add_chat_routes(app: FastAPI, service: ChatService, handle: Handler) -> Any:
-    """Declare the route (for the OpenAPI document) and return its handler for fast dispatch."""
+def add_chat_routes(
+    app: FastAPI, service: ChatService, handle: Handler, agent_model: Any = None
+) -> Any:
+    """Declare the route (for the OpenAPI document) and return its handler for fast dispatch.
+
+    ``agent_model`` (``api/agents.py``) answers models named ``agent:<name>``.
+    """
     limit = service.settings.server.max_body_bytes
     bodies = ParseMemo(schemas.ChatCompletionRequest)
 
@@ -201,6 +206,8 @@ def add_chat_routes(app: FastAPI, service: ChatService, handle: Handler) -> Any:
             req = bodies.parse(await read_body(request, limit))
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             completion_id = "chatcmpl-" + ctx.request_id.removeprefix("req_")
+            if agent_model is not None and req.model.startswith("agent:"):
+                return await agent_model(ctx, req, completion_id)  # type: ignore[no-any-return]
             reply = await service.respond(
                 ctx,
                 chat_request(req, ctx.principal),

@@ -24,6 +24,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "feedback:read": frozenset({"admin", "auditor"}),
     "reviews:ask": frozenset({"admin", "clinician", "service"}),
     "reviews:answer": frozenset({"admin"}),
+    "agents:run": frozenset({"admin", "clinician", "service"}),
+    "agents:manage": frozenset({"admin"}),
 }
 
 Capability = Literal["reviewer"]

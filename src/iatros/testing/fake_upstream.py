@@ -46,6 +46,16 @@ class Behaviour:
     retry_after: str | None = None
     embedding_dim: int = 8
     record: bool = True
+    scripted: list[dict[str, Any]] = field(default_factory=list)
+    """Rules for chat answers, tried in order before ``answer`` (OpenAI tool calling).
+
+    A rule is ``{"message": {...}}`` plus optional conditions: ``"match"`` (a substring
+    of the request's messages, contents and tool results), ``"last_role"`` (the role of
+    the last message: ``"tool"`` after a tool result), ``"has_tools"`` (whether the
+    request offers ``tools``) and ``"times"`` (how many requests it answers). The first
+    matching rule's ``message`` (``content`` and/or ``tool_calls``) is the answer; with
+    ``tool_calls`` the finish reason is ``tool_calls``, as OpenAI sends it.
+    """
 
 
 @dataclass
@@ -85,6 +95,26 @@ def _error(status: int, message: str) -> bytes:
 def _words(answer: str) -> list[str]:
     words = answer.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _scripted(rules: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any] | None:
+    """The message of the first rule of :attr:`Behaviour.scripted` matching ``body``."""
+    messages = body.get("messages") or []
+    text = "\n".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
+    last = messages[-1].get("role") if messages and isinstance(messages[-1], dict) else None
+    for rule in rules:
+        if rule.get("times") is not None and rule["times"] <= 0:
+            continue
+        if rule.get("match") is not None and str(rule["match"]) not in text:
+            continue
+        if rule.get("last_role") is not None and rule["last_role"] != last:
+            continue
+        if rule.get("has_tools") is not None and bool(body.get("tools")) != rule["has_tools"]:
+            continue
+        if rule.get("times") is not None:
+            rule["times"] -= 1
+        return dict(rule.get("message") or {})
+    return None
 
 
 def fake_embedding(text: str, dim: int) -> list[float]:
@@ -234,7 +264,13 @@ class _Protocol(asyncio.Protocol):
             }
             self._write(_response(200, orjson.dumps(data)))
             return
-        words = _words(b.answer)
+        scripted = _scripted(b.scripted, body) if b.scripted else None
+        tool_calls = (scripted or {}).get("tool_calls")
+        words = _words(str((scripted or {}).get("content") or "")) if scripted else []
+        if not scripted:
+            words = _words(b.answer)
+        elif not tool_calls and not words:
+            words = [""]
         max_tokens = body.get("max_tokens")
         finish = "stop"
         if isinstance(max_tokens, int) and max_tokens < len(words):
@@ -248,6 +284,22 @@ class _Protocol(asyncio.Protocol):
             "total_tokens": prompt_tokens + len(words),
         }
         created = int(time.time())
+        if tool_calls:
+            finish = "tool_calls"
+            content = "".join(words) or None
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            message["tool_calls"] = tool_calls
+            if not body.get("stream"):
+                data = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                    "usage": usage,
+                }
+                self._write(_response(200, orjson.dumps(data)))
+                return
         if not body.get("stream"):
             data = {
                 "id": "chatcmpl-fake",
@@ -272,6 +324,7 @@ class _Protocol(asyncio.Protocol):
             model,
             created,
             bool((body.get("stream_options") or {}).get("include_usage")),
+            tool_calls,
         )
 
     async def _stream(
@@ -282,6 +335,7 @@ class _Protocol(asyncio.Protocol):
         model: str,
         created: int,
         include_usage: bool,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         b = self.state.behaviour
         self._write(
@@ -312,6 +366,9 @@ class _Protocol(asyncio.Protocol):
             if b.token_delay_ms and i:
                 await asyncio.sleep(b.token_delay_ms / 1000)
             send(chunk({"content": word}))
+        if tool_calls:
+            indexed = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+            send(chunk({"tool_calls": indexed}))
         send(chunk({}, finish))
         if include_usage:
             data = {

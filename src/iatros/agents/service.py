@@ -1,0 +1,247 @@
+"""The agents service: templates, runs, approvals and the loop that resumes waiting runs.
+
+Durability: a run's row is rewritten after every step. A run waiting for an approval
+holds nothing in memory: the resume loop (every ``agents.resume_interval_s``) finds
+waiting runs whose review item is decided, claims each one (``waiting -> running`` in
+one conditional update, so two instances never resume the same run) and replays it. A
+starting server finds the runs that were ``running`` when the previous process stopped
+and resumes them (or fails them explicitly, ``agents.on_restart: fail``): a run is never
+lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from iatros.agents.runner import AgentFailed, AgentResult, AgentRunner, ToolBox, schema_errors
+from iatros.agents.settings import AgentSettings
+from iatros.agents.spec import AgentSpec, WorkflowSpec
+from iatros.agents.store import AgentStore
+from iatros.agents.templates import Templates
+from iatros.agents.workflow import Rejected, RunState, StepFailed, Waiting, WorkflowExecutor
+from iatros.auth import Principal
+from iatros.config import Settings
+from iatros.errors import InvalidRequest, NotFound
+from iatros.gateway.chat import ChatService
+from iatros.governance.service import Governance
+from iatros.reviews.queue import ReviewQueue
+from iatros.tools import Tool, load_tools
+
+log = logging.getLogger("iatros.agents")
+
+
+class AgentService:
+    def __init__(
+        self,
+        settings: Settings,
+        chat: ChatService,
+        governance: Governance,
+        queue: ReviewQueue,
+        knowledge: Any = None,
+        tools: dict[str, Tool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config: AgentSettings = settings.agents
+        self.governance = governance
+        self.store = AgentStore(governance.db)
+        self.queue = queue
+        self.tools = tools if tools is not None else load_tools()
+        self.services: dict[str, Any] = {
+            "knowledge": knowledge, "reviews": queue, "agent_settings": self.config,
+        }  # fmt: skip
+        self.templates = Templates(settings, governance, self.store, self.tools)
+        self.runner = AgentRunner(chat, self.templates.tool_calling)
+        self.executor = WorkflowExecutor(self.runner, queue, self._stored_agent)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(self.config.max_concurrent_runs)
+
+    # -- templates ----------------------------------------------------------------------
+
+    def toolbox(self, tenant: str) -> ToolBox:
+        return ToolBox(self.tools, set(self.templates.enabled_tools(tenant)), self.services)
+
+    async def _stored_agent(self, tenant: str, name: str) -> AgentSpec:
+        row = await self.store.template(tenant, name)
+        if row["kind"] != "agent":
+            raise AgentFailed(f"{name!r} is a workflow, not an agent")
+        return AgentSpec.model_validate(row["spec"])
+
+    # -- agents as models ---------------------------------------------------------------
+
+    async def call_agent(
+        self, principal: Principal, name: str, messages: list[dict[str, Any]], request_id: str
+    ) -> AgentResult:
+        """Run the stored agent ``name`` on a conversation (``model: "agent:<name>"``)."""
+        try:
+            spec = await self._stored_agent(principal.tenant, name)
+        except NotFound:
+            raise NotFound(f"No agent {name!r}.", param="model",
+                           code="model_not_found") from None  # fmt: skip
+        last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+        text = last.get("content") if last else ""
+        input_: Any = {"message": text if isinstance(text, str) else ""}
+        if spec.input_schema is not None and isinstance(text, str):
+            with contextlib.suppress(ValueError):
+                input_ = orjson.loads(text)
+        conversation = messages if spec.input_schema is None else None
+        return await self.runner.run(spec, input_, principal, self.toolbox(principal.tenant),
+                                     request_id=request_id, messages=conversation)  # fmt: skip
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def start_run(
+        self, principal: Principal, name: str, input_: Any, *, wait_s: float = 0.0
+    ) -> dict[str, Any]:
+        tenant = principal.tenant
+        template = await self.store.template(tenant, name)
+        if template["kind"] != "workflow":
+            raise InvalidRequest(f"{name!r} is an agent: call it as model 'agent:{name}'",
+                                 param="workflow", code="not_a_workflow")  # fmt: skip
+        spec = WorkflowSpec.model_validate(template["spec"])
+        if spec.input_schema is not None:
+            problems = schema_errors(spec.input_schema, input_)
+            if problems:
+                raise InvalidRequest("input does not fit the workflow's input schema: "
+                                     + "; ".join(problems[:5]), param="input")  # fmt: skip
+        run = await self.store.create_run(tenant, template, input_, principal.key_id,
+                                          principal.role, principal.capabilities)  # fmt: skip
+        self.governance.audit(
+            tenant=tenant, actor=principal.key_id, action="agents.run.start", target=run["id"],
+            outcome="running", details={"workflow": name, "version": template["version"]},
+        )  # fmt: skip
+        task = self._spawn(tenant, run["id"], principal)
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), wait_s)
+        return await self.get_run(tenant, run["id"])
+
+    async def get_run(self, scope: str, run_id: str) -> dict[str, Any]:
+        run = await self.store.run(scope, run_id)
+        for private in ("key_id", "role", "capabilities"):
+            run.pop(private, None)
+        return run
+
+    def _spawn(self, tenant: str, run_id: str, principal: Principal | None) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(
+            self._execute(tenant, run_id, principal), name=f"iatros-run-{run_id}"
+        )
+        self._tasks[run_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
+        return task
+
+    async def _execute(self, tenant: str, run_id: str, principal: Principal | None) -> None:
+        async with self._slots:
+            try:
+                await self._execute_run(tenant, run_id, principal)
+            except Exception:
+                log.exception("run failed unexpectedly", extra={"run_id": run_id})
+                with contextlib.suppress(Exception):
+                    await self._finish(tenant, run_id, "failed", error="internal error")
+
+    async def _execute_run(self, tenant: str, run_id: str, principal: Principal | None) -> None:
+        run = await self.store.run(tenant, run_id)
+        if principal is None:  # resumed: act as the key that started it
+            principal = Principal(tenant=tenant, key_id=run["key_id"], role=run["role"],
+                                  capabilities=tuple(run["capabilities"]))  # fmt: skip
+        template = await self.store.template(tenant, run["template"], run["template_version"])
+        spec = WorkflowSpec.model_validate(template["spec"])
+        state = RunState(run_id, tenant, principal, run["input"],
+                         records={r["id"]: r for r in run["steps"]})  # fmt: skip
+
+        async def save() -> None:
+            steps = list(state.records.values())
+            prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in steps)
+            completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in steps)
+            await self.store.save_run(tenant, run_id, steps=steps, prompt_tokens=prompt,
+                                      completion_tokens=completion)  # fmt: skip
+
+        state.save = save
+        try:
+            output = await self.executor.execute(spec, state, self.toolbox(tenant))
+        except Waiting as waiting:
+            await self.store.save_run(tenant, run_id, status="waiting",
+                                      waiting_review_id=waiting.review_id)  # fmt: skip
+            return
+        except Rejected as exc:
+            await self._finish(tenant, run_id, "rejected", error=str(exc))
+            return
+        except StepFailed as exc:
+            await self._finish(tenant, run_id, "failed", error=str(exc))
+            return
+        await self._finish(tenant, run_id, "succeeded", output=output)
+
+    async def _finish(
+        self, tenant: str, run_id: str, status: str, *, output: Any = None,
+        error: str | None = None,
+    ) -> None:  # fmt: skip
+        await self.store.save_run(
+            tenant, run_id, status=status, output=output, error=error, waiting_review_id=None,
+            finished_at=datetime.now(UTC),
+        )  # fmt: skip
+        self.governance.audit(tenant=tenant, actor="agents", action="agents.run.finish",
+                              target=run_id, outcome=status)  # fmt: skip
+
+    # -- resuming -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover runs interrupted by a stop, then watch waiting runs."""
+        for tenant, run_id, _review in await self.store.runs_in("running"):
+            if self.config.on_restart == "fail":
+                await self._finish(tenant, run_id, "failed",
+                                   error="interrupted by a server restart")  # fmt: skip
+            else:
+                log.info("resuming run after restart", extra={"run_id": run_id})
+                self._spawn(tenant, run_id, None)
+        self._loop_task = asyncio.get_running_loop().create_task(
+            self._resume_loop(), name="iatros-agent-runs"
+        )
+
+    async def resume_decided(self) -> int:
+        """Resume every waiting run whose review item has been decided; how many."""
+        resumed = 0
+        for tenant, run_id, review_id in await self.store.runs_in("waiting"):
+            if run_id in self._tasks:
+                continue
+            if review_id is not None:
+                try:
+                    item = await self.queue.get(tenant, review_id)
+                except NotFound:
+                    item = {"status": "dismissed"}
+                if item["status"] in ("open", "claimed"):
+                    continue
+            if await self.store.claim(tenant, run_id, "waiting"):
+                self._spawn(tenant, run_id, None)
+                resumed += 1
+        return resumed
+
+    async def _resume_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resume_interval_s)
+            try:
+                await self.resume_decided()
+            except Exception as exc:  # the store may be briefly unavailable: try again
+                log.warning("resume check failed", extra={"error": type(exc).__name__})
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
