@@ -17,7 +17,7 @@ from rich.table import Table
 from iatros.cli_admin import audit_app, db_app, keys_app, tenants_app
 from iatros.cli_alerts import alerts_app
 from iatros.cli_common import ConfigOpt, KeyOpt, UrlOpt, _fail, _settings, err, out
-from iatros.cli_experiments import experiments_app, releases_app
+from iatros.cli_experiments import experiments_app, releases_app, rollouts_app
 from iatros.cli_reviews import reviews_app
 from iatros.cli_scribe import scribe_app
 from iatros.cli_worker import jobs_app, worker
@@ -266,6 +266,7 @@ app.add_typer(reviews_app, name="reviews")
 app.add_typer(scribe_app, name="scribe")
 app.add_typer(releases_app, name="releases")
 app.add_typer(experiments_app, name="experiments")
+app.add_typer(rollouts_app, name="rollouts")
 
 
 @app.command()

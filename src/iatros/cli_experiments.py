@@ -288,3 +288,73 @@ def experiments_promote(
                  {"variant": variant} if variant else {},
                  lambda s: s.promote(experiment_id, ACTOR, variant))  # fmt: skip
     err.print(f"{experiment_id}: promoted {done['experiment']['decision'].get('promoted')}")
+
+
+# -- rollouts ---------------------------------------------------------------------------
+
+rollouts_app = typer.Typer(help="Canary rollouts: steps, analysis, automatic rollback.")
+
+
+@rollouts_app.command("start")
+def rollouts_start(
+    route: Annotated[str, typer.Option(help="The route (a model of the config).")],
+    candidate: Annotated[str, typer.Option(help="The release to roll out (rel_…).")],
+    steps: Annotated[str, typer.Option(help="Candidate shares, comma-separated.")] = (
+        "10,25,50,100"
+    ),
+    interval: Annotated[float, typer.Option(help="Seconds per step (analysis interval).")] = (
+        300.0
+    ),
+    max_failures: Annotated[int, typer.Option(help="Failed checks before rollback.")] = 1,
+    url: UrlOpt = None, key: KeyOpt = None, config: ConfigOpt = None,
+) -> None:  # fmt: skip
+    """Start a canary of a release against the route's active release."""
+    try:
+        shares = [float(s) for s in steps.split(",")]
+    except ValueError:
+        _fail(f"--steps {steps!r}: numbers separated by commas")
+    body = {"route": route, "candidate_id": candidate, "steps": shares, "interval_s": interval,
+            "max_failures": max_failures}  # fmt: skip
+    made = _call(url, key, config, "POST", "/admin/rollouts", body,
+                 lambda s: s.rollouts.create(body, ACTOR))  # fmt: skip
+    err.print(f"started {made['id']} at {made['step']:g} % (a running server analyses it)")
+    print(made["id"])
+
+
+@rollouts_app.command("list")
+def rollouts_list(url: UrlOpt = None, key: KeyOpt = None, config: ConfigOpt = None) -> None:
+    """Rollouts, newest first."""
+    data = _call(url, key, config, "GET", "/admin/rollouts", None,
+                 lambda s: {"data": s.rollouts.find()})["data"]  # fmt: skip
+    table = Table("id", "route", "status", "step", "baseline", "candidate", "failures")
+    for r in data:
+        table.add_row(r["id"], r["route"], r["status"], f"{r['step']:g} %", r["baseline_id"],
+                      r["candidate_id"], f"{r['failures']}/{r['max_failures']}")  # fmt: skip
+    out.print(table)
+
+
+@rollouts_app.command("show")
+def rollouts_show(
+    rollout_id: Annotated[str, typer.Argument(help="The rollout's id (rol_…).")],
+    url: UrlOpt = None, key: KeyOpt = None, config: ConfigOpt = None,
+) -> None:  # fmt: skip
+    """One rollout as JSON, with the check of every interval."""
+    _print_json(_call(url, key, config, "GET", f"/admin/rollouts/{rollout_id}", None,
+                      lambda s: s.rollouts.show(rollout_id)))  # fmt: skip
+
+
+def _rollout_transition(action: str) -> Callable[..., None]:
+    def command(
+        rollout_id: Annotated[str, typer.Argument(help="The rollout's id (rol_…).")],
+        url: UrlOpt = None, key: KeyOpt = None, config: ConfigOpt = None,
+    ) -> None:  # fmt: skip
+        done = _call(url, key, config, "POST", f"/admin/rollouts/{rollout_id}/{action}", None,
+                     lambda s: s.rollouts.transition(rollout_id, action, ACTOR))  # fmt: skip
+        err.print(f"{rollout_id}: {done['status']}")
+
+    command.__doc__ = f"{action.capitalize()} a rollout."
+    return command
+
+
+for _action in ("pause", "resume", "abort"):
+    rollouts_app.command(_action)(_rollout_transition(_action))

@@ -36,8 +36,8 @@ def test_release_and_experiment_lifecycle_from_the_cli(tmp_path: Path) -> None:
     listed = run("releases", "list", "--json")
     assert f'"id":"{green}"' in listed and '"state":"active"' in listed
     run("releases", "rollback", "assistant")
-    assert '"state":"active"' in [line for line in run("releases", "list", "--json").splitlines()
-                                   if f'"id":"{blue}"' in line][0]
+    lines = run("releases", "list", "--json").splitlines()
+    assert '"state":"active"' in next(line for line in lines if f'"id":"{blue}"' in line)
     err = runner.invoke(app, ["releases", "create", "--route", "assistant", "--deployments",
                               "nope", "--config", str(config)])
     assert err.exit_code == 1 and "deployment_not_found" not in err.output  # message, not code
@@ -56,3 +56,12 @@ def test_release_and_experiment_lifecycle_from_the_cli(tmp_path: Path) -> None:
     run("experiments", "stop", exp)
     stopped = runner.invoke(app, ["experiments", "promote", exp, "--config", str(config)])
     assert stopped.exit_code == 1 and "409" in stopped.output
+
+    rollout = run("rollouts", "start", "--route", "assistant", "--candidate", green,
+                  "--steps", "20,100", "--interval", "60")
+    assert rollout in run("rollouts", "list")
+    run("rollouts", "pause", rollout)
+    run("rollouts", "abort", rollout)
+    assert '"status": "aborted"' in run("rollouts", "show", rollout)
+    again = runner.invoke(app, ["rollouts", "resume", rollout, "--config", str(config)])
+    assert again.exit_code == 1 and "409" in again.output

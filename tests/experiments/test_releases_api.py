@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, upstream_config
 from iatros.testing.fake_upstream import FakeUpstream
+from tests.conftest import RunningServer, upstream_config
 
 CHAT = {"model": "assistant", "messages": [{"role": "user", "content": "hello"}]}
 

@@ -224,6 +224,7 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
 
     for action in ("start", "stop"):
         _add_transition(app, svc, handle, action)
+    add_rollout_routes(app, svc, handle)
 
     @app.post(
         "/admin/experiments/{experiment_id}/promote", tags=["Experiments"],
@@ -235,6 +236,77 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
             actor = _platform(ctx)
             body = await body_of(request, PromoteBody, optional=True)
             out = await asyncio.to_thread(svc.promote, experiment_id, actor, body.variant)
+            return json_response(out)
+
+        return await handle(request, "admin", "deployments:read", work)
+
+
+class RolloutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    route: Identifier = Field(max_length=128)
+    candidate_id: Identifier = Field(max_length=40, description="The release to roll out.")
+    steps: list[float] = Field(
+        default_factory=lambda: [10.0, 25.0, 50.0, 100.0], min_length=1, max_length=20,
+        description="The candidate's share of traffic at each step; the last is 100.",
+    )
+    interval_s: float = Field(300.0, gt=0, le=86400, description="Analysis interval per step.")
+    max_failures: int = Field(1, ge=1, le=100, description="Failed checks before rollback.")
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+def add_rollout_routes(app: FastAPI, svc: ExperimentService, handle: Handler) -> None:
+    limit = svc.settings.server.max_body_bytes
+    mgr = svc.rollouts
+
+    @app.get("/admin/rollouts", tags=["Experiments"], summary="Canary rollouts (newest first)")
+    async def list_rollouts(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            data = await asyncio.to_thread(mgr.find)
+            return json_response({"object": "list", "data": data})
+
+        return await handle(request, "admin", "deployments:read", work)
+
+    @app.post(
+        "/admin/rollouts", tags=["Experiments"],
+        summary="Start a canary of a release against the route's active one",
+        status_code=201, openapi_extra=openapi_body(RolloutCreate),
+        responses=error_responses(400, 403, 404, 409),
+    )  # fmt: skip
+    async def create_rollout(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            actor = _platform(ctx)
+            body = parse_body(RolloutCreate, await _read_body(request, limit))
+            out = await asyncio.to_thread(mgr.create, body.model_dump(), actor)
+            return json_response(out, 201)
+
+        return await handle(request, "admin", "deployments:read", work)
+
+    @app.get(
+        "/admin/rollouts/{rollout_id}", tags=["Experiments"],
+        summary="A rollout with the checks of every interval", responses=error_responses(404),
+    )  # fmt: skip
+    async def show_rollout(request: Request, rollout_id: Id) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            return json_response(await asyncio.to_thread(mgr.show, rollout_id))
+
+        return await handle(request, "admin", "deployments:read", work)
+
+    for action in ("pause", "resume", "abort"):
+        _add_rollout_transition(app, svc, handle, action)
+
+
+def _add_rollout_transition(
+    app: FastAPI, svc: ExperimentService, handle: Handler, action: str
+) -> None:
+    @app.post(
+        f"/admin/rollouts/{{rollout_id}}/{action}", tags=["Experiments"],
+        summary=f"{action.capitalize()} a rollout", responses=error_responses(403, 404, 409),
+        name=f"{action}_rollout",
+    )  # fmt: skip
+    async def transition(request: Request, rollout_id: Id) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            actor = _platform(ctx)
+            out = await asyncio.to_thread(svc.rollouts.transition, rollout_id, action, actor)
             return json_response(out)
 
         return await handle(request, "admin", "deployments:read", work)

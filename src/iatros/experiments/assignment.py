@@ -15,6 +15,7 @@ experiment runs; a new salt reshuffles everyone. SHA-256 rather than Python's
 from __future__ import annotations
 
 import hashlib
+import random
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -66,6 +67,9 @@ class RouteState:
     unit: str = "key"
     salt: str = ""
     arms: tuple[Arm, ...] = field(default_factory=tuple)
+    kind: str = "experiment"
+    """``experiment`` (sticky by unit) or ``rollout`` (a canary: each request drawn anew,
+    so the canary's share of traffic is exact whoever sends it)."""
 
 
 class ReleaseSelector:
@@ -85,11 +89,15 @@ class ReleaseSelector:
         if state is None:
             return None
         if state.arms:
-            position = bucket(state.salt, unit_value(state.unit, call))
+            position = (
+                random.random() * 100.0  # a traffic split, not a secret
+                if state.kind == "rollout"
+                else bucket(state.salt, unit_value(state.unit, call))
+            )
             for arm in state.arms:
                 if position < arm.upper:
                     break
-            label = f"experiment={state.experiment_id}:{arm.name}; release={arm.release_id}"
+            label = f"{state.kind}={state.experiment_id}:{arm.name}; release={arm.release_id}"
             return arm.route, label
         if state.route is None:
             return None

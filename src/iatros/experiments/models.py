@@ -84,3 +84,32 @@ class Experiment(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+ROLLOUT_STATUSES = ("running", "paused", "promoted", "rolled_back", "aborted")
+
+
+class Rollout(Base):
+    """A canary: traffic moves from ``baseline_id`` to ``candidate_id`` step by step."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    route: Mapped[str] = mapped_column(String(128), index=True)
+    baseline_id: Mapped[str] = mapped_column(String(40))
+    candidate_id: Mapped[str] = mapped_column(String(40))
+    steps: Mapped[list[float]] = mapped_column(JSON)
+    step_index: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    interval_s: Mapped[float] = mapped_column(Float)
+    max_failures: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    """The instance that leads this rollout's analysis until ``lease_until``."""
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

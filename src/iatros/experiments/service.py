@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +26,9 @@ from iatros.config import Settings
 from iatros.errors import Conflict, InvalidRequest, NotFound
 from iatros.experiments.analysis import VariantSpec, analyse
 from iatros.experiments.assignment import Arm, ReleaseSelector, RouteState
-from iatros.experiments.models import METRICS, UNITS, Experiment, Release
+from iatros.experiments.models import METRICS, UNITS, Experiment, Release, Rollout
 from iatros.experiments.registry import Audit, ReleaseRegistry, apply_spec, new_id
+from iatros.experiments.rollouts import ACTIVE, RolloutManager
 from iatros.store.db import PLATFORM, Database
 
 log = logging.getLogger("iatros.experiments")
@@ -42,6 +45,8 @@ class ExperimentService:
         self._audit = audit
         self.selector = ReleaseSelector()
         self.registry = ReleaseRegistry(db, settings, audit, self.reload)
+        instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.rollouts = RolloutManager(db, self.registry, audit, instance, self.reload)
         self.refresh_s = refresh_s
         self.analysis_interval_s = analysis_interval_s
         self._task: asyncio.Task[None] | None = None
@@ -68,6 +73,7 @@ class ExperimentService:
             await asyncio.sleep(self.refresh_s)
             try:
                 await asyncio.to_thread(self.reload)
+                await asyncio.to_thread(self.rollouts.tick, max(3 * self.refresh_s, 10.0))
                 if loop.time() >= next_analysis:
                     next_analysis = loop.time() + self.analysis_interval_s
                     await asyncio.to_thread(self.auto_promote)
@@ -102,6 +108,19 @@ class ExperimentService:
                         release_id=prior.release_id, route=prior.route, experiment_id=exp.id,
                         unit=exp.unit, salt=exp.salt, arms=tuple(arms),
                     )  # fmt: skip
+            for route, rollout_id, base_id, cand_id, share in self.rollouts.active_in(s):
+                baseline, cand = s.get(Release, base_id), s.get(Release, cand_id)
+                config = self.settings.models.get(route)
+                if baseline is None or cand is None or config is None:
+                    continue
+                prior = routes.get(route, RouteState())
+                routes[route] = RouteState(
+                    release_id=prior.release_id, route=prior.route, experiment_id=rollout_id,
+                    kind="rollout", arms=(
+                        Arm("canary", cand.id, share, apply_spec(config, cand.spec)),
+                        Arm("baseline", baseline.id, 100.0, apply_spec(config, baseline.spec)),
+                    ),
+                )  # fmt: skip
         self.selector.replace(routes)
 
     # -- experiments --------------------------------------------------------------
@@ -175,6 +194,8 @@ class ExperimentService:
                 select(Experiment.id).where(
                     Experiment.route == row.route, Experiment.status == "running"
                 )
+            ).scalar() or s.execute(
+                select(Rollout.id).where(Rollout.route == row.route, Rollout.status.in_(ACTIVE))
             ).scalar()
             if other is not None:
                 raise Conflict(

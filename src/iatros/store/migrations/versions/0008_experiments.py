@@ -1,4 +1,4 @@
-"""Experiments and rollouts: releases, the active release of each route, experiments.
+"""Experiments and rollouts: releases, the active release of each route, experiments, canaries.
 
 Revision ID: 0008
 Revises: 0005 (the highest revision present when this was written; 0006 and 0007 are
@@ -57,9 +57,31 @@ def upgrade() -> None:
         sa.Column("stopped_at", STAMP, nullable=True),
         sa.Column("decision", sa.JSON, nullable=True),
     )
+    op.create_table(
+        "rollouts",
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("route", sa.String(128), nullable=False, index=True),
+        sa.Column("baseline_id", sa.String(40), nullable=False),
+        sa.Column("candidate_id", sa.String(40), nullable=False),
+        sa.Column("steps", sa.JSON, nullable=False),
+        sa.Column("step_index", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("interval_s", sa.Float, nullable=False),
+        sa.Column("max_failures", sa.Integer, nullable=False),
+        sa.Column("failures", sa.Integer, nullable=False),
+        sa.Column("thresholds", sa.JSON, nullable=False),
+        sa.Column("history", sa.JSON, nullable=False),
+        sa.Column("step_started_at", STAMP, nullable=False),
+        sa.Column("created_at", STAMP, nullable=False),
+        sa.Column("created_by", sa.String(64), nullable=False),
+        sa.Column("updated_at", STAMP, nullable=False),
+        sa.Column("lease_owner", sa.String(64), nullable=True),
+        sa.Column("lease_until", STAMP, nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rollouts")
     op.drop_table("experiments")
     op.drop_table("release_pointers")
     op.drop_table("releases")
