@@ -8,7 +8,8 @@ to matter is not an incident, however steady the baseline was: an error rate goi
 0 to 0.1 % is noise). Why these: a plain standard deviation is inflated by the very
 spikes it should detect, the MAD is not; and samples judged anomalous are clipped to the
 band before they update the baseline, so an incident does not teach the detector that
-the incident is normal.
+the incident is normal. For a rate measured on few events, the band is also at least
+three binomial standard errors wide: 2 failures in 20 requests is not news.
 
 A detector fires after ``confirm`` high samples in a row and clears after ``clear``
 normal ones (hysteresis: one noisy sample neither raises nor resolves an alert); it stays
@@ -19,6 +20,7 @@ a daily pattern only moves the EWMA slowly, which it follows.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -73,19 +75,25 @@ class Detector:
         mad = statistics.median(abs(r) for r in self.residuals)
         return max(MAD_TO_SIGMA * mad, self.settings.floor)
 
-    def edge(self) -> float:
+    def edge(self, noise: float = 0.0) -> float:
         s = self.settings
         mean = self.mean or 0.0
-        width = max(s.k * self.scale(), s.min_delta)
+        width = max(s.k * self.scale(), s.min_delta, 3 * noise)
         return mean + width if s.direction == "up" else mean - width
 
-    def update(self, value: float) -> Verdict:
+    def update(self, value: float, count: int | None = None) -> Verdict:
+        """One sample; ``count``: how many events a rate was measured on (its binomial
+        noise, ``sqrt(p(1-p)/n)`` at the baseline rate, widens the band for small samples)."""
         s = self.settings
         if self.mean is None:
             self.mean = value
             self.samples = 1
             return Verdict(False, False, value, value, value)
-        edge = self.edge()
+        noise = 0.0
+        if count:
+            p = min(max(self.mean, 0.02), 0.98)
+            noise = math.sqrt(p * (1 - p) / count)
+        edge = self.edge(noise)
         baseline = self.mean
         high = self.samples >= s.warmup and (value > edge if s.direction == "up" else value < edge)
         # learn, with anomalous samples clipped to the band

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,10 @@ from iatros.observability.anomaly import Detector, DetectorSettings, Verdict
 log = logging.getLogger("iatros.alerts")
 MIN_ATTEMPTS = 5
 """Fewer attempts than this in an interval say nothing about an error rate."""
+MIN_FAILURES = 3
+"""... nor fewer failures than this (a critical rate needs them within one interval)."""
+RATIO_WINDOW = 6
+"""Intervals summed for the ratio signals (error, cache hit, escalation rates)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,7 @@ class Monitor:
         self._routes: dict[str, _Route] = {}
         self._tenants: dict[str, _Tenant] = {}
         self._failures_seen: dict[str, float] = {}
+        self._windows: dict[tuple[str, str], deque[tuple[float, ...]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.evaluations = 0
 
@@ -212,36 +218,41 @@ class Monitor:
         self.evaluations += 1
         interval = self.settings.interval_s
         failures = self._failures()
-        values: list[tuple[str, str, float]] = []
+        values: list[tuple[str, str, float, int | None]] = []
         attempts: dict[str, tuple[int, float]] = {}
         for name in set(self._deployments) | set(failures):
             dep = self._deployments.get(name, _Deployment())
             failed = failures.get(name, 0.0) - self._failures_seen.get(name, 0.0)
             total = dep.ok + failed
             attempts[name] = (int(total), failed)
-            if total >= MIN_ATTEMPTS:
-                values.append(("error_rate", name, failed / total))
+            counts = self._windowed(("deployment", name), (total, failed))
+            if counts[0] >= MIN_ATTEMPTS:
+                values.append(("error_rate", name, counts[1] / counts[0], int(counts[0])))
             for signal, samples in (("latency_p95", dep.latencies), ("ttft_p95", dep.ttfts)):
                 value = p95(samples)
                 if value is not None and len(samples) >= MIN_ATTEMPTS:
-                    values.append((signal, name, value))
+                    values.append((signal, name, value, None))
         self._failures_seen = failures
         for name, route in self._routes.items():
-            if route.cacheable >= MIN_ATTEMPTS:
-                values.append(("cache_hit_ratio", name, route.hits / route.cacheable))
-            if route.grounded >= MIN_ATTEMPTS:
-                values.append(("escalation_rate", name, route.escalated / route.grounded))
+            cacheable, hits, grounded, escalated, failed_checks = self._windowed(
+                ("route", name),
+                (route.cacheable, route.hits, route.grounded, route.escalated, route.failed_checks),
+            )
+            if cacheable >= MIN_ATTEMPTS:
+                values.append(("cache_hit_ratio", name, hits / cacheable, int(cacheable)))
+            if grounded >= MIN_ATTEMPTS:
+                values.append(("escalation_rate", name, escalated / grounded, int(grounded)))
                 values.append(
-                    ("verification_failure_rate", name, route.failed_checks / route.grounded)
+                    ("verification_failure_rate", name, failed_checks / grounded, int(grounded))
                 )
         for name, tenant in self._tenants.items():
-            values.append(("cost_per_hour", name, tenant.cost * 3600 / interval))
-            values.append(("tokens", name, float(tenant.tokens)))
+            values.append(("cost_per_hour", name, tenant.cost * 3600 / interval, None))
+            values.append(("tokens", name, float(tenant.tokens), None))
         self._deployments, self._routes, self._tenants = {}, {}, {}
         firing: list[Finding] = []
         cleared: list[tuple[str, dict[str, str]]] = []
-        for signal, scope, value in values:
-            verdict = self._series(signal, scope).update(value)
+        for signal, scope, value, count in values:
+            verdict = self._series(signal, scope).update(value, count)
             labels = self._labels(signal, scope)
             if verdict.firing:
                 firing.append(self._anomaly(signal, scope, labels, verdict))
@@ -249,6 +260,15 @@ class Monitor:
                 cleared.append((signal, labels))
         self._hard_rules(attempts, firing, cleared)
         self.alerting.evaluate(firing, cleared)
+
+    def _windowed(self, key: tuple[str, str], counts: tuple[float, ...]) -> tuple[float, ...]:
+        """Sums over the last ``RATIO_WINDOW`` intervals: a rate from a handful of requests
+        is noise (one failure in five is 20 %), so ratios are judged on a minute or so."""
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = deque(maxlen=RATIO_WINDOW)
+        window.append(counts)
+        return tuple(sum(column) for column in zip(*window, strict=True))
 
     def _labels(self, signal: str, scope: str) -> dict[str, str]:
         kind = SIGNALS[signal].scope_kind if signal in SIGNALS else "deployment"
@@ -285,7 +305,7 @@ class Monitor:
         for name in names:
             total, failed = attempts.get(name, (0, 0.0))
             rate = failed / total if total else 0.0
-            breaching = total >= MIN_ATTEMPTS and rate >= limit
+            breaching = total >= MIN_ATTEMPTS and failed >= MIN_FAILURES and rate >= limit
             summary = (
                 f"deployment {name}: {rate:.0%} of {total} attempts failed "
                 f"(critical at {limit:.0%})"
