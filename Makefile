@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python bench/run.py --only local --out bench/results/local
 	$(BIN)/python bench/chaos.py
 	$(BIN)/python bench/cache_bench.py
+	$(BIN)/python bench/scribe_bench.py
 	$(BIN)/python bench/cluster.py
 
 bench-smoke: install

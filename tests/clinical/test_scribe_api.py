@@ -15,6 +15,7 @@ import pytest
 
 from iatros.api.app import create_app
 from iatros.config import load_settings
+from iatros.testing.fake_upstream import FakeUpstream
 from tests.clinical.conftest import speech_config
 from tests.clinical.speech import needs_espeak, speak
 from tests.conftest import ADMIN_KEY, RunningServer
@@ -296,3 +297,38 @@ def test_cli_drives_the_server(scribe_server: RunningServer, tmp_path: Path) -> 
     bad.write_bytes(b"not audio at all")
     refused = runner.invoke(app, ["scribe", "transcribe", str(bad), *remote])
     assert refused.exit_code == 1 and "unsupported_audio_format" in refused.output
+
+
+def test_an_upstream_model_drafts_through_the_chat_service(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """A configured OpenAI-compatible model plugs in: the scribe asks it, over the wire."""
+    upstream.reset(delay_ms=0, answer="Deep cavity on tooth 36 with a swollen gum [3].")
+    config = speech_config(tmp_path)
+    config["providers"]["cloud"] = {"type": "openai", "base_url": upstream.base_url,
+                                    "api_key": "upstream-secret"}  # fmt: skip
+    config["deployments"]["cloud-gpt"] = {"provider": "cloud", "model": "gpt-fake"}
+    config["models"]["scribe-notes"] = {"deployments": ["cloud-gpt"]}
+    config["scribe"] = {"model": "scribe-notes"}
+    settings = load_settings(overrides=config)
+    server = RunningServer(settings, create_app(settings))
+    try:
+        with server.http() as http:
+            enc = _create(http, template="soap").json()
+            sections = enc["note"]["sections"]
+            assert [s["model"] for s in sections] == ["cloud-gpt"] * 4
+            statement = sections[0]["statements"][0]
+            assert statement["text"].startswith("Deep cavity on tooth 36")
+            assert statement["lines"] == [3] and not statement["unsupported"]
+            asked = [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+            assert len(asked) == 4 and asked[0].body["model"] == "gpt-fake"
+            prompt = asked[0].body["messages"][-1]["content"]
+            assert "L2 Patient: my lower left tooth hurts" in prompt
+            for _ in range(50):
+                usage = http.get("/admin/usage", params={"group_by": "model"}).json()["data"]
+                if usage:
+                    break
+                time.sleep(0.1)
+            assert any(row.get("model") == "scribe-notes" for row in usage), usage
+    finally:
+        server.stop()
