@@ -31,8 +31,10 @@ def agent_config(fake: FakeUpstream, data_dir: Path, **agents: Any) -> dict[str,
             "t-chat": {"provider": "t", "model": "test-chat"},
             "t-embed": {"provider": "t", "model": "test-embed", "kind": "embedding"},
         },
-        "models": {"assistant": {"deployments": ["fake-gpt"]},
-                   "local": {"deployments": ["t-chat"]}},  # fmt: skip
+        "models": {
+            "assistant": {"deployments": ["fake-gpt"]},
+            "local": {"deployments": ["t-chat"]},
+        },
         "embeddings": {"default_model": "t-embed"},
         "cache": {"enabled": False},
         "agents": {"resume_interval_s": 0.2, **agents},

@@ -140,16 +140,20 @@ def test_a_migration_hook_upgrades_an_old_document(monkeypatch: pytest.MonkeyPat
 def test_bad_references_are_precise() -> None:
     typo = WORKFLOW.replace("output.urgency", "output.urgncy")
     assert problems(typo) == [
-        "bad.yaml:17: steps[1].arguments.timezone: ${steps.first.output.urgncy}: steps.first.output "
-        "has no field 'urgncy' (its output schema has: urgency)"
+        "bad.yaml:17: steps[1].arguments.timezone: ${steps.first.output.urgncy}: "
+        "steps.first.output has no field 'urgncy' (its output schema has: urgency)"
     ]
     missing = WORKFLOW.replace("steps.first.output", "steps.zeroth.output")
     assert problems(missing) == [
-        "bad.yaml:17: steps[1].arguments.timezone: ${steps.zeroth.output.urgency}: no step ['zeroth']"
+        "bad.yaml:17: steps[1].arguments.timezone: ${steps.zeroth.output.urgency}: "
+        "no step ['zeroth']"
     ]
-    later = WORKFLOW.replace("    agent: a\n", "    agent: a\n    input: \"${steps.third.output}\"\n")
+    forward = '    agent: a\n    input: "${steps.third.output}"\n'
+    later = WORKFLOW.replace("    agent: a\n", forward)
     later += "  - id: third\n    tool: datetime_now\n"
-    assert problems(later) == ["bad.yaml:13: steps[0]: refers to step 'third', which runs after it"]
+    assert problems(later) == [
+        "bad.yaml:13: steps[0]: refers to step 'third', which runs after it"
+    ]
     unknown_agent = WORKFLOW.replace("    agent: a\n", "    agent: b\n")
     assert problems(unknown_agent) == [
         "bad.yaml:14: steps[0].agent: unknown agent 'b' (define it under 'agents' or apply it "
@@ -187,6 +191,9 @@ def test_yaml_syntax_errors_have_a_line() -> None:
 
 
 def test_json_templates_have_lines_too() -> None:
-    text = '{\n  "kind": "agent",\n  "name": "j",\n  "model": "assistant",\n  "instructions": "x",\n  "tools": ["nope"]\n}\n'
+    text = (
+        '{\n  "kind": "agent",\n  "name": "j",\n  "model": "assistant",\n'
+        '  "instructions": "x",\n  "tools": ["nope"]\n}\n'
+    )
     (found,) = problems(text)
     assert found.startswith("bad.yaml:6: tools[0]: unknown tool 'nope'")
