@@ -195,11 +195,47 @@ def config_rows(model: type, prefix: str, env: str | None, rows: list[str]) -> N
             config_rows(values, f"{key}.<name>.", None, rows)
 
 
+def provider_option_models() -> dict[str, type]:
+    """Each registered provider type and the options model its factory parses.
+
+    Read from the code: the factory of each ``iatros.providers`` entry point calls
+    ``parse_options(name, SomeOptions, options)``; the model is that call's second argument.
+    """
+    from importlib.metadata import entry_points
+
+    found: dict[str, type] = {}
+    for ep in sorted(entry_points(group="iatros.providers"), key=lambda e: e.name):
+        factory = ep.load()
+        module = importlib.import_module(factory.__module__)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(factory)))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "parse_options"
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Name)
+            ):
+                found[ep.name] = getattr(module, node.args[1].id)
+                break
+    return found
+
+
 def configuration_page() -> str:
     from iatros.config import Settings
 
     rows: list[str] = []
     config_rows(Settings, "", "IATROS_", rows)
+    provider_parts: list[str] = []
+    for type_name_, options in provider_option_models().items():
+        provider_rows: list[str] = []
+        config_rows(options, "", None, provider_rows)
+        provider_parts.append(
+            f"### `type: {type_name_}`\n\n"
+            + escape_cell(rst_to_md(inspect.cleandoc(options.__doc__ or "")))
+            + "\n\n| option | type | default | environment | what |\n|---|---|---|---|---|\n"
+            + "\n".join(provider_rows)
+            + "\n"
+        )
     defaults = (ROOT / "src" / "iatros" / "defaults.yaml").read_text(encoding="utf-8")
     intro = rst_to_md(inspect.getdoc(importlib.import_module("iatros.config")) or "")
     return (
@@ -212,6 +248,10 @@ def configuration_page() -> str:
         "`deployments`, `models`) are set in the file.\n\n"
         "| key | type | default | environment | what |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
+        + "\n\n## Provider options\n\n"
+        "The keys of `providers.<name>` beside `type`, per provider type (the options model "
+        "each registered provider parses; a plugin's provider documents its own).\n\n"
+        + "\n".join(provider_parts)
         + "\n\n## The embedded defaults\n\n"
         "`src/iatros/defaults.yaml`: a configuration file replaces the top-level sections it "
         "names.\n\n```yaml\n" + defaults + "```\n"
@@ -397,7 +437,19 @@ def docstring(module: str) -> str:
     doc = inspect.getdoc(importlib.import_module(module))
     if not doc:
         raise ValueError(f"module {module} has no docstring")
-    return rst_to_md(doc)
+    # The first line is the module's title (the page has its own); the note for the
+    # architecture test about the module's length is for its maintainers.
+    paragraphs = doc.split("\n\n")[1:]
+    kept = [p for p in paragraphs if not p.startswith("Why this module is long:")]
+    text = rst_to_md("\n\n".join(kept))
+    # reST section underlines (``Why it exists`` / ``-----``) become Markdown headings.
+    text = re.sub(r"^(\S[^\n]*)\n-{3,}$", r"### \1\n", text, flags=re.M)
+
+    # reST definition lists (a term alone on its line, its text indented) become a list.
+    def item(match: re.Match[str]) -> str:
+        return f"- {match.group(1)}: " + " ".join(match.group(2).split()) + "\n"
+
+    return re.sub(r"^(`[^`\n]+`)\n((?: {4}\S.*(?:\n|$))+)", item, text, flags=re.M)
 
 
 def results(name: str, heading: str | None) -> str:

@@ -23,10 +23,12 @@ a new block runs unless someone wrote down why it cannot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -163,8 +165,10 @@ def _environment(workdir: Path) -> dict[str, str]:
     return env
 
 
-def run_block(block: Block, workdir: Path, port: int) -> str:
-    """Run one block in ``workdir`` against the server on ``port``; return what it printed."""
+def run_block(block: Block, workdir: Path, port: int, sessions: list[int]) -> str:
+    """Run one block in ``workdir`` against the server on ``port``; return what it printed.
+
+    The process group of each block is added to ``sessions`` (see :func:`end_sessions`)."""
     code = DOC_PORT.sub(lambda m: f"{m.group(1)}:{port}", block.code)
     env = _environment(workdir)
     if block.language == "yaml":
@@ -179,18 +183,23 @@ def run_block(block: Block, workdir: Path, port: int) -> str:
         path = workdir / f"example_{block.line}.py"
         path.write_text(code, encoding="utf-8")
         argv = ["bash", "-c", f"{restore}exec {shlex.quote(sys.executable)} {path.name}"]
+    # A session of its own: a server an example starts in the background (its output sent
+    # to a file) lives on for the page's next blocks, and is ended with the page.
+    proc = subprocess.Popen(
+        argv,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    sessions.append(proc.pid)
     try:
-        done = subprocess.run(
-            argv,
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=BLOCK_TIMEOUT_S,
-            check=False,
-        )
+        stdout, stderr = proc.communicate(timeout=BLOCK_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise ExampleFailed(f"{block.where}: did not finish in {BLOCK_TIMEOUT_S} s") from exc
+    done = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise ExampleFailed(
@@ -237,7 +246,18 @@ def run_page(markdown: str, page: str, workdir: Path) -> int:
     venv = workdir / ".venv"
     if not venv.exists():
         venv.symlink_to(Path(sys.prefix), target_is_directory=True)
-    with live_server(workdir, extra) as server:
-        for block in todo:
-            run_block(block, workdir, server.port)
+    sessions: list[int] = []
+    try:
+        with live_server(workdir, extra) as server:
+            for block in todo:
+                run_block(block, workdir, server.port, sessions)
+    finally:
+        end_sessions(sessions)
     return len(todo)
+
+
+def end_sessions(sessions: list[int]) -> None:
+    """End what the page's examples left running (their own process groups only)."""
+    for pgid in sessions:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
