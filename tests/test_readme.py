@@ -33,7 +33,7 @@ _NAME = r"[\w.:/-]+"
 _TRIED = rf"; tried=(?:{_NAME}(?:>{_NAME})*|none)"
 ROUTE = re.compile(
     rf"(?:direct"
-    rf"|{_NAME}; (?:"
+    rf"|{_NAME}(?:; (?:experiment|rollout)={_NAME})?(?:; release={_NAME})?; (?:"
     rf"strategy=\w+(?:; [^;]+)?; pick={_NAME}(?:; skipped={_NAME}\((?:context|breaker-[\w-]+)\))?"
     rf"|pinned={_NAME}"
     rf"|cache=(?:exact|semantic)(?:; similarity=\d\.\d{{3}})?"
