@@ -1,0 +1,129 @@
+"""The gallery end to end: dental phone triage (fake upstream, and the in-process test
+model standing in for a local model without tool calling), the practice FAQ grounded on
+the knowledge base and called as a model (``agent:practice-faq``, plain and streaming).
+The drug-interaction check is in ``test_runs.py``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from iatros.testing.fake_upstream import FakeUpstream
+from tests.agents.helpers import agent_config, apply_gallery
+from tests.conftest import RunningServer
+
+RED = {"urgency": "emergency", "red_flags": ["swelling spreading to the eye"],
+       "next_step": "Send the patient to the emergency dentist now."}  # fmt: skip
+ROUTINE = {"urgency": "routine", "red_flags": [], "next_step": "Book a check-up this month."}
+DOC = (
+    "Opening hours. The Rue Haute dental practice is open Monday to Friday from 8:30 to "
+    "18:00 and on Saturday from 9:00 to 12:00. Cancellations must be made 48 hours ahead, "
+    "otherwise a fee of 30 euros is charged.\n"
+)
+
+
+def _triage(server: RunningServer, complaint: str) -> Any:
+    with server.http() as http:
+        apply_gallery(http, "dental-triage.yaml")
+        r = http.post("/v1/runs", json={"workflow": "dental-phone-triage", "wait_s": 20,
+                                        "input": {"complaint": complaint}})  # fmt: skip
+        assert r.status_code == 201, r.text
+        return r.json()
+
+
+def test_triage_escalates_red_flags_to_a_dentist(
+    upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    config = agent_config(upstream, tmp_path / "d", default_tools=["review_ask"])
+    server: RunningServer = server_factory(config)
+    upstream.reset(delay_ms=0, scripted=[
+        {"match": "cheek", "message": {"content": orjson.dumps(RED).decode()}},
+        {"match": "check-up", "message": {"content": orjson.dumps(ROUTINE).decode()}},
+    ])  # fmt: skip
+    run = _triage(server, "My cheek is swollen up to the eye since this morning")
+    assert run["status"] == "succeeded", run
+    assert run["output"] == RED
+    kinds = [(s["id"], s["kind"], s["status"]) for s in run["steps"]]
+    assert kinds == [("triage", "agent", "succeeded"), ("escalate", "branch", "succeeded"),
+                     ("call_dentist", "tool", "succeeded")]  # fmt: skip
+    review_id = run["steps"][2]["output"]["review_id"]
+    with server.http() as http:
+        item = http.get(f"/v1/reviews/{review_id}").json()
+    assert item["kind"] == "approval" and "swelling spreading to the eye" in item["question"]
+    assert item["details"]["urgency"] == "emergency"
+    # No red flag: no escalation.
+    calm = _triage(server, "I would like a check-up, nothing hurts")
+    assert calm["status"] == "succeeded" and calm["output"] == ROUTINE
+    assert [s["id"] for s in calm["steps"]] == ["triage", "escalate"]
+    assert calm["steps"][1]["output"] == {"taken": "else"}
+
+
+def test_triage_runs_on_a_model_without_tool_calling(server_factory: Any, tmp_path: Path) -> None:
+    """The local model cannot call tools; the triage workflow's steps are explicit, so it
+    runs (here on the in-process test model, which answers with a fixed reply)."""
+    server: RunningServer = server_factory({
+        "data_dir": str(tmp_path / "d"), "admin_key": "sk-test-admin-0123456789abcdefghij",
+        "providers": {"t": {"type": "test", "reply": orjson.dumps(RED).decode()}},
+        "deployments": {"t-chat": {"provider": "t", "model": "m"},
+                        "t-embed": {"provider": "t", "model": "e", "kind": "embedding"}},
+        "models": {"assistant": {"deployments": ["t-chat"]}},
+        "embeddings": {"default_model": "t-embed"},
+        "agents": {"default_tools": ["review_ask"]},
+    })  # fmt: skip
+    run = _triage(server, "Swollen cheek, hard to swallow")
+    assert run["status"] == "succeeded", run
+    assert run["output"]["urgency"] == "emergency"
+    assert run["steps"][-1]["id"] == "call_dentist"
+
+
+def _ingest(server: RunningServer) -> None:
+    with server.http() as http:
+        r = http.post("/v1/knowledge/collections/practice/documents",
+                      files={"files": ("hours.md", DOC.encode(), "text/markdown")})  # fmt: skip
+        assert r.status_code in (200, 201, 202), r.text
+        job = r.json().get("job_id") or r.json().get("id")
+        for _ in range(200):
+            state = http.get(f"/v1/knowledge/jobs/{job}").json()
+            if state.get("state") in ("done", "failed"):
+                assert state["state"] == "done", state
+                return
+            time.sleep(0.05)
+    raise AssertionError("ingestion did not finish")
+
+
+def test_practice_faq_is_grounded_and_callable_as_a_model(
+    upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    server: RunningServer = server_factory(agent_config(upstream, tmp_path / "d"))
+    _ingest(server)
+    answer = "The practice is open Monday to Friday from 8:30 to 18:00 [1]."
+    upstream.reset(delay_ms=0, answer=answer)
+    question = "When is the Rue Haute dental practice open on Monday to Friday?"
+    with server.http() as http:
+        apply_gallery(http, "practice-faq.yaml")
+        body = {"model": "agent:practice-faq",
+                "messages": [{"role": "user", "content": question}]}  # fmt: skip
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        reply = r.json()
+        assert reply["model"] == "agent:practice-faq"
+        assert reply["choices"][0]["message"]["content"] == answer
+        assert reply["usage"]["completion_tokens"] > 0
+        assert reply["iatros"]["agent"]["model_calls"] == 1
+        sent = upstream.requests[-1].body["messages"]
+        assert "8:30 to 18:00" in str(sent)  # the passage went to the model
+        assert "8:30 to 18:00" in sent[0]["content"]  # the sources, then the agent's own
+        assert "using only the practice's documents" in sent[1]["content"]
+        options = {"stream": True, "stream_options": {"include_usage": True}}
+        streamed = http.post("/v1/chat/completions", json={**body, **options})
+        assert streamed.status_code == 200
+        events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [orjson.loads(e) for e in events[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text == answer and chunks[-1]["usage"]["total_tokens"] > 0
+        missing = http.post("/v1/chat/completions", json={**body, "model": "agent:nobody"})
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
