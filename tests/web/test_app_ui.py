@@ -77,7 +77,7 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
     page.keyboard.press("Enter")
     page.locator("#view-dashboard").wait_for(state="visible")
     assert page.locator("#who-role").inner_text() == "auditor"
-    assert visible_nav(page) == ["dashboard", "requests", "feedback"]  # no chat, no review queue
+    assert visible_nav(page) == ["dashboard", "requests", "alerts", "feedback"]  # no chat, no review queue
     assert not page.locator("#view-chat").is_visible()
     page.locator("[data-kpi=requests]").wait_for()
     assert not page.locator("#health").is_visible()  # deployments are for admins
@@ -87,7 +87,7 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
 
     sign_in(page, web_server, ADMIN_KEY)
     assert visible_nav(page) == [
-        "chat", "documents", "dashboard", "requests", "reviews", "feedback", "scribe"
+        "chat", "documents", "dashboard", "requests", "alerts", "reviews", "feedback", "scribe"
     ]
     assert page.locator("#who-role").inner_text() == "administrator"
 

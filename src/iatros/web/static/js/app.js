@@ -4,6 +4,7 @@ import { api, ApiError, session } from "./api.js";
 import * as chat from "./chat.js";
 import * as dashboard from "./dashboard.js";
 import * as documents from "./documents.js";
+import * as alerts from "./alerts.js";
 import * as explorer from "./explorer.js";
 import * as feedback from "./feedback.js";
 import * as reviews from "./reviews.js";
@@ -12,7 +13,7 @@ import { $, $$, announce } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { applyTranslations, language, loadLanguages, onLanguageChange, setLanguage, t } from "./i18n.js";
 
-const views = { chat, documents, dashboard, requests: explorer, reviews, feedback, scribe };
+const views = { chat, documents, dashboard, requests: explorer, alerts, reviews, feedback, scribe };
 const state = { me: null, current: null };
 
 /** Which views the caller's role may use (what it may not do is not shown at all). */
@@ -24,6 +25,7 @@ function allowedViews(me) {
   if (caps.documents && me.features?.knowledge) out.push("documents");
   if (caps.dashboard) out.push("dashboard");
   if (caps.dashboard) out.push("requests");
+  if (caps.dashboard) out.push("alerts");
   if (caps.reviews) out.push("reviews");
   if (caps.feedback_read) out.push("feedback");
   return out;

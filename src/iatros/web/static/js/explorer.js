@@ -3,7 +3,7 @@
 // Content is shown only when the gateway logged it (log_content); otherwise there is none.
 
 import { api } from "./api.js";
-import { $, clear, h } from "./dom.js";
+import { $, append, clear, h } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { formatDate, formatMoney, formatMs, formatNumber, t } from "./i18n.js";
 
@@ -132,13 +132,13 @@ async function detail(requestId) {
     const d = await api(`/admin/requests/${encodeURIComponent(requestId)}`);
     const r = d.record;
     const decision = d.route_decision;
-    clear(box).append(
+    append(clear(box), [
       h("h2", {}, t("req.detail_title", { id: r.request_id })),
       definition([
         [t("req.time"), formatDate(new Date(r.ts), { dateStyle: "medium", timeStyle: "medium" })],
         [t("req.key"), `${r.key_id} (${r.tenant})`],
         [t("req.model"), `${r.model} → ${r.deployment || "–"}`],
-        [t("req.route"), r.route || "–"],
+        [t("req.route_decision"), r.route || "–"],
         [t("req.tried"), decision.tried.length ? decision.tried.join(" → ") : "–"],
         [t("req.status"), String(r.status)],
         [t("req.cache"), r.cache],
@@ -155,7 +155,7 @@ async function detail(requestId) {
       h("h3", {}, t("req.content")),
       d.content
         ? h("pre", { class: "content" }, JSON.stringify(d.content, null, 2))
-        : h("p", { class: "muted" }, t("req.no_content")));
+        : h("p", { class: "muted" }, t("req.no_content"))]);
     box.focus?.();
   } catch (err) {
     clear(box).append(h("p", { class: "error" }, errorMessage(err)));
