@@ -87,7 +87,8 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
 
     sign_in(page, web_server, ADMIN_KEY)
     assert visible_nav(page) == [
-        "chat", "documents", "dashboard", "requests", "alerts", "reviews", "feedback", "scribe"
+        "chat", "documents", "dashboard", "requests", "alerts", "reviews", "feedback", "scribe",
+        "experiments",
     ]
     assert page.locator("#who-role").inner_text() == "administrator"
 

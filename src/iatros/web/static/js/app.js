@@ -9,11 +9,13 @@ import * as explorer from "./explorer.js";
 import * as feedback from "./feedback.js";
 import * as reviews from "./reviews.js";
 import * as scribe from "./scribe.js";
+import * as experiments from "./experiments.js";
 import { $, $$, announce } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { applyTranslations, language, loadLanguages, onLanguageChange, setLanguage, t } from "./i18n.js";
 
 const views = { chat, documents, dashboard, requests: explorer, alerts, reviews, feedback, scribe };
+views.experiments = experiments; // releases, experiments, rollouts (admins)
 const state = { me: null, current: null };
 
 /** Which views the caller's role may use (what it may not do is not shown at all). */
@@ -28,6 +30,7 @@ function allowedViews(me) {
   if (caps.dashboard) out.push("alerts");
   if (caps.reviews) out.push("reviews");
   if (caps.feedback_read) out.push("feedback");
+  if ((me.permissions || []).includes("deployments:read")) out.push("experiments");
   return out;
 }
 
