@@ -12,8 +12,9 @@ a new block runs unless someone wrote down why it cannot.
 - Blocks of a page run in order in one working directory, like a terminal session:
   shell variables carry over from one ``bash`` block to the next (``allexport``) and
   into ``python`` blocks' environment, ``.venv`` points at this interpreter's
-  environment, and ``IATROS_CONFIG`` names a file with the server's settings, so
-  ``iatros keys create`` and friends act on the server's own database.
+  environment, ``IATROS_CONFIG`` names a file with the server's settings and
+  ``IATROS_DATA_DIR`` its data directory, so ``iatros keys create`` and friends act on
+  the server's own database.
 - ``bash`` runs with ``set -euo pipefail``: a failing command fails the example
   (``curl --fail-with-body`` makes an HTTP error one). ``<!-- expect: text -->`` before
   a block also requires ``text`` in what it prints.
@@ -159,6 +160,7 @@ def live_server(workdir: Path, extra: dict[str, Any]) -> Iterator[RunningServer]
 def _environment(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IATROS_")}
     env["IATROS_CONFIG"] = str(workdir / "iatros-test.yaml")
+    env["IATROS_DATA_DIR"] = str(workdir / "data")  # the server's (``make run``: ./data)
     env["PATH"] = f"{workdir / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["NO_COLOR"] = "1"
     env["COLUMNS"] = "120"
