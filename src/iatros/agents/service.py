@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +63,7 @@ class AgentService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(self.config.max_concurrent_runs)
+        self._agents: dict[tuple[str, str], tuple[float, int, AgentSpec]] = {}
 
     # -- templates ----------------------------------------------------------------------
 
@@ -69,10 +71,25 @@ class AgentService:
         return ToolBox(self.tools, set(self.templates.enabled_tools(tenant)), self.services)
 
     async def _stored_agent(self, tenant: str, name: str) -> AgentSpec:
+        """The latest version of a stored agent, parsed.
+
+        Kept for ``agents.template_cache_s`` (a version applied here is seen at once, one
+        applied on another instance within that delay): reading and parsing the template
+        was most of an agent call's gateway CPU (bench/results/agents.md).
+        """
+        now = time.monotonic()
+        cached = self._agents.get((tenant, name))
+        if cached is not None and cached[0] > now and cached[1] == self.templates.applied:
+            return cached[2]
+        applied = self.templates.applied
         row = await self.store.template(tenant, name)
         if row["kind"] != "agent":
             raise AgentFailed(f"{name!r} is a workflow, not an agent")
-        return AgentSpec.model_validate(row["spec"])
+        spec = AgentSpec.model_validate(row["spec"])
+        if len(self._agents) > 1000:
+            self._agents.clear()
+        self._agents[(tenant, name)] = (now + self.config.template_cache_s, applied, spec)
+        return spec
 
     # -- agents as models ---------------------------------------------------------------
 

@@ -30,3 +30,6 @@ class AgentSettings(BaseModel):
     on_restart: Literal["resume", "fail"] = "resume"
     """What a starting server does with runs that were running when it stopped."""
     max_concurrent_runs: int = Field(16, ge=1)
+    template_cache_s: float = Field(2.0, ge=0)
+    """How long a parsed agent template is reused before the store is read again (a
+    version applied on another instance takes effect within this delay)."""

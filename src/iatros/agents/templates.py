@@ -39,6 +39,8 @@ class Templates:
         self.governance = governance
         self.store = store
         self.tools = tools
+        self.applied = 0
+        """Counts templates stored by this process (caches of parsed templates check it)."""
         self.tool_calling: Callable[[str], bool | None] = lambda route: tool_calling(
             settings, self.config, route
         )
@@ -80,6 +82,7 @@ class Templates:
         applied = await self.store.save_template(
             tenant, spec.name, spec.kind, loaded.document, loaded.digest, source, principal.key_id
         )
+        self.applied += 1
         self.governance.audit(
             tenant=tenant, actor=principal.key_id, action="agents.template.apply",
             target=spec.name, outcome="created" if applied.created else "unchanged",
