@@ -14,7 +14,7 @@ answering after 20 ms), with longer loads, and figures for sizing an instance:
 - ``kill``: SIGKILL of one instance under load (plain and streaming clients);
 - ``rolling``: SIGTERM and restart of each instance in turn under load.
 
-    python bench/cluster.py           # results in bench/results/cluster-<date>.{json,md}
+    python bench/cluster.py           # results in bench/results/cluster-<date>.json
     python bench/cluster.py --smoke   # short loads, results in a temp directory
 
 Everything runs on the same 2 cores (instances, HAProxy, Redis, PostgreSQL, the fake
