@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from iatros.testing.fake_upstream import FakeUpstream
-from tests.agents.helpers import agent_config, apply
+from tests.agents.helpers import agent_config, apply, wait_run
 from tests.conftest import RunningServer
 
 CONSTRUCTS = """\
@@ -77,3 +77,40 @@ def test_parallel_loop_branch_and_references(
     assert [d["input"]["topic"] for d in drafts] == ["dose 120.0 mg, round 0",
                                                      "dose 120.0 mg, round 1"]  # fmt: skip
     assert all(d["latency_ms"] >= 0 and d["usage"]["prompt_tokens"] > 0 for d in drafts)
+
+
+TIMED = """\
+kind: workflow
+name: timed-{policy}
+steps:
+  - id: now
+    tool: datetime_now
+  - id: sign_off
+    approval:
+      question: "Sign off at ${{steps.now.output.iso}}?"
+      timeout_s: 0.5
+      on_timeout: {policy}
+"""
+
+
+def test_an_approval_without_a_decision_times_out(
+    upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    server: RunningServer = server_factory(agent_config(upstream, tmp_path / "d"))
+    with server.http() as http:
+        for policy in ("fail", "continue"):
+            assert apply(http, TIMED.format(policy=policy)).status_code == 201
+        failing = http.post("/v1/runs", json={"workflow": "timed-fail", "wait_s": 5}).json()
+        going = http.post("/v1/runs", json={"workflow": "timed-continue", "wait_s": 5}).json()
+        assert failing["status"] == going["status"] == "waiting"
+        failed = wait_run(http, failing["id"], ("failed", "succeeded"))
+        assert failed["status"] == "failed"
+        assert "the approval timed out (no decision in 0.5 s)" in failed["error"]
+        item = http.get(f"/v1/reviews/{failing['waiting_review_id']}").json()
+        assert item["status"] == "dismissed" and item["answered_by"] == "agents"
+        done = wait_run(http, going["id"], ("failed", "succeeded"))
+        assert done["status"] == "succeeded" and done["output"]["decision"] == "timed_out"
+        # A decision after the deadline is refused: the item is closed.
+        r = http.post(f"/v1/reviews/{going['waiting_review_id']}/decision",
+                      json={"decision": "approved"})  # fmt: skip
+        assert r.status_code == 409

@@ -26,7 +26,14 @@ from iatros.agents.settings import AgentSettings
 from iatros.agents.spec import AgentSpec, WorkflowSpec
 from iatros.agents.store import AgentStore
 from iatros.agents.templates import Templates
-from iatros.agents.workflow import Rejected, RunState, StepFailed, Waiting, WorkflowExecutor
+from iatros.agents.workflow import (
+    Rejected,
+    RunState,
+    StepFailed,
+    Waiting,
+    WorkflowExecutor,
+    expired,
+)
 from iatros.auth import Principal
 from iatros.config import Settings
 from iatros.errors import InvalidRequest, NotFound
@@ -232,7 +239,7 @@ class AgentService:
                     item = await self.queue.get(tenant, review_id)
                 except NotFound:
                     item = {"status": "dismissed"}
-                if item["status"] in ("open", "claimed"):
+                if item["status"] in ("open", "claimed") and not expired(item):
                     continue
             if await self.store.claim(tenant, run_id, "waiting"):
                 self._spawn(tenant, run_id, None)

@@ -97,6 +97,12 @@ class Approval(_Strict):
     question: str = Field(min_length=1, description="What the reviewer decides; ${...} allowed.")
     show: Any = Field(None, description="Data shown to the reviewer (references allowed).")
     on_reject: Literal["fail", "continue"] = "fail"
+    timeout_s: float | None = Field(
+        None, gt=0, le=90 * 86400, description="No decision in this time: the item is closed."
+    )
+    on_timeout: Literal["fail", "continue"] = Field(
+        "fail", description="fail the run, or continue with decision 'timed_out'."
+    )
 
 
 STEP_KINDS = ("agent", "tool", "branch", "loop", "parallel", "approval")

@@ -16,14 +16,32 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from iatros.agents.expr import MissingValue, holds, resolve
 from iatros.agents.runner import AgentFailed, AgentRunner, ToolBox
 from iatros.agents.spec import AgentSpec, Step, WorkflowSpec
 from iatros.auth import Principal
+from iatros.errors import Conflict
 from iatros.reviews.queue import NewReview, ReviewQueue
+
+TIMED_OUT = "timed out: no decision before the approval's deadline"
+SYSTEM = "agents"
+"""The actor of changes the runs make themselves (closing a timed-out approval)."""
+
+
+def deadline(timeout_s: float | None) -> dict[str, str]:
+    """The ``expires_at`` an approval item carries when its step has a timeout."""
+    if timeout_s is None:
+        return {}
+    return {"expires_at": (datetime.now(UTC) + timedelta(seconds=timeout_s)).isoformat()}
+
+
+def expired(item: dict[str, Any]) -> bool:
+    """Whether an approval item's deadline (``details.expires_at``) has passed."""
+    expires = (item.get("details") or {}).get("expires_at")
+    return bool(expires) and datetime.fromisoformat(str(expires)) <= datetime.now(UTC)
 
 
 class Waiting(Exception):
@@ -208,6 +226,14 @@ class WorkflowExecutor:
         await state.record({**rec, "status": "succeeded", "finished_at": _now(),
                             "output": outputs})  # fmt: skip
 
+    async def _time_out(self, tenant: str, item: dict[str, Any]) -> dict[str, Any]:
+        """Close an expired approval item (unless a reviewer decided it meanwhile)."""
+        system = Principal(tenant=tenant, key_id=SYSTEM, role="admin")
+        try:
+            return await self.queue.dismiss(tenant, item["id"], system, TIMED_OUT)
+        except Conflict:  # decided in the meantime: that decision stands
+            return await self.queue.get(tenant, item["id"])
+
     async def _approval(
         self, spec: WorkflowSpec, step: Step, key: str, state: RunState, scope: dict[str, Any]
     ) -> None:
@@ -216,11 +242,20 @@ class WorkflowExecutor:
         if rec is not None and rec.get("review_id"):
             item = await self.queue.get(state.tenant, rec["review_id"])
             if item["status"] in ("open", "claimed"):
-                raise Waiting(rec["review_id"])
+                if not expired(item):
+                    raise Waiting(rec["review_id"])
+                item = await self._time_out(state.tenant, item)
             decision = item.get("decision") or "rejected"  # dismissed: not approved
+            if item["status"] == "dismissed" and item.get("answer") == TIMED_OUT:
+                decision = "timed_out"
             output = {"decision": decision, "comment": item.get("answer"),
                       "reviewer": item.get("reviewer_name") or item.get("answered_by")}  # fmt: skip
-            rejected = decision != "approved" and step.approval.on_reject == "fail"
+            if decision == "timed_out" and step.approval.on_timeout == "fail":
+                await state.record({**rec, "output": output, "finished_at": _now(),
+                                    "status": "failed", "error": "approval timed out"})  # fmt: skip
+                raise StepFailed(f"step {key!r}: the approval timed out (no decision in "
+                                 f"{step.approval.timeout_s:g} s)")  # fmt: skip
+            rejected = decision == "rejected" and step.approval.on_reject == "fail"
             await state.record({**rec, "output": output, "finished_at": _now(),
                                 "status": "rejected" if rejected else "succeeded"})  # fmt: skip
             if rejected:
@@ -237,7 +272,8 @@ class WorkflowExecutor:
         item = await self.queue.open(NewReview(
             tenant=state.tenant, asker_key_id=state.principal.key_id, reason="approval",
             kind="approval", question=question, route=f"workflow:{spec.name}",
-            details={"run_id": state.run_id, "step": key, "workflow": spec.name, "show": show},
+            details={"run_id": state.run_id, "step": key, "workflow": spec.name, "show": show,
+                     **deadline(step.approval.timeout_s)},
             request_id=state.run_id,
         ))  # fmt: skip
         await state.record({"id": key, "step": step.id, "kind": "approval", "status": "waiting",
