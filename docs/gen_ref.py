@@ -14,8 +14,8 @@ regenerates them: nothing here is copied by hand, so nothing can drift from the 
 
 Hand-written pages pull text from the code with markers that this hook replaces:
 ``<!-- gen: docstring MODULE -->`` (a module's docstring) and
-``<!-- gen: results FILE [HEADING] -->`` (a committed ``bench/results`` Markdown file, or
-one of its sections). An unknown marker, module, file or heading fails the build.
+``<!-- gen: results FILE [HEADING] -->`` (a committed ``bench/results`` Markdown file, one
+of its sections, or ``@top``: what precedes its first section). An unknown marker, module, file or heading fails the build.
 
 After the build, the inline scripts MkDocs' theme writes are hashed into
 ``csp-hashes.json`` beside the site, so that ``/help`` can allow exactly them under the
@@ -458,7 +458,10 @@ def results(name: str, heading: str | None) -> str:
         raise ValueError(f"no results file bench/results/{name}")
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
-    if heading:
+    if heading == "@top":  # what comes before the first section
+        end = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+        lines = [line for line in lines[:end] if not line.startswith("# ")]
+    elif heading:
         start = next(
             (i for i, line in enumerate(lines) if line.lstrip("#").strip() == heading), None
         )
