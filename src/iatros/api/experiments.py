@@ -1,7 +1,8 @@
 """Release registry and experiments over HTTP (``/admin/releases``, ``/admin/experiments``).
 
-Routes are platform-wide, so changing what a route serves is a platform administrator's
-act (``IATROS_ADMIN_KEY`` or a platform key); a tenant's admin may read (403 on writes).
+Routes are platform-wide, so what a route serves is a platform administrator's business
+(``IATROS_ADMIN_KEY`` or a platform key): a tenant's admin gets 403, for reads too, since
+an analysis counts every tenant's requests.
 Every change is audited by the services; this module only parses and answers.
 """
 
@@ -79,8 +80,8 @@ class PromoteBody(BaseModel):
 def _platform(ctx: RequestContext) -> str:
     if not ctx.principal.platform:
         raise PermissionDenied(
-            "Routes serve every tenant: only a platform administrator changes releases "
-            "and experiments."
+            "Routes serve every tenant: only a platform administrator sees and changes "
+            "releases, experiments and rollouts (their analyses count every tenant's requests)."
         )
     return ctx.principal.key_id
 
@@ -101,6 +102,7 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
         request: Request, route: Annotated[str | None, identifier_query(128)] = None
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            _platform(ctx)
             data = await asyncio.to_thread(reg.list, route)
             return json_response({"object": "list", "data": data})
 
@@ -129,6 +131,7 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
     )  # fmt: skip
     async def show_release(request: Request, release_id: Id) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            _platform(ctx)
             return json_response(await asyncio.to_thread(reg.show, release_id))
 
         return await handle(request, "admin", "deployments:read", work)
@@ -182,6 +185,7 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
         request: Request, route: Annotated[str | None, identifier_query(128)] = None
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            _platform(ctx)
             data = await asyncio.to_thread(svc.find, route)
             return json_response({"object": "list", "data": data})
 
@@ -207,6 +211,7 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
     )  # fmt: skip
     async def show_experiment(request: Request, experiment_id: Id) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            _platform(ctx)
             return json_response(await asyncio.to_thread(svc.show, experiment_id))
 
         return await handle(request, "admin", "deployments:read", work)
@@ -218,6 +223,7 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
     )  # fmt: skip
     async def analyse_experiment(request: Request, experiment_id: Id) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            _platform(ctx)
             return json_response(await asyncio.to_thread(svc.analysis, experiment_id))
 
         return await handle(request, "admin", "deployments:read", work)
@@ -261,6 +267,7 @@ def add_rollout_routes(app: FastAPI, svc: ExperimentService, handle: Handler) ->
     @app.get("/admin/rollouts", tags=["Experiments"], summary="Canary rollouts (newest first)")
     async def list_rollouts(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            _platform(ctx)
             data = await asyncio.to_thread(mgr.find)
             return json_response({"object": "list", "data": data})
 
@@ -287,6 +294,7 @@ def add_rollout_routes(app: FastAPI, svc: ExperimentService, handle: Handler) ->
     )  # fmt: skip
     async def show_rollout(request: Request, rollout_id: Id) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            _platform(ctx)
             return json_response(await asyncio.to_thread(mgr.show, rollout_id))
 
         return await handle(request, "admin", "deployments:read", work)

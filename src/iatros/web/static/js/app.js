@@ -30,7 +30,7 @@ function allowedViews(me) {
   if (caps.dashboard) out.push("alerts");
   if (caps.reviews) out.push("reviews");
   if (caps.feedback_read) out.push("feedback");
-  if ((me.permissions || []).includes("deployments:read")) out.push("experiments");
+  if (me.platform) out.push("experiments"); // routes serve every tenant
   return out;
 }
 
