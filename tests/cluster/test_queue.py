@@ -6,6 +6,7 @@ Redis tests use a unique key prefix each and delete their keys afterwards.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -269,3 +270,20 @@ async def test_a_silent_worker_s_job_is_taken_over_after_the_lease() -> None:
         dead._running.clear()
         await dead.redis.aclose()
         _cleanup(prefix)
+
+
+async def test_an_unreachable_redis_does_not_stop_the_start() -> None:
+    """The server starts with Redis down (cache and limits degrade); enqueueing fails loudly."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    queue = RedisQueue(_settings("test:jobs:down:"), f"redis://127.0.0.1:{port}/0")
+
+    async def handler(job: JobContext) -> None:
+        return None
+
+    queue.register("t.down", handler)
+    await queue.start(1)
+    with pytest.raises(Exception):  # noqa: B017 - redis-py's ConnectionError, whatever the shape
+        await queue.enqueue("t.down", {}, tenant="t")
+    await queue.close()

@@ -214,7 +214,11 @@ class RedisQueue(JobQueue):
     # --- working ------------------------------------------------------------------
 
     async def start(self, workers: int) -> None:
-        await self._ensure_group()
+        """Never fails on an unreachable Redis: the server starts, the loops retry."""
+        try:
+            await self._ensure_group()
+        except Exception as exc:
+            log.warning("job queue unavailable at start; retrying", extra={"error": repr(exc)})
         self._workers = workers
         if workers:
             self._loops = [

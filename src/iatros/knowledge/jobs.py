@@ -145,6 +145,8 @@ class JobRunner:
         check_tenant(tenant)
         queue, loop = self.queue, self._event_loop
         if queue is not None and queue.shared and loop is not None:
+            if asyncio._get_running_loop() is loop:  # would wait on itself for 30 s
+                raise RuntimeError("job_status blocks: call it from a worker thread")
             future = asyncio.run_coroutine_threadsafe(queue.status(job_id, tenant=tenant), loop)
             try:
                 return _from_queue(future.result(timeout=30))
