@@ -53,12 +53,14 @@ bench: install
 	$(BIN)/python bench/cache_bench.py
 	$(BIN)/python bench/scribe_bench.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/experiments_sim.py
 
 bench-smoke: install
 	$(BIN)/python bench/run.py --smoke
 	$(BIN)/python bench/run.py --smoke --only local
 	$(BIN)/python bench/chaos.py --smoke
 	$(BIN)/python bench/cache_bench.py --smoke
+	$(BIN)/python bench/experiments_sim.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
