@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from iatros.cli_admin import audit_app, db_app, keys_app, tenants_app
-from iatros.cli_agents import agents_app
+from iatros.cli_agents import agents_app, plugins_app
 from iatros.cli_alerts import alerts_app
 from iatros.cli_common import ConfigOpt, KeyOpt, UrlOpt, _fail, _settings, err, out
 from iatros.cli_experiments import experiments_app, releases_app, rollouts_app
@@ -265,6 +265,7 @@ app.add_typer(jobs_app, name="jobs")
 app.command()(worker)
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(agents_app, name="agents")
+app.add_typer(plugins_app, name="plugins")
 app.add_typer(scribe_app, name="scribe")
 app.add_typer(releases_app, name="releases")
 app.add_typer(experiments_app, name="experiments")

@@ -20,6 +20,8 @@ import typer
 from iatros.cli_common import ConfigOpt, KeyOpt, UrlOpt, _fail, _settings, err, out
 
 agents_app = typer.Typer(help="Agent and workflow templates.", no_args_is_help=True)
+plugins_app = typer.Typer(help="Installed plugins (tools, providers, backends).",
+                          no_args_is_help=True)  # fmt: skip
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -125,3 +127,30 @@ def agents_apply(
                       f"v{result['version']} {state}")  # fmt: skip
     if failed:
         raise typer.Exit(1)
+
+
+@plugins_app.command("list")
+def plugins_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """Every plugin: loaded, skipped (with the reason) or available (not imported yet).
+
+    Tools are imported to check them; providers and backends are imported only when a
+    configuration names them, so they show as available here.
+    """
+    from rich.table import Table
+
+    from iatros.agents.marketplace import plugin_list
+    from iatros.tools import load_tools
+
+    load_tools()
+    rows = plugin_list()
+    if as_json:
+        for row in rows:
+            print(orjson.dumps(row).decode())
+        return
+    table = Table("group", "name", "state", "distribution", "version", "target / error")
+    for row in rows:
+        table.add_row(row["group"], row["name"], row["state"], row["distribution"] or "",
+                      row["version"] or "", row["error"] or row["target"])  # fmt: skip
+    out.print(table)

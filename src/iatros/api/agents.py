@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iatros.agents.loader import TemplateError
+from iatros.agents.marketplace import plugin_list
 from iatros.agents.service import AgentService
 from iatros.agents.spec import json_schema
 from iatros.api import schemas
@@ -84,6 +85,13 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
             return json_response({"object": "list", "data": data})
 
         return await handle(request, "agents", "agents:run", work)
+
+    @app.get("/v1/plugins", tags=tags, summary="Installed plugins: loaded, skipped, available")
+    async def list_plugins(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            return json_response({"object": "list", "data": plugin_list()})
+
+        return await handle(request, "agents", "deployments:read", work)
 
     @app.get("/v1/agents", tags=tags, summary="Templates (latest version of each)")
     async def list_templates(request: Request) -> Response:
