@@ -87,7 +87,8 @@ class _Gateway:
 
     def __post_init__(self) -> None:
         class _Router:
-            health = {"gpt-eu": _Health(), "local": _Health()}
+            def __init__(self) -> None:
+                self.health = {"gpt-eu": _Health(), "local": _Health()}
 
         self.router = _Router()
 
@@ -182,13 +183,12 @@ class Replay:
             grounding = ""
             if grounded:
                 grounding = "escalated" if rng.random() < escalation_p else "supported"
-            self.monitor.observe(
-                _Ctx(
-                    _Principal(tenant), model, "" if grounding == "escalated" else deployment,
-                    "hit-exact" if hit else "miss", status, 0.0 if hit else latency,
-                    None, tokens, grounding=grounding,
-                )  # fmt: skip
-            )
+            ctx = _Ctx(
+                _Principal(tenant), model, "" if grounding == "escalated" else deployment,
+                "hit-exact" if hit else "miss", status, 0.0 if hit else latency,
+                None, tokens, grounding=grounding,
+            )  # fmt: skip
+            self.monitor.observe(ctx)
         self.now += self.interval
         self.monitor.evaluate()
 
