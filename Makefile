@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # Named after the interpreter: another PYTHON gets a new venv.
 STAMP := $(VENV)/.installed$(subst /,-,$(PYTHON))
 
-.PHONY: install run test lint typecheck bench bench-smoke clean
+.PHONY: install run test lint typecheck docs bench bench-smoke clean
 
 install: $(STAMP)
 
@@ -41,8 +41,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install lint typecheck
+test: install lint typecheck docs
 	$(BIN)/pytest
+
+# The documentation site (mkdocs.yml, docs/), built strictly into src/iatros/web/help,
+# which the server then serves at /help; the reference pages are generated from the code.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # bench/run.py: the 15-minute suite (Iatros vs LiteLLM, installed once into bench/.peers);
 # the local model's tokens/s run apart, into bench/results/local/.

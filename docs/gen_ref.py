@@ -15,11 +15,12 @@ regenerates them: nothing here is copied by hand, so nothing can drift from the 
 Hand-written pages pull text from the code with markers that this hook replaces:
 ``<!-- gen: docstring MODULE -->`` (a module's docstring) and
 ``<!-- gen: results FILE [HEADING] -->`` (a committed ``bench/results`` Markdown file, one
-of its sections, or ``@top``: what precedes its first section). An unknown marker, module, file or heading fails the build.
+of its sections, or ``@top``: what precedes its first section). An unknown marker,
+module, file or heading fails the build.
 
-After the build, the inline scripts MkDocs' theme writes are hashed into
-``csp-hashes.json`` beside the site, so that ``/help`` can allow exactly them under the
-web app's Content-Security-Policy (``iatros.web.help``).
+After the build, the inline scripts and style attributes of the pages are hashed into
+``csp-hashes.json`` in the site, so that ``/help`` can allow exactly them under the web
+app's Content-Security-Policy (``iatros.web.__init__``, ``mount_help``).
 """
 
 from __future__ import annotations
@@ -365,7 +366,6 @@ def http_api_page() -> str:
 
 
 def cli_page() -> str:
-    import click
     import typer
 
     from iatros.cli import app
@@ -378,24 +378,24 @@ def cli_page() -> str:
         "(`iatros.cli`). Installed by `make install` as `.venv/bin/iatros`.\n\n",
     ]
 
-    def walk(command: click.Command, path: list[str], parent: click.Context | None) -> None:
-        del parent
+    def walk(command: Any, path: list[str]) -> None:
         # Typer renders help with rich (boxes, colours) unless its markup mode is off:
         # plain Click help is what a terminal without colours shows, and reads in a page.
-        command.rich_markup_mode = None  # type: ignore[attr-defined]
-        ctx = click.Context(
+        # (Typer may carry its own copy of Click: the command's own classes are used.)
+        command.rich_markup_mode = None
+        ctx = command.context_class(
             command, info_name=" ".join(path), terminal_width=100, max_content_width=100
         )
         help_text = command.get_help(ctx)
         level = "#" * min(len(path) + 1, 4)
         parts.append(f"{level} `{' '.join(path)}`\n\n```text\n{help_text}\n```\n\n")
-        if isinstance(command, click.Group):
-            for name in sorted(command.list_commands(ctx)):
+        if hasattr(command, "list_commands"):
+            for name in command.list_commands(ctx):
                 sub = command.get_command(ctx, name)
                 if sub is not None and not sub.hidden:
-                    walk(sub, [*path, name], ctx)
+                    walk(sub, [*path, name])
 
-    walk(root, ["iatros"], None)
+    walk(root, ["iatros"])
     return "".join(parts)
 
 
@@ -521,20 +521,30 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
 
 
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)(?P<attrs>[^>]*)>(?P<body>.*?)</script>", re.S)
+STYLE_ATTRIBUTE = re.compile(r'\sstyle="(?P<body>[^"]*)"')
 
 
-def inline_script_hashes(site: Path) -> list[str]:
-    """CSP hashes of the executable inline scripts of every page (JSON data blocks aside)."""
-    found: set[str] = set()
+def _csp_hash(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+def inline_hashes(site: Path) -> dict[str, list[str]]:
+    """CSP hashes of what the theme writes inline in the pages: its small scripts (JSON
+    data blocks aside: they do not run) and the ``style`` attributes of aligned table
+    cells. ``/help`` allows exactly these, and nothing else inline."""
+    scripts: set[str] = set()
+    styles: set[str] = set()
     for page in site.rglob("*.html"):
-        for match in INLINE_SCRIPT.finditer(page.read_text(encoding="utf-8")):
+        html = page.read_text(encoding="utf-8")
+        for match in INLINE_SCRIPT.finditer(html):
             if "application/json" in match.group("attrs") or not match.group("body").strip():
                 continue
-            digest = hashlib.sha256(match.group("body").encode("utf-8")).digest()
-            found.add("'sha256-" + base64.b64encode(digest).decode("ascii") + "'")
-    return sorted(found)
+            scripts.add(_csp_hash(match.group("body")))
+        styles.update(_csp_hash(m.group("body")) for m in STYLE_ATTRIBUTE.finditer(html))
+    return {"script": sorted(scripts), "style": sorted(styles)}
 
 
 def on_post_build(config: Any) -> None:
     site = Path(config["site_dir"])
-    (site / "csp-hashes.json").write_text(json.dumps(inline_script_hashes(site)) + "\n")
+    (site / "csp-hashes.json").write_text(json.dumps(inline_hashes(site), indent=1) + "\n")

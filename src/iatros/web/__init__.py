@@ -61,7 +61,7 @@ from iatros.store.db import PLATFORM
 from iatros.store.feedback import feedback_list, save_feedback
 from iatros.web import stats
 
-__all__ = ["STATIC_DIR", "mount_web"]
+__all__ = ["HELP_DIR", "STATIC_DIR", "mount_help", "mount_web"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -334,3 +334,48 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
         return page("manifest.webmanifest", "application/manifest+json")
 
     app.mount("/static", _Static(directory=STATIC_DIR), name="web-static")
+    mount_help(app)
+
+
+# -- the documentation site (/help) ---------------------------------------------
+
+# Built by `mkdocs build` (mkdocs.yml's site_dir; `make docs`, run by `make test`); not in
+# the repository. Served only when it has been built.
+HELP_DIR = Path(__file__).parent / "help"
+
+
+def help_csp(directory: Path) -> str:
+    """The app's CSP, plus exactly the inline scripts and style attributes the site's theme
+    writes (hashed at build time into ``csp-hashes.json`` by ``docs/gen_ref.py``)."""
+    try:
+        hashes = orjson.loads((directory / "csp-hashes.json").read_bytes())
+        scripts = " ".join(h for h in hashes.get("script", []) if h.startswith("'sha256-"))
+        styles = " ".join(h for h in hashes.get("style", []) if h.startswith("'sha256-"))
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        scripts = styles = ""
+    csp = CSP.replace("script-src 'self'", f"script-src 'self' {scripts}".rstrip())
+    if styles:
+        csp = csp.replace("style-src 'self'", f"style-src 'self' 'unsafe-hashes' {styles}")
+    return csp
+
+
+class _Help(StaticFiles):
+    """The documentation's files, with the web app's security headers."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory=directory, html=True)
+        self.headers = {**SECURITY_HEADERS, "content-security-policy": help_csp(directory)}
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(self.headers)
+        return response
+
+
+def mount_help(app: FastAPI, directory: Path | None = None) -> bool:
+    """Serve the built documentation at ``/help`` if there is one; say whether it is."""
+    directory = directory or HELP_DIR
+    if not (directory / "index.html").is_file():
+        return False
+    app.mount("/help", _Help(directory), name="help")
+    return True
