@@ -172,27 +172,28 @@ def test_detail_found_in_another_source_than_the_cited_one() -> None:
 
 # -- what the current checker gets wrong (see the report in bench/results/faithfulness.md) --
 
-SWAP = "the wrong value is elsewhere in the sources; details are looked up anywhere"
+SWAP = "the wrong value is elsewhere in the sources"
+ENUMERATION = (
+    "one source sentence lists every case (each quadrant, both sides): all the answer's "
+    "details are in it together"
+)
 MISSED = {
-    "en-frequency-copied": (
-        "Adults should brush three times a day with a 1350 to 1500 ppm fluoride toothpaste [1].",
-        [EN_SOURCE],
-        SWAP,
-    ),
-    "en-side-copied": (
-        "Tooth 38 is the lower right third molar [1].",
-        ["Tooth 38 is the lower left third molar. Tooth 46 is the lower right first molar."],
-        SWAP,
-    ),
-    "fr-dose-copied": (
-        "Pour l'enfant, la dose est de 1000 mg [1].",
-        ["Pour l'enfant, la dose est de 500 mg. Pour l'adulte, la dose est de 1000 mg."],
-        SWAP,
-    ),
     "en-negation-non-infected": (
         "Prophylaxis is needed for an injection through non-infected tissue [1].",
         ["Prophylaxis is not needed for an injection through non-infected tissue."],
         "'non-infected' counts as a negation; polarity is compared as a boolean, not a count",
+    ),
+    "en-bare-number-answer": (
+        "10.",
+        ["Tooth 48 is the lower right third molar."],
+        "an answer that is only a number ('10.', as the local model gives) is dropped as a "
+        "list marker (_MARKER_ONLY): nothing is checked",
+    ),
+    "en-unknown-drug": (
+        "Ceftriaxon 50 mg/kg orally, without exceeding the adult dose [1].",
+        ["For children, give amoxicillin 50 mg/kg orally, without exceeding the adult dose."],
+        "a drug outside the guard's list and suffixes is not a detail (a real answer of the "
+        "local model)",
     ),
     "en-negation-short-sentence": (
         "You can smoke during these 48 hours [1].",
@@ -201,16 +202,6 @@ MISSED = {
     ),
 }
 FALSELY_FLAGGED = {
-    "en-not-more-than": (
-        "Give 15 mg/kg every 6 hours, not more than 60 mg/kg a day [1].",
-        ["Give 15 mg/kg every 6 hours, with a maximum of 60 mg/kg per day."],
-        "'not more than' (a maximum) counts as a negation",
-    ),
-    "fr-sans-depasser": (
-        "Paracétamol : 1 g toutes les 6 heures, au maximum 4 g par jour [1].",
-        ["Le paracétamol se prend à 1 g toutes les 6 heures, sans dépasser 4 g par jour."],
-        "'sans dépasser' (a maximum) counts as a negation",
-    ),
     "en-half-an-hour": (
         "Bite on the gauze for half an hour [1].",
         ["Bite on the gauze for 30 minutes."],
@@ -261,55 +252,66 @@ def test_known_false_flag(case: str) -> None:
     assert result.status != "unsupported", result.payload()["unsupported"]
 
 
+# Once missed or falsely flagged, now right: details are bound to the source sentence that
+# states most of them together, and "not more than" reads as a maximum (see verification.py).
+CAUGHT = {
+    "en-frequency-copied": (
+        "Adults should brush three times a day with a 1350 to 1500 ppm fluoride toothpaste [1].",
+        [EN_SOURCE],
+        SWAP,
+    ),
+    "en-side-copied": (
+        "Tooth 38 is the lower right third molar [1].",
+        ["Tooth 38 is the lower left third molar. Tooth 46 is the lower right first molar."],
+        SWAP,
+    ),
+    "fr-dose-copied": (
+        "Pour l'enfant, la dose est de 1000 mg [1].",
+        ["Pour l'enfant, la dose est de 500 mg. Pour l'adulte, la dose est de 1000 mg."],
+        SWAP,
+    ),
+}
+PASSING = {
+    "en-not-more-than": (
+        "Give 15 mg/kg every 6 hours, not more than 60 mg/kg a day [1].",
+        ["Give 15 mg/kg every 6 hours, with a maximum of 60 mg/kg per day."],
+        "'not more than' (a maximum) counts as a negation",
+    ),
+    "fr-sans-depasser": (
+        "Paracétamol : 1 g toutes les 6 heures, au maximum 4 g par jour [1].",
+        ["Le paracétamol se prend à 1 g toutes les 6 heures, sans dépasser 4 g par jour."],
+        "'sans dépasser' (a maximum) counts as a negation",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CAUGHT))
+def test_details_copied_from_another_statement_are_caught(case: str) -> None:
+    answer, passages, _ = CAUGHT[case]
+    assert check(answer, passages, "", "withhold").status == "unsupported"
+
+
+@pytest.mark.parametrize("case", list(PASSING))
+def test_a_maximum_said_with_a_negation_word_passes(case: str) -> None:
+    answer, passages, _ = PASSING[case]
+    result = check(answer, passages, "", "withhold")
+    assert result.status != "unsupported", result.payload()["unsupported"]
+
+
 # -- the triple set: the targets of issue #18 ------------------------------------------------
 
 TRIPLES = build.all_triples()
 
 # Wrong answers the current checker lets through, each with why (bench/results/faithfulness.md).
 KNOWN_MISSES: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "en-fluoride-toothpaste/1.5",
-            "en-fluoride-toothpaste/4.3",
-            "en-paediatric-analgesics/1.5",
-            "en-paediatric-analgesics/1.9",
-            "en-paediatric-analgesics/1.10",
-            "en-paediatric-analgesics/2.3",
-            "en-paediatric-analgesics/4.5",
-            "en-paediatric-analgesics/5.3",
-            "en-amoxicillin/1.7",
-            "en-amoxicillin/1.9",
-            "en-local-anaesthetics/1.4",
-            "en-local-anaesthetics/4.4",
-            "en-local-anaesthetics/5.3",
-            "en-antibiotic-prophylaxis/3.3",
-            "en-extraction-aftercare/1.6",
-            "en-extraction-aftercare/3.4",
-            "en-fdi-tooth-numbers/1.3",
-            "en-fdi-tooth-numbers/1.4",
-            "en-fdi-tooth-numbers/2.5",
-            "en-fdi-tooth-numbers/3.2",
-            "en-fdi-tooth-numbers/4.2",
-            "en-fdi-tooth-numbers/5.2",
-            "en-fdi-tooth-numbers/5.3",
-            "en-fdi-tooth-numbers/6.3",
-            "en-anticoagulants/4.3",
-            "en-anticoagulants/5.4",
-            "en-anticoagulants/6.3",
-            "fr-dentifrice-fluore/1.4",
-            "fr-antalgiques-adulte/1.8",
-            "fr-soins-extraction/2.3",
-            "pubmedqa/22497340/side/w",
-            "pubmedqa/26419377/side/w",
-            "pubmedqa/10548670/side/w",
-            "pubmedqa/23517744/side/w",
-            "pubmedqa/8910148/side/w",
-        ],
-        SWAP,
-    ),
+    "en-fdi-tooth-numbers/5.2": ENUMERATION,
+    "en-fdi-tooth-numbers/5.3": ENUMERATION,
+    "pubmedqa/22497340/side/w": ENUMERATION,
+    "pubmedqa/26419377/side/w": ENUMERATION,
+    "pubmedqa/10548670/side/w": ENUMERATION,
+    "pubmedqa/8910148/side/w": ENUMERATION,
+    "en-anticoagulants/6.3": "the two drugs swap roles inside one source sentence",
     "en-antibiotic-prophylaxis/5.2": "'non-infected' counts as a negation (boolean polarity)",
-    "en-extraction-aftercare/4.3": "short sentence: fewer than 3 shared words, never aligned",
-    "pubmedqa/18041059/negation/w": "split at ';': the piece has 2 content words, not aligned",
     "pubmedqa/15041506/negation/w": "2 negations become 1: polarity compared as a boolean",
 }
 

@@ -52,6 +52,11 @@ class AskHuman(BaseModel):
     reason: Literal["user_request", "feedback"] = Field(
         "user_request", description="feedback: a thumbs-down sent on to a reviewer."
     )
+    comment: FreeText | None = Field(
+        None,
+        max_length=4000,
+        description="The asker's words for the reviewer (a thumbs-down's comment).",
+    )
 
 
 class AnswerBody(BaseModel):
@@ -149,6 +154,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
                 conversation_id=body.conversation_id,
                 request_id=body.request_id,
                 reason=body.reason,
+                comment=body.comment,
             )
             return _json(item, 201)
 

@@ -36,7 +36,7 @@ from iatros.providers.base import StreamDelta
 
 log = logging.getLogger("iatros.safety")
 
-_BOUNDARY = re.compile(r"(?<=[.!?;])\s+(?=\S)|\n")
+_BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=\S)|\n")
 
 
 class Escalations(Protocol):
@@ -221,6 +221,7 @@ class SafetyStep:
         if withheld:
             total.action = "withheld"
             ctx.grounding = "withheld"
+            grounding.verification = total.payload()  # the reviewer sees what failed
             await self.escalate(
                 ctx,
                 grounding,

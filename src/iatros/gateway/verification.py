@@ -18,13 +18,23 @@ what a "decisive detail" is:
     every drug named must be named in the sources.
 ``laterality``
     every side (left/right, upper/lower…) must be in the sources.
+``population``
+    adult, child, pregnant… (a dose for children is not a dose for adults).
 ``negation``
     the sentence of the sources that says the same thing (most content words in common)
     must carry a negation exactly when the answer's sentence does.
 
-Details that repeat the question are supported by it (the asker said so). A detail is
-looked for first in the sources the sentence cites (``[n]``), then in the other sources
-(small models mis-number citations; the detail is still in what they were given). The
+Details are **bound together**: a sentence's details must be stated together by one
+source sentence (the one stating most of them; a heading counts for the sentences under
+it), since the typical error of a small model is not a value it invented but one it
+copied from the neighbouring statement ("paracetamol 10 mg/kg" from a source giving
+paracetamol 15 mg/kg and ibuprofen 10 mg/kg). A number is also refused when the source
+sentence that says the same thing (most words in common) gives another value of the same
+kind ("do not rinse for 48 hours" against "do not rinse for 24 hours", though "48 hours"
+is elsewhere). Details that repeat the question are supported by it (the asker said so)
+and weigh double in choosing the source sentence ("the maximum dose of *ibuprofen*" must
+come from ibuprofen's sentence). Source sentences are looked for first in the sources the
+sentence cites (``[n]``), then in the others (small models mis-number citations). The
 check is deterministic and cheap (microseconds per sentence): it runs on every grounded
 answer, and on streams sentence by sentence (:class:`SentenceGate`) so that a client never
 receives a sentence with an unverified detail.
@@ -45,100 +55,21 @@ from typing import Any, Literal
 from iatros.cache.guard import Signature, normalize_text, signature
 
 Policy = Literal["withhold", "flag", "off"]
-Kind = Literal["number", "drug", "laterality", "negation"]
+Kind = Literal["number", "drug", "laterality", "population", "negation"]
 
 _CITATION = re.compile(r"\s*\[(\d{1,3})\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=\S)|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 _WORD = re.compile(r"[a-z]{3,}")
 # Words that carry no meaning for aligning an answer sentence with a source sentence.
 _STOP = frozenset(
-    {
-        "the",
-        "and",
-        "for",
-        "with",
-        "that",
-        "this",
-        "from",
-        "are",
-        "was",
-        "were",
-        "has",
-        "have",
-        "had",
-        "been",
-        "should",
-        "can",
-        "may",
-        "might",
-        "must",
-        "will",
-        "would",
-        "into",
-        "than",
-        "then",
-        "them",
-        "they",
-        "their",
-        "there",
-        "these",
-        "those",
-        "which",
-        "who",
-        "whom",
-        "what",
-        "when",
-        "where",
-        "why",
-        "how",
-        "its",
-        "his",
-        "her",
-        "our",
-        "your",
-        "you",
-        "also",
-        "only",
-        "very",
-        "more",
-        "most",
-        "such",
-        "other",
-        "some",
-        "any",
-        "all",
-        "each",
-        "per",
-        "les",
-        "des",
-        "une",
-        "est",
-        "sont",
-        "dans",
-        "pour",
-        "par",
-        "avec",
-        "que",
-        "qui",
-        "sur",
-        "aux",
-        "du",
-        "de",
-        "la",
-        "le",
-        "pas",
-        "not",
-        "never",
-        "without",
-        "sans",
-        "jamais",
-        "aucun",
-        "aucune",
-        "none",
-        "nor",
-        "neither",
-    }
+    """
+    the and for with that this from are was were has have had been should can may might
+    must will would into than then them they their there these those which who whom what
+    when where why how its his her our your you also only very more most such other some
+    any all each per les des une est sont dans pour par avec que qui sur aux du de la le
+    pas not never without sans jamais aucun aucune none nor neither
+    """.split()  # noqa: SIM905 - a word list reads best as words
 )
 # Units the guard does not canonicalise but that must not be confused with each other.
 _RAW_UNIT = re.compile(
@@ -250,21 +181,56 @@ class _Sentence:
     sig: Signature
     words: set[str]
     raw_units: set[str]
+    context: Signature | None = None
+    """The details of the heading the sentence sits under, if any."""
 
 
 def _raw_units(text: str) -> set[str]:
     return {f"{n.replace(',', '.')} {u}" for n, u in _RAW_UNIT.findall(normalize_text(text))}
 
 
+# Phrases that state a maximum with a negation word: "not more than 60 mg" says what
+# "a maximum of 60 mg" says, and neither is a negated statement.
+_MAXIMUM = re.compile(
+    r"\b(?:not|no|never)\s+(?:more|higher|greater)\s+than\b|\bnot\s+(?:to\s+)?exceed\w*"
+    r"|\bwithout\s+exceeding\b|\bdo\s+not\s+exceed\b|\b(?:pas|jamais)\s+plus\s+de\b"
+    r"|\bne\s+(?:pas\s+)?depass\w*(?:\s+pas)?\b|\bsans\s+depasser\b"
+)
+
+
 def _prepare(text: str) -> _Sentence:
-    return _Sentence(text, signature(text), content_words(text), _raw_units(text))
+    plain = _MAXIMUM.sub("maximum", normalize_text(text))
+    return _Sentence(text, signature(plain), content_words(plain), _raw_units(plain))
+
+
+_SOURCE_END = _SENTENCE_END
+_HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|[^.!?]{1,80}:)\s*$")
+
+
+def source_sentences(passage: str) -> list[_Sentence]:
+    """A passage's sentences (not cut at ``;``: a dose and its frequency often share one),
+    each with the details of the heading above it ("## Paracetamol" then "15 mg/kg every
+    6 hours." says the dose is paracetamol's)."""
+    out: list[_Sentence] = []
+    heading: Signature | None = None
+    for piece in _SOURCE_END.split(passage):
+        if _MARKER_ONLY.match(piece) or not piece.strip():
+            continue
+        text = _LIST_MARKER.sub("", piece).strip()
+        sentence = _prepare(text)
+        if heading is not None:
+            sentence.context = heading
+        if _HEADING.match(piece):
+            heading = sentence.sig
+        out.append(sentence)
+    return out
 
 
 class Sources:
     """The passages an answer was grounded on, split into sentences once."""
 
     def __init__(self, passages: Sequence[str], question: str) -> None:
-        self.passages = [[_prepare(s) for s in split_sentences(p)] for p in passages]
+        self.passages = [source_sentences(p) for p in passages]
         self.question = _prepare(question) if question.strip() else None
 
     def order(self, cites: Iterable[int]) -> list[int]:
@@ -320,27 +286,43 @@ def _number_matches(answer: str, source: str) -> bool:
 # -- the check -------------------------------------------------------------------------------
 
 
-def _find(
-    kind: Kind, value: str, sources: Sources, order: list[int], raw: set[str]
-) -> tuple[int | None, str]:
-    """The source (and its sentence) that holds ``value``; ``(None, "")`` when none does."""
+def _holds(sentence: _Sentence, kind: Kind, value: str, raw: set[str]) -> bool:
+    """Whether ``sentence`` (or the heading it sits under) states this detail."""
+    sigs = (sentence.sig,) if sentence.context is None else (sentence.sig, sentence.context)
+    if kind == "number":
+        if raw and not (raw & sentence.raw_units):
+            return False
+        return any(_number_matches(value, n) for sig in sigs for n in sig.numbers)
+    if kind == "drug":
+        return any(value in sig.drugs for sig in sigs)
+    if kind == "population":
+        return any(value in sig.population for sig in sigs)
+    return any(value in sig.laterality for sig in sigs)
 
-    def holds(sentence: _Sentence) -> bool:
-        if kind == "number":
-            if raw and not (raw & sentence.raw_units):
-                return False
-            return any(_number_matches(value, n) for n in sentence.sig.numbers)
-        if kind == "drug":
-            return value in sentence.sig.drugs
-        return value in sentence.sig.laterality
 
-    if sources.question is not None and holds(sources.question):
-        return 0, ""
-    for n in order:
+Check = tuple[Kind, str, frozenset[str]]
+"""A detail to find: kind, canonical value, raw-unit spellings of a bare number."""
+
+
+def _supporting(
+    checks: list[Check], asked: set[int], sources: Sources, order: list[int]
+) -> tuple[int | None, _Sentence | None, set[int]]:
+    """The source sentence stating the most of ``checks`` together, and which it states.
+
+    Details are bound to each other: "paracetamol 10 mg/kg every 6 hours" is not supported
+    by a source giving paracetamol 15 mg/kg and ibuprofen 10 mg/kg, though each value is
+    in it somewhere. Details the question names (``asked``) count twice: they say what the
+    sentence is about ("the maximum dose of *ibuprofen*" must come from ibuprofen's
+    sentence). On a tie, the cited sources win.
+    """
+    best: tuple[int, int | None, _Sentence | None, set[int]] = (0, None, None, set())
+    for n in order:  # cited sources first: on a tie, the first found stays
         for sentence in sources.passages[n - 1]:
-            if holds(sentence):
-                return n, sentence.text
-    return None, ""
+            held = {i for i, (k, v, raw) in enumerate(checks) if _holds(sentence, k, v, set(raw))}
+            score = len(held) + len(held & asked)
+            if score > best[0]:
+                best = (score, n, sentence, held)
+    return best[1], best[2], best[3]
 
 
 def _raw_for(value: str, raw_units: set[str]) -> set[str]:
@@ -349,8 +331,10 @@ def _raw_for(value: str, raw_units: set[str]) -> set[str]:
     return {r for r in raw_units if r.partition(" ")[0] == head}
 
 
-def _negation_detail(sentence: _Sentence, text: str, sources: Sources, order: list[int]) -> Detail:
-    """Compare the polarity of ``sentence`` with the source sentence that says the same."""
+def _aligned(
+    sentence: _Sentence, sources: Sources, order: list[int]
+) -> tuple[float, int, _Sentence | None]:
+    """The source sentence that says the same thing (most content words in common)."""
     best: tuple[float, int, _Sentence | None] = (0.0, 0, None)
     for n in order:
         for candidate in sources.passages[n - 1]:
@@ -358,7 +342,31 @@ def _negation_detail(sentence: _Sentence, text: str, sources: Sources, order: li
             score = shared / max(1, len(sentence.words))
             if shared >= 3 and score > best[0]:
                 best = (score, n, candidate)
-    score, n, match = best
+    return best
+
+
+def _dimension(value: str) -> str | None:
+    """The dimension of a guard number (``"48 hour"`` → ``time``); None for bare numbers."""
+    values, unit = _parse_number(value)
+    if not values or not unit:
+        return None
+    return _in_base_unit(values, unit)[1]
+
+
+def _contradicted(value: str, aligned: _Sentence) -> bool:
+    """Whether the sentence that says the same thing gives another value of the same kind
+    ("do not rinse for 48 hours" against "do not rinse for 24 hours"), though the value
+    is stated elsewhere in the sources ("do not smoke for 48 hours")."""
+    dimension = _dimension(value)
+    if dimension is None:
+        return False
+    same_kind = [n for n in aligned.sig.numbers if _dimension(n) == dimension]
+    return bool(same_kind) and not any(_number_matches(value, n) for n in same_kind)
+
+
+def _negation_detail(sentence: _Sentence, text: str, sources: Sources, order: list[int]) -> Detail:
+    """Compare the polarity of ``sentence`` with the source sentence that says the same."""
+    score, n, match = _aligned(sentence, sources, order)
     if match is None or score < 0.5:  # no source sentence says the same thing: cannot tell
         return Detail("negation", "none", text, True)
     mine, theirs = _negated(sentence.sig), _negated(match.sig)
@@ -366,6 +374,56 @@ def _negation_detail(sentence: _Sentence, text: str, sources: Sources, order: li
         return Detail("negation", "none", text, True)
     value = "negated" if mine else "affirmed"
     return Detail("negation", value, text, mine == theirs, n, match.text)
+
+
+def _sentence_details(
+    sentence: _Sentence, text: str, sources: Sources, order: list[int]
+) -> list[Detail]:
+    """The number, drug, side and population details of one answer sentence, each judged
+    against the source sentence that states most of them together (:func:`_supporting`)."""
+    pending: list[Check] = []
+    asked: set[int] = set()  # details the question states too
+    sig = sentence.sig
+    kinds: tuple[tuple[Kind, tuple[str, ...]], ...] = (
+        ("number", sig.numbers),
+        ("drug", sig.drugs),
+        ("laterality", sig.laterality),
+        ("population", sig.population),
+    )
+    for kind, values in kinds:
+        for value in values:
+            raw = _raw_for(value, sentence.raw_units) if kind == "number" else set()
+            if sources.question is not None and _holds(sources.question, kind, value, raw):
+                asked.add(len(pending))
+            pending.append((kind, value, frozenset(raw)))
+    if not pending:
+        return []
+    where, best, held = _supporting(pending, asked, sources, order)
+    score, aligned_n, aligned = _aligned(sentence, sources, order)
+    if best is None and aligned is not None:  # nothing holds a detail: quote the closest
+        where, best = aligned_n, aligned
+    evidence = best.text if best is not None else ""
+    if aligned is best or score < 0.6:
+        aligned = None
+    details = []
+    for i, (kind, value, _) in enumerate(pending):
+        contradicted = (
+            aligned is not None
+            and kind == "number"
+            and i in held
+            and i not in asked
+            and _contradicted(value, aligned)
+        )
+        if contradicted:
+            assert aligned is not None
+            details.append(Detail(kind, value, text, False, aligned_n, aligned.text))
+        elif i in held:
+            details.append(Detail(kind, value, text, True, where, evidence))
+        elif i in asked:  # not in the sources' statement, but the asker said it
+            details.append(Detail(kind, value, text, True, 0))
+        else:
+            details.append(Detail(kind, value, text, False, where, evidence))
+    return details
 
 
 def verify(answer: str, passages: Sequence[str], question: str = "") -> list[Detail]:
@@ -376,15 +434,7 @@ def verify(answer: str, passages: Sequence[str], question: str = "") -> list[Det
         text, cites = _cited(raw_sentence)
         sentence = _prepare(text)
         order = sources.order(cites)
-        checks: list[tuple[Kind, str]] = [
-            *(("number", v) for v in sentence.sig.numbers),
-            *(("drug", v) for v in sentence.sig.drugs),
-            *(("laterality", v) for v in sentence.sig.laterality),
-        ]
-        for kind, value in checks:
-            raw = _raw_for(value, sentence.raw_units) if kind == "number" else set()
-            where, evidence = _find(kind, value, sources, order, raw)
-            details.append(Detail(kind, value, text, where is not None, where, evidence))
+        details.extend(_sentence_details(sentence, text, sources, order))
         if sentence.words:
             negation = _negation_detail(sentence, text, sources, order)
             if negation.value != "none":

@@ -75,8 +75,12 @@ class ReviewDesk:
         conversation_id: str | None,
         request_id: str | None,
         reason: str = "user_request",
+        comment: str | None = None,
     ) -> dict[str, Any]:
         """The asker's "ask a human" (or a thumbs-down turned into a review)."""
+        details: dict[str, Any] = {"collection": collection} if collection else {}
+        if comment:
+            details["comment"] = comment
         return await self.queue.open(
             NewReview(
                 tenant=principal.tenant,
@@ -85,7 +89,7 @@ class ReviewDesk:
                 question=question,
                 messages=messages,
                 draft=draft,
-                details={"collection": collection} if collection else {},
+                details=details,
                 conversation_id=conversation_id,
                 request_id=request_id,
             )
