@@ -45,7 +45,7 @@ def test_kill_9_while_waiting_for_approval_then_restart_and_approve(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    settings: dict[str, Any] = agent_config(upstream, data)
+    settings: dict[str, Any] = agent_config(upstream, data, stale_after_s=1.0)
     settings.pop("data_dir")
     config = tmp_path / "iatros.yaml"
     config.write_text(yaml.safe_dump(settings))
@@ -85,3 +85,25 @@ def test_kill_9_while_waiting_for_approval_then_restart_and_approve(
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_live_instance_keeps_its_running_run(
+    upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    """Two instances on one store: the second never takes over a run the first is still
+    executing (it touches it), however long its model call lasts."""
+    from tests.agents.test_workflow import CONSTRUCTS
+
+    config = agent_config(upstream, tmp_path / "shared", stale_after_s=0.6)
+    first = server_factory(config)
+    second = server_factory(config)
+    upstream.reset(delay_ms=2000)
+    with _client(first.url) as http:
+        assert http.post("/v1/agents", json={"content": CONSTRUCTS}).status_code == 201
+        run = http.post("/v1/runs", json={"workflow": "constructs", "input": {"weight": 1},
+                                          "wait_s": 0}).json()  # fmt: skip
+        done = wait_run(http, run["id"], ("succeeded", "failed"), timeout=30)
+    assert done["status"] == "succeeded", done
+    chats = [r for r in upstream.requests if r.path.endswith("/chat/completions")]
+    assert len(chats) == 2  # the loop's two drafts, each asked once: no second executor
+    assert second.app.state.services.agents._tasks == {}

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -216,17 +216,27 @@ class AgentService:
     # -- resuming -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover runs interrupted by a stop, then watch waiting runs."""
-        for tenant, run_id, _review in await self.store.runs_in("running"):
-            if self.config.on_restart == "fail":
-                await self._finish(tenant, run_id, "failed",
-                                   error="interrupted by a server restart")  # fmt: skip
-            else:
-                log.info("resuming run after restart", extra={"run_id": run_id})
-                self._spawn(tenant, run_id, None)
+        """Watch waiting runs, and take over runs left running by a stopped process."""
+        await self.recover_stale()
         self._loop_task = asyncio.get_running_loop().create_task(
             self._resume_loop(), name="iatros-agent-runs"
         )
+
+    async def recover_stale(self) -> int:
+        """Resume (or fail, ``agents.on_restart``) runs whose process stopped mid-run."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.config.stale_after_s)
+        taken = 0
+        for tenant, run_id in await self.store.stale(cutoff):
+            if run_id in self._tasks or not await self.store.take_over(tenant, run_id, cutoff):
+                continue
+            taken += 1
+            if self.config.on_restart == "fail":
+                await self._finish(tenant, run_id, "failed",
+                                   error="interrupted: the server running it stopped")  # fmt: skip
+            else:
+                log.info("resuming an interrupted run", extra={"run_id": run_id})
+                self._spawn(tenant, run_id, None)
+        return taken
 
     async def resume_decided(self) -> int:
         """Resume every waiting run whose review item has been decided; how many."""
@@ -247,10 +257,15 @@ class AgentService:
         return resumed
 
     async def _resume_loop(self) -> None:
+        touched = time.monotonic()
         while True:
             await asyncio.sleep(self.config.resume_interval_s)
             try:
+                if time.monotonic() - touched >= self.config.stale_after_s / 3:
+                    touched = time.monotonic()
+                    await self.store.touch(list(self._tasks))
                 await self.resume_decided()
+                await self.recover_stale()
             except Exception as exc:  # the store may be briefly unavailable: try again
                 log.warning("resume check failed", extra={"error": type(exc).__name__})
 

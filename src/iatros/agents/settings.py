@@ -28,7 +28,11 @@ class AgentSettings(BaseModel):
     resume_interval_s: float = Field(1.0, gt=0)
     """How often waiting runs are checked for a decided approval."""
     on_restart: Literal["resume", "fail"] = "resume"
-    """What a starting server does with runs that were running when it stopped."""
+    """What happens to a run whose process stopped while it was running (found stale)."""
+    stale_after_s: float = Field(30.0, gt=0)
+    """A running run not saved for this long belongs to a stopped process: its steps save
+    it, and the process running it touches it every third of this delay, so with several
+    instances only runs of a dead one are taken over."""
     max_concurrent_runs: int = Field(16, ge=1)
     template_cache_s: float = Field(2.0, ge=0)
     """How long a parsed agent template is reused before the store is read again (a

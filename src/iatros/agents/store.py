@@ -209,6 +209,49 @@ class AgentStore:
 
         return await self._run(write)
 
+    async def touch(self, run_ids: list[str]) -> None:
+        """Mark runs this process is executing as alive (see ``agents.stale_after_s``)."""
+
+        def write() -> None:
+            with self.db.session(PLATFORM) as session:
+                session.execute(
+                    update(AgentRun)
+                    .where(AgentRun.id.in_(run_ids), AgentRun.status == "running")
+                    .values(updated_at=datetime.now(UTC))
+                )
+
+        if run_ids:
+            await self._run(write)
+
+    async def stale(self, cutoff: datetime, limit: int = 100) -> list[tuple[str, str]]:
+        """(tenant, run id) of running runs not saved since ``cutoff``."""
+
+        def read() -> list[tuple[str, str]]:
+            with self.db.session(PLATFORM) as session:
+                rows = session.execute(
+                    select(AgentRun.tenant_id, AgentRun.id)
+                    .where(AgentRun.status == "running", AgentRun.updated_at < cutoff)
+                    .limit(limit)
+                ).all()
+                return [(str(t), str(i)) for t, i in rows]
+
+        return await self._run(read)
+
+    async def take_over(self, tenant: str, run_id: str, cutoff: datetime) -> bool:
+        """Claim a stale running run (one instance wins: the update moves ``updated_at``)."""
+
+        def write() -> bool:
+            with self.db.session(tenant) as session:
+                result = session.execute(
+                    update(AgentRun)
+                    .where(AgentRun.id == run_id, AgentRun.status == "running",
+                           AgentRun.updated_at < cutoff)  # fmt: skip
+                    .values(updated_at=datetime.now(UTC))
+                )
+                return bool(getattr(result, "rowcount", 0))
+
+        return await self._run(write)
+
     async def runs_in(self, status: str, limit: int = 200) -> list[tuple[str, str, str | None]]:
         """(tenant, run id, review id) of every tenant's runs in ``status``."""
 
