@@ -244,8 +244,11 @@ class AgentStore:
             with self.db.session(tenant) as session:
                 result = session.execute(
                     update(AgentRun)
-                    .where(AgentRun.id == run_id, AgentRun.status == "running",
-                           AgentRun.updated_at < cutoff)  # fmt: skip
+                    .where(
+                        AgentRun.id == run_id,
+                        AgentRun.status == "running",
+                        AgentRun.updated_at < cutoff,
+                    )
                     .values(updated_at=datetime.now(UTC))
                 )
                 return bool(getattr(result, "rowcount", 0))
