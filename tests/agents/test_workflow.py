@@ -114,3 +114,21 @@ def test_an_approval_without_a_decision_times_out(
         r = http.post(f"/v1/reviews/{going['waiting_review_id']}/decision",
                       json={"decision": "approved"})  # fmt: skip
         assert r.status_code == 409
+
+
+def test_runs_and_approvals_on_sqlite_and_postgresql(
+    db_url: str, upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    server: RunningServer = server_factory(
+        {**agent_config(upstream, tmp_path / "d"), "database_url": db_url}
+    )
+    with server.http() as http:
+        assert apply(http, TIMED.format(policy="fail").replace("0.5", "60")).status_code == 201
+        run = http.post("/v1/runs", json={"workflow": "timed-fail", "wait_s": 5}).json()
+        assert run["status"] == "waiting", run
+        r = http.post(f"/v1/reviews/{run['waiting_review_id']}/decision",
+                      json={"decision": "approved"})  # fmt: skip
+        assert r.status_code == 200
+        done = wait_run(http, run["id"], ("failed", "succeeded"))
+        assert done["status"] == "succeeded" and done["output"]["decision"] == "approved"
+        assert [t["name"] for t in http.get("/v1/agents").json()["data"]] == ["timed-fail"]
