@@ -163,3 +163,48 @@ def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:
     done = _build(config, tmp_path / "site")
     assert done.returncode != 0
     assert "missing.md" in done.stdout + done.stderr
+
+
+def test_the_site_works_in_a_browser_under_its_csp(
+    help_server: RunningServer, site: Path
+) -> None:
+    """Chromium loads /help: no CSP violation, no request off the server, search works."""
+    from tests.web.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh (apt: chromium)")
+    from playwright.sync_api import sync_playwright
+
+    origin = help_server.url
+    outside: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.on(
+                "request",
+                lambda r: None
+                if r.url.startswith((origin, "data:", "blob:"))
+                else outside.append(r.url),
+            )
+            page.on(
+                "console",
+                lambda m: problems.append(m.text)
+                if m.type == "error" or "Content Security Policy" in m.text
+                else None,
+            )
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(origin + "/help/get-started/")
+            page.wait_for_selector("h1#get-started")
+            # Search: the theme's worker loads the index from the site and answers.
+            page.locator("label.md-search__icon, .md-search__input").first.click()
+            page.fill("input.md-search__input", "rotate")
+            page.wait_for_selector(".md-search-result__item", timeout=30_000)
+            page.keyboard.press("Escape")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "help-get-started.png"))
+        finally:
+            browser.close()
+    assert outside == []
+    assert problems == []
