@@ -79,10 +79,11 @@ def test_triage_runs_on_a_model_without_tool_calling(server_factory: Any, tmp_pa
     assert run["steps"][-1]["id"] == "call_dentist"
 
 
-def _ingest(server: RunningServer) -> None:
+def _ingest(server: RunningServer, collection: str = "practice", name: str = "hours.md",
+            text: str = DOC) -> None:  # fmt: skip
     with server.http() as http:
-        r = http.post("/v1/knowledge/collections/practice/documents",
-                      files={"files": ("hours.md", DOC.encode(), "text/markdown")})  # fmt: skip
+        r = http.post(f"/v1/knowledge/collections/{collection}/documents",
+                      files={"files": (name, text.encode(), "text/markdown")})  # fmt: skip
         assert r.status_code in (200, 201, 202), r.text
         job = r.json().get("job_id") or r.json().get("id")
         for _ in range(200):
@@ -127,3 +128,38 @@ def test_practice_faq_is_grounded_and_callable_as_a_model(
         assert text == answer and chunks[-1]["usage"]["total_tokens"] > 0
         missing = http.post("/v1/chat/completions", json={**body, "model": "agent:nobody"})
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+
+
+STUDY = (
+    "Fluoride varnish trial. In a randomised trial of 1,200 children aged 3 to 5, fluoride "
+    "varnish applied twice a year reduced new caries lesions by 37 percent over two years "
+    "compared with no varnish.\n"
+)
+
+
+def test_literature_review_searches_screens_and_summarises_with_citations(
+    upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    server: RunningServer = server_factory(agent_config(upstream, tmp_path / "d"))
+    _ingest(server, "literature", "varnish.md", STUDY)
+    summary = {"summary": "Twice-yearly fluoride varnish cut new caries by 37% in children [1].",
+               "citations": [{"index": 1, "document": "varnish.md"}]}  # fmt: skip
+    upstream.reset(delay_ms=0, scripted=[
+        {"match": "Screen the numbered passages",
+         "message": {"content": '{"relevant": [1], "reasons": "a randomised trial"}'}},
+        {"match": "Summarise the evidence",
+         "message": {"content": orjson.dumps(summary).decode()}},
+    ])  # fmt: skip
+    question = "Does fluoride varnish prevent caries in young children?"
+    with server.http() as http:
+        apply_gallery(http, "literature-review.yaml")
+        run = http.post("/v1/runs", json={"workflow": "literature-review", "wait_s": 20,
+                                          "input": {"question": question,
+                                                    "collection": "literature"}}).json()
+    assert run["status"] == "succeeded", run
+    assert run["output"] == {**summary, "screened": [1]}
+    search = run["steps"][0]
+    assert search["output"]["passages"][0]["document"] == "varnish.md"
+    sent = [r.body["messages"] for r in upstream.requests if r.path.endswith("/completions")]
+    assert "37 percent" in sent[-1][-1]["content"]  # the summariser got the passage
+    assert '"relevant":[1]' in sent[-1][-1]["content"]
