@@ -47,6 +47,13 @@ def web_config(fake: FakeUpstream) -> dict[str, Any]:
     """The fake upstream behind a cache (so that hits and savings show) with prices."""
     config = upstream_config(fake, cache={"enabled": True})
     config["deployments"]["fake-gpt"]["price_per_1k_output"] = 2.0
+    # Documents are embedded by the in-process test model (texts sharing words are near;
+    # the fake upstream's vectors are random), whose cosines run lower than MiniLM's:
+    # 0.40 for the documents test's question and passage, hence min_score 0.3.
+    config["providers"]["words"] = {"type": "test"}
+    config["deployments"]["words-embed"] = {"provider": "words", "model": "w", "kind": "embedding"}
+    config["embeddings"] = {"default_model": "words-embed"}
+    config["knowledge"] = {"min_score": 0.3}
     return config
 
 
