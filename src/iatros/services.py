@@ -59,7 +59,8 @@ class Services:
         if self.knowledge is not None:
             self.knowledge.attach_queue(self.jobs)
         self.agents = AgentService(
-            self.settings, self.chat, self.governance, self.reviews.queue, self.knowledge
+            self.settings, self.chat, self.governance, self.reviews.queue, self.knowledge,
+            scribe=self.scribe,
         )
 
     @classmethod

@@ -163,3 +163,40 @@ def test_literature_review_searches_screens_and_summarises_with_citations(
     sent = [r.body["messages"] for r in upstream.requests if r.path.endswith("/completions")]
     assert "37 percent" in sent[-1][-1]["content"]  # the summariser got the passage
     assert '"relevant":[1]' in sent[-1][-1]["content"]
+
+
+VISIT = """[doctor] tooth thirty six has a deep cavity.
+[doctor] take ibuprofen four hundred milligrams by mouth three times a day for three days.
+[doctor] we will do a filling on tooth thirty six next week.
+"""
+
+
+def test_post_visit_instructions_from_a_signed_note_only(
+    upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    config = agent_config(upstream, tmp_path / "d", default_tools=["scribe_note"])
+    server: RunningServer = server_factory(config)
+    upstream.reset(delay_ms=0, answer="Deep cavity on tooth 36. Ibuprofen 400 mg three times a "
+                   "day for three days.")  # fmt: skip
+    upstream.behaviour.scripted = [{"match": "Write post-visit instructions", "message": {
+        "content": "Take ibuprofen 400 mg three times a day for 3 days. Filling next week."}}]
+    with server.http() as http:
+        apply_gallery(http, "post-visit.yaml")
+        r = http.post("/v1/scribe/encounters", json={
+            "transcript": VISIT, "template": "dental", "language": "en",
+            "patient": {"id": "p-1", "name": "Jane Roe"}, "clinician": {"name": "Dr Molar"}})
+        assert r.status_code in (200, 201), r.text
+        eid = r.json()["id"]
+        body = {"workflow": "post-visit-instructions", "input": {"encounter_id": eid},
+                "wait_s": 20}  # fmt: skip
+        draft = http.post("/v1/runs", json=body).json()
+        assert draft["status"] == "failed"  # a draft note is not given to the writer
+        assert f"encounter {eid} is not signed (draft)" in draft["error"]
+        assert http.post(f"/v1/scribe/encounters/{eid}/sign",
+                         json={"name": "Dr Molar"}).status_code == 200  # fmt: skip
+        run = http.post("/v1/runs", json=body).json()
+    assert run["status"] == "succeeded", run
+    assert run["output"]["instructions"].startswith("Take ibuprofen 400 mg")
+    assert run["output"]["encounter_id"] == eid
+    writer = upstream.requests[-1].body["messages"][0]["content"]
+    assert "Ibuprofen 400 mg three times a day" in writer  # the signed note reached it

@@ -68,7 +68,7 @@ def test_the_published_schema_accepts_every_gallery_template() -> None:
     validator = jsonschema_rs.validator_for(schema)
     names = sorted(p.name for p in GALLERY.iterdir() if p.name.endswith(".yaml"))
     assert names == ["dental-triage.yaml", "drug-interaction.yaml", "literature-review.yaml",
-                     "practice-faq.yaml"]
+                     "post-visit.yaml", "practice-faq.yaml"]
     for name in names:
         text = GALLERY.joinpath(name).read_text()
         assert validator.is_valid(yaml.safe_load(text)), name
@@ -87,7 +87,7 @@ def test_unknown_tool_names_file_line_and_field() -> None:
     found = problems(AGENT.replace("[dose_by_weight]", "[dose_by_weight, shell_exec]"))
     assert found == [
         "bad.yaml:6: tools[1]: unknown tool 'shell_exec' (installed: datetime_now, "
-        "dose_by_weight, http_get, knowledge_search, review_ask)"
+        "dose_by_weight, http_get, knowledge_search, review_ask, scribe_note)"
     ]
 
 

@@ -205,3 +205,43 @@ class HttpGet:
         text = bytes(body[:limit]).decode("utf-8", "replace")
         data = {"status": response.status_code, "text": text}
         return ToolResult(f"HTTP {response.status_code}\n{text}", data)
+
+
+class ScribeNote:
+    """A scribe encounter's note, for agents writing from it (post-visit instructions).
+
+    Read through the scribe service, so the read is audited with the keyed patient
+    reference like any other; by default only a signed note is given (a draft may still
+    hold unsupported statements).
+    """
+
+    name = "scribe_note"
+    description = "The clinical note of a scribe encounter (signed notes only by default)."
+    permission = "chat"
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "encounter_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "signed_only": {"type": "boolean"},
+        },
+        "required": ["encounter_id"],
+        "additionalProperties": False,
+    }
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+        scribe = context.services.get("scribe")
+        if scribe is None or context.principal is None:
+            return ToolResult("the scribe is not available here", is_error=True)
+        view = await scribe.get(context.principal, arguments["encounter_id"],
+                                action="scribe.encounter.read.agent")  # fmt: skip
+        if arguments.get("signed_only", True) and view.status != "signed":
+            return ToolResult(f"encounter {view.id} is not signed ({view.status})",
+                              {"status": view.status}, is_error=True)  # fmt: skip
+        sections = view.note.get("sections") or []
+        lines = []
+        for section in sections:
+            said = " ".join(str(s.get("text", "")) for s in section.get("statements") or [])
+            lines.append(f"{section.get('title', section.get('id', ''))}: {said}")
+        data = {"encounter_id": view.id, "status": view.status, "version": view.version,
+                "language": view.language, "sections": sections}  # fmt: skip
+        return ToolResult("\n".join(lines) or "(empty note)", data)

@@ -54,6 +54,7 @@ class AgentService:
         queue: ReviewQueue,
         knowledge: Any = None,
         tools: dict[str, Tool] | None = None,
+        scribe: Any = None,
     ) -> None:
         self.settings = settings
         self.config: AgentSettings = settings.agents
@@ -63,6 +64,7 @@ class AgentService:
         self.tools = tools if tools is not None else load_tools()
         self.services: dict[str, Any] = {
             "knowledge": knowledge, "reviews": queue, "agent_settings": self.config,
+            "scribe": scribe,
         }  # fmt: skip
         self.templates = Templates(settings, governance, self.store, self.tools)
         self.runner = AgentRunner(chat, self.templates.tool_calling)
