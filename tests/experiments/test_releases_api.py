@@ -58,9 +58,10 @@ def test_promote_and_instant_rollback(server: RunningServer) -> None:
         assert http.post(f"/admin/releases/{blue['id']}/promote").status_code == 200
         r = http.post(f"/admin/releases/{green['id']}/promote", json={"reason": "canary ok"})
         assert r.json()["active_id"] == green["id"] and r.json()["previous_id"] == blue["id"]
-        answered = ask(http)
-        assert answered.headers["x-iatros-model"] == "fake-azure-gpt"
-        assert f"release={green['id']}" in answered.headers["x-iatros-route"]
+        route = ask(http).headers["x-iatros-route"]
+        # The plan's pick (on a loaded machine a slow first try may fall back to fake-gpt,
+        # which is green's own fallback: x-iatros-model would then say fake-gpt).
+        assert f"release={green['id']}" in route and "pick=fake-azure-gpt" in route
         # Blue-green: the rollback is one pointer swap, effective on the next request.
         r = http.post("/admin/routes/assistant/rollback", json={"reason": "bad answers"})
         assert r.json()["active_id"] == blue["id"]

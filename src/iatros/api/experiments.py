@@ -30,7 +30,7 @@ from iatros.experiments.service import ExperimentService
 from iatros.gateway import RequestContext
 
 Metric = Literal[
-    "error_rate", "latency_ms", "cost_eur", "tokens", "cache_hit_rate", "escalation_rate",
+    "error_rate", "latency_ms", "cost_eur", "tokens", "escalation_rate",
     "verification_failure_rate", "thumbs_up_rate",
 ]  # fmt: skip
 B = TypeVar("B", bound=BaseModel)

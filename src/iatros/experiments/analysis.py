@@ -30,9 +30,9 @@ from iatros.store.db import PLATFORM, Database
 from iatros.store.feedback import Feedback
 from iatros.store.models import UsageRecord
 
-HIGHER_IS_BETTER = {"thumbs_up_rate", "cache_hit_rate"}
+HIGHER_IS_BETTER = {"thumbs_up_rate"}
 PROPORTIONS = {
-    "error_rate", "cache_hit_rate", "escalation_rate", "verification_failure_rate",
+    "error_rate", "escalation_rate", "verification_failure_rate",
     "thumbs_up_rate",
 }  # fmt: skip
 MIN_PER_ARM = 30
@@ -53,7 +53,6 @@ def _metric_columns() -> dict[str, ColumnElement[Any]]:
         "latency_ms": cast(u.latency_ms, Float),
         "cost_eur": cast(u.cost_eur, Float),
         "tokens": cast(u.prompt_tokens + u.completion_tokens, Float),
-        "cache_hit_rate": cast(case((u.cache.like("hit%"), 1), else_=0), Float),
         "escalation_rate": cast(case((u.grounding == "escalated", 1), else_=0), Float),
         "verification_failure_rate": cast(
             case((u.grounding.in_(("flagged", "withheld")), 1), else_=0), Float

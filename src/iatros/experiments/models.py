@@ -25,12 +25,14 @@ System prompts and deployment parameters need a hook in the chat path: not yet."
 
 EXPERIMENT_STATUSES = ("draft", "running", "stopped", "promoted")
 UNITS = ("key", "user", "conversation")
+# No cache hit rate: a cache hit is served before routing, so it never carries a variant
+# (cached answers are shared by the variants: switch the route's cache off to compare
+# fresh answers only).
 METRICS = (
     "error_rate",
     "latency_ms",
     "cost_eur",
     "tokens",
-    "cache_hit_rate",
     "escalation_rate",
     "verification_failure_rate",
     "thumbs_up_rate",
