@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
+
+from iatros import redis_connect
 
 log = logging.getLogger("iatros.governance.ratelimit")
 
@@ -349,7 +351,7 @@ class RateLimiter:
         self._local = _LocalBackend()
         self._redis: Redis | None = None
         if redis_url is not None:
-            pool = BlockingConnectionPool.from_url(
+            pool = redis_connect.blocking_pool(  # Sentinel URLs follow a failover
                 redis_url,
                 max_connections=4,  # one sender pipelines everything; see _submit
                 timeout=self._timeout_s,

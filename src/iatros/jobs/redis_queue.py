@@ -30,6 +30,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from iatros import redis_connect
 from iatros.jobs import scripts
 from iatros.jobs.base import JobQueue, RunContext, log
 from iatros.jobs.settings import JobSettings
@@ -55,7 +56,7 @@ class RedisQueue(JobQueue):
     def __init__(self, settings: JobSettings, url: str) -> None:
         super().__init__(settings)
         self.url = url
-        self.redis: Redis = Redis.from_url(url, decode_responses=False)
+        self.redis: Redis = redis_connect.client(url, decode_responses=False)  # Sentinel too
         p = settings.prefix
         self.stream = p + "stream"
         self.delayed = p + "delayed"

@@ -51,12 +51,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from iatros import redis_connect
 from iatros.cache.backends.base import (
     BackendUnavailable,
     DecodeHook,
@@ -188,7 +189,7 @@ class RedisBackend:
         # A blocking pool: past max_connections a request waits for a free connection
         # within its budget instead of failing at once (redis-py's default pool raises
         # MaxConnectionsError at 100, which bypassed the cache under load).
-        fast_pool = BlockingConnectionPool.from_url(
+        fast_pool = redis_connect.blocking_pool(  # Sentinel URLs follow a failover
             url,
             max_connections=max_connections,
             timeout=None,
@@ -202,7 +203,7 @@ class RedisBackend:
         self._fast: Redis = Redis(connection_pool=fast_pool)
         self._pending_gets: dict[str, _SharedGet] = {}
         self._queued: list[_Queued] = []
-        self._bulk: Redis = Redis.from_url(
+        self._bulk: Redis = redis_connect.client(
             url,
             socket_timeout=bulk_timeout_s,
             socket_connect_timeout=bulk_timeout_s,
