@@ -108,6 +108,10 @@ def test_guardrail_harm_blocks_promotion(svc: ExperimentService) -> None:
     exp_id, _, _ = running(svc, "error_rate", ["latency_ms"])
     journal(svc, exp_id, "A", 3000, error_p=0.06, latency=800, seed=3)
     journal(svc, exp_id, "B", 3000, error_p=0.01, latency=1200, seed=4)
+    assert svc.auto_promote() == []  # not auto-promoted, but its interval is kept
+    history = svc.analysis(exp_id)["history"]
+    assert len(history) == 1 and history[0]["action"] == "continue"
+    assert history[0]["variants"]["B"]["ci_high"] < 0  # fewer errors, significantly
     decision = svc.analysis(exp_id)["decision"]
     assert decision["action"] == "continue"
     assert "harms latency_ms" in decision["why"]

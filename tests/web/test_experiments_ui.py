@@ -4,6 +4,7 @@ intervals, the sample-ratio check, the decision), rollouts and releases; in Fren
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +20,9 @@ from tests.web.conftest import create_key, shot, sign_in
 def lab(fake_upstream: FakeUpstream,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     data = tmp_path_factory.mktemp("experiments-ui")
-    settings = load_settings(overrides={"data_dir": str(data), **upstream_config(fake_upstream)})
+    config = upstream_config(fake_upstream, experiments={"refresh_s": 0.2,
+                                                           "analysis_interval_s": 0.5})
+    settings = load_settings(overrides={"data_dir": str(data), **config})
     from iatros.api.app import create_app
 
     running = RunningServer(settings, create_app(settings))
@@ -54,6 +57,14 @@ def test_the_report_of_an_experiment(lab: RunningServer, new_page: Callable[...,
     assert "Keep collecting data" in page.locator("#exp-decision").inner_text()
     assert "Sample ratio as configured" in page.locator("#exp-srm").inner_text()
     assert page.locator("#release-list tbody tr").count() == 2
+    # The analysis loop keeps the primary metric's interval over time (every 0.5 s here).
+    for _ in range(100):
+        page.locator("#exp-list button").click()
+        page.locator("#exp-decision").wait_for()
+        if page.locator("#exp-history tbody tr").count():
+            break
+        time.sleep(0.1)
+    assert page.locator('#exp-history tbody tr').count() >= 1
     shot(page, "experiments")
     page.locator("#lang-select").select_option("fr")
     page.locator("#exp-list").wait_for()

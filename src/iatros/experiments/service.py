@@ -248,6 +248,7 @@ class ExperimentService:
             alpha=snapshot["alpha"], since=started, until=stopped,
         )  # fmt: skip
         result["status"] = snapshot["status"]
+        result["history"] = (snapshot["decision"] or {}).get("history", [])
         return result
 
     def promote(
@@ -262,6 +263,7 @@ class ExperimentService:
                     "can be promoted",
                     code="experiment_not_running",
                 )
+            history = (row.decision or {}).get("history", [])
         report = self.analysis(experiment_id)
         decision = report["decision"]
         if variant is None:
@@ -277,7 +279,8 @@ class ExperimentService:
                 .where(Experiment.id == experiment_id, Experiment.status == "running")
                 .values(status="promoted", stopped_at=datetime.now(UTC),
                         decision={**decision, "promoted": variant, "by": actor,
-                                  "auto_promote": actor == "auto-promotion"})
+                                  "auto_promote": actor == "auto-promotion",
+                                  "history": history})
             )  # fmt: skip
             done = int(getattr(result, "rowcount", 0))
         if not done:
@@ -295,19 +298,40 @@ class ExperimentService:
         return {"experiment": self.show(experiment_id), "release": pointer, "analysis": report}
 
     def auto_promote(self) -> list[str]:
-        """Promote every running auto-promote experiment whose analysis has a winner."""
+        """Analyse every running experiment (its intervals over time are kept: the report
+        shows them) and promote those with ``auto_promote`` whose analysis has a winner."""
         with self.db.session(PLATFORM) as s:
             running = [
-                r.id for r in s.execute(
+                (r.id, bool((r.decision or {}).get("auto_promote"))) for r in s.execute(
                     select(Experiment).where(Experiment.status == "running")
-                ).scalars() if (r.decision or {}).get("auto_promote")
+                ).scalars()
             ]  # fmt: skip
         promoted = []
-        for exp_id in running:
-            with contextlib.suppress(Conflict):
-                self.promote(exp_id, "auto-promotion")
-                promoted.append(exp_id)
+        for exp_id, auto in running:
+            with contextlib.suppress(Conflict, NotFound):
+                self._remember(exp_id, self.analysis(exp_id))
+                if auto:
+                    self.promote(exp_id, "auto-promotion")
+                    promoted.append(exp_id)
         return promoted
+
+    def _remember(self, experiment_id: str, report: dict[str, Any]) -> None:
+        """Keep the primary metric's interval per variant at this time (the last 500)."""
+        primary = report["primary_metric"]
+        point: dict[str, Any] = {"at": datetime.now(UTC).isoformat(),
+                                 "action": report["decision"]["action"], "variants": {}}
+        for arm in report["variants"][1:]:
+            seq = (arm["metrics"][primary].get("vs_control") or {}).get("sequential")
+            if seq is not None:
+                point["variants"][arm["name"]] = {
+                    "requests": arm["requests"], "lift": seq["lift"],
+                    "ci_low": seq["ci_low"], "ci_high": seq["ci_high"],
+                }  # fmt: skip
+        with self.db.session(PLATFORM) as s:
+            row = self._get(s, experiment_id)
+            decision = dict(row.decision or {})
+            decision["history"] = [*decision.get("history", []), point][-500:]
+            row.decision = decision
 
     @staticmethod
     def _get(s: Any, experiment_id: str) -> Experiment:

@@ -6,7 +6,7 @@
 import { api } from "./api.js";
 import { $, clear, h } from "./dom.js";
 import { errorMessage } from "./errors.js";
-import { t } from "./i18n.js";
+import { formatDate, t } from "./i18n.js";
 
 const state = { me: null, selected: null };
 
@@ -32,6 +32,11 @@ function analysisView(report) {
         h("td", {}, seq ? num(seq.p_value) : "–")));
     }
   }
+  const history = (report.history || []).flatMap((point) =>
+    Object.entries(point.variants).map(([name, v]) => h("tr", {},
+      h("td", {}, formatDate(new Date(point.at), { dateStyle: "short", timeStyle: "short" })),
+      h("td", {}, name), h("td", {}, String(v.requests)), h("td", {}, pct(v.lift)),
+      h("td", {}, `[${num(v.ci_low)}, ${num(v.ci_high)}]`))));
   const d = report.decision;
   return h("div", { id: "exp-analysis" },
     h("h3", {}, t("exp.analysis_of", { id: report.experiment_id })),
@@ -41,7 +46,12 @@ function analysisView(report) {
       t(report.srm.mismatch ? "exp.srm_bad" : "exp.srm_ok", { p: num(report.srm.p_value) })),
     table(["exp.variant", "exp.requests", "exp.metric", "exp.mean", "exp.lift", "exp.interval",
       "exp.p_value"], rows),
-    h("p", { class: "muted" }, t("exp.method")));
+    h("p", { class: "muted" }, t("exp.method")),
+    history.length
+      ? [h("h4", {}, t("exp.over_time", { metric: report.primary_metric })),
+        table(["exp.at", "exp.variant", "exp.requests", "exp.lift", "exp.interval"], history,
+          { id: "exp-history" })]
+      : null);
 }
 
 async function select(id) {
