@@ -183,6 +183,18 @@ class AgentStore:
 
         return await self._run(read)
 
+    async def runs(self, scope: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest runs (newest first), with their step records."""
+
+        def read() -> list[dict[str, Any]]:
+            with self.db.session(scope) as session:
+                rows = session.scalars(
+                    select(AgentRun).order_by(AgentRun.created_at.desc()).limit(limit)
+                )
+                return [run_payload(r) for r in rows]
+
+        return await self._run(read)
+
     async def save_run(self, tenant: str, run_id: str, **values: Any) -> None:
         """Persist a run's state (called after every step)."""
         values["updated_at"] = datetime.now(UTC)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iatros.agents.loader import TemplateError
-from iatros.agents.marketplace import plugin_list
+from iatros.agents.marketplace import gallery, plugin_list
 from iatros.agents.service import AgentService
 from iatros.agents.spec import json_schema
 from iatros.api import schemas
@@ -101,6 +101,13 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
 
         return await handle(request, "agents", "agents:run", work)
 
+    @app.get("/v1/agents/gallery", tags=tags, summary="Templates shipped with Iatros")
+    async def list_gallery(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            return json_response({"object": "list", "data": gallery()})
+
+        return await handle(request, "agents", "agents:run", work)
+
     @app.get("/v1/agents/{name}", tags=tags, summary="A template", responses=error_responses())
     async def get_template(
         request: Request,
@@ -147,6 +154,17 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
             run = await agents.start_run(ctx.principal, body.workflow, body.input,
                                          wait_s=body.wait_s)  # fmt: skip
             return json_response(run, 201)
+
+        return await handle(request, "agents", "agents:run", work)
+
+    @app.get("/v1/runs", tags=tags, summary="The latest runs, newest first")
+    async def list_runs(
+        request: Request, limit_: Annotated[int, Query(alias="limit", ge=1, le=200)] = 50
+    ) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            scope = PLATFORM if ctx.principal.platform else ctx.principal.tenant
+            rows = await agents.store.runs(scope, limit_)
+            return json_response({"object": "list", "data": rows})
 
         return await handle(request, "agents", "agents:run", work)
 

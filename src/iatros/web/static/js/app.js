@@ -10,12 +10,14 @@ import * as feedback from "./feedback.js";
 import * as reviews from "./reviews.js";
 import * as scribe from "./scribe.js";
 import * as experiments from "./experiments.js";
+import * as agents from "./agents.js";
 import { $, $$, announce } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { applyTranslations, language, loadLanguages, onLanguageChange, setLanguage, t } from "./i18n.js";
 
 const views = { chat, documents, dashboard, requests: explorer, alerts, reviews, feedback, scribe };
 views.experiments = experiments; // releases, experiments, rollouts (admins)
+views.agents = agents; // templates, gallery, workflow runs
 const state = { me: null, current: null };
 
 /** Which views the caller's role may use (what it may not do is not shown at all). */
@@ -31,6 +33,7 @@ function allowedViews(me) {
   if (caps.reviews) out.push("reviews");
   if (caps.feedback_read) out.push("feedback");
   if (me.platform) out.push("experiments"); // routes serve every tenant
+  if (me.permissions?.includes("agents:run")) out.push("agents");
   return out;
 }
 
