@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -215,7 +216,45 @@ def _grounded(question: str, passages: list[str]) -> tuple[list[dict[str, Any]],
     return messages, bodies
 
 
-def run_model(practice: int, pubmedqa: int, budget_s: float, timeout_s: float) -> dict[str, Any]:
+def _kept_answers(previous: Sequence[dict[str, Any]]) -> tuple[dict[str, str], int, int]:
+    """``{id: answer}`` from earlier runs' model parts (same prompt), and how many questions
+    two runs both answered, and how many of those got the very same text."""
+    kept: dict[str, str] = {}
+    twice = same = 0
+    for model in previous:
+        if model.get("prompt") not in (PROMPT, *LEGACY_PROMPTS):
+            continue
+        for a in model.get("answers", []):
+            if "answer" not in a:
+                continue
+            if a["id"] in kept:
+                twice += 1
+                same += kept[a["id"]] == a["answer"]
+            else:
+                kept[a["id"]] = a["answer"]
+    return kept, twice, same
+
+
+def _runs(model: dict[str, Any]) -> list[dict[str, Any]]:
+    if "runs" in model:
+        return list(model["runs"])
+    return [{k: model.get(k) for k in ("asked", "server_ready_s", "wall_s")}]
+
+
+def run_model(
+    practice: int,
+    pubmedqa: int,
+    budget_s: float,
+    timeout_s: float,
+    previous: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """Ask, check, count. ``previous`` (``--resume``): model parts written by earlier runs
+    with the same prompt; their answers are kept and only the questions none of them got
+    to (or that failed) are asked. Answers are at temperature 0: a rerun gives the same
+    text (``repeat_identical`` says how often that was seen), so runs cut short by their
+    budget on a busy machine add up to one set. Every answer, kept or new, is checked
+    again with the checker of this run.
+    """
     import httpx
 
     from iatros.knowledge.grounding import NO_ANSWER_TEXT, NO_ANSWER_TEXT_FR
@@ -224,53 +263,81 @@ def run_model(practice: int, pubmedqa: int, budget_s: float, timeout_s: float) -
     models_dir = Path.home() / ".cache" / "iatros-test-models"
     models_dir.mkdir(parents=True, exist_ok=True)
     questions = _questions(practice, pubmedqa)
-    answers: list[dict[str, Any]] = []
+    kept, twice, same = _kept_answers(previous)
+    texts: dict[str, str | None] = {}
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    to_ask = [q for q in questions if q[0] not in kept]
     started = time.monotonic()
-    with (
-        tempfile.TemporaryDirectory(prefix="iatros-faith-") as work,
-        Processes(Path(work)) as procs,
-    ):
-        server = start_iatros(procs, "iatros", _server_config(models_dir), ADMIN_KEY, timeout_s=300)
-        ready_s = time.monotonic() - started
-        with httpx.Client(
-            base_url=server.url, timeout=timeout_s, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-        ) as http:
-            for qid, lang, question, passages in questions:
-                if time.monotonic() - started > budget_s:
-                    break
-                messages, bodies = _grounded(question, passages)
-                t0 = time.monotonic()
-                try:
-                    resp = http.post(
-                        "/v1/chat/completions",
-                        json={
-                            "model": "assistant",
-                            "messages": messages,
-                            "temperature": 0,
-                            "max_tokens": 128,
-                        },
-                    )
-                    resp.raise_for_status()
-                    text = resp.json()["choices"][0]["message"]["content"] or ""
-                except (httpx.HTTPError, KeyError, ValueError) as exc:
-                    answers.append(
-                        {"id": qid, "lang": lang, "outcome": "error", "error": type(exc).__name__}
-                    )
-                    continue
-                v = check(text, bodies, question, "flag")
-                refused = any(r[:30] in text for r in (NO_ANSWER_TEXT, NO_ANSWER_TEXT_FR))
-                answers.append(
-                    {
-                        "id": qid,
-                        "lang": lang,
-                        "question": question,
-                        "answer": text,
-                        "seconds": round(time.monotonic() - t0, 2),
-                        "outcome": "refused" if refused else v.status,
-                        "details": len(v.details),
-                        "unsupported": _why(v),
-                    }
-                )
+    ready_s = 0.0
+    if to_ask and budget_s > 0:
+        with (
+            tempfile.TemporaryDirectory(prefix="iatros-faith-") as work,
+            Processes(Path(work)) as procs,
+        ):
+            server = start_iatros(
+                procs, "iatros", _server_config(models_dir), ADMIN_KEY, timeout_s=300
+            )
+            ready_s = time.monotonic() - started
+            with httpx.Client(
+                base_url=server.url,
+                timeout=timeout_s,
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            ) as http:
+                for qid, _, question, passages in to_ask:
+                    if time.monotonic() - started > budget_s:
+                        break
+                    messages, _ = _grounded(question, passages)
+                    t0 = time.monotonic()
+                    try:
+                        resp = http.post(
+                            "/v1/chat/completions",
+                            json={
+                                "model": "assistant",
+                                "messages": messages,
+                                "temperature": 0,
+                                "max_tokens": 128,
+                            },
+                        )
+                        resp.raise_for_status()
+                        texts[qid] = resp.json()["choices"][0]["message"]["content"] or ""
+                        seconds[qid] = round(time.monotonic() - t0, 2)
+                    except (httpx.HTTPError, KeyError, ValueError) as exc:
+                        errors[qid] = type(exc).__name__
+    asked = len(texts) + len(errors)
+    answers: list[dict[str, Any]] = []
+    for qid, lang, question, passages in questions:
+        if qid in errors:
+            answers.append({"id": qid, "lang": lang, "outcome": "error", "error": errors[qid]})
+        text = kept.get(qid, texts.get(qid))
+        if text is None:
+            continue
+        _, bodies = _grounded(question, passages)
+        v = check(text, bodies, question, "flag")
+        refused = any(r[:30] in text for r in (NO_ANSWER_TEXT, NO_ANSWER_TEXT_FR))
+        answers.append(
+            {
+                "id": qid,
+                "lang": lang,
+                "question": question,
+                "answer": text,
+                "seconds": seconds.get(qid),
+                "run": "this" if qid in texts else "earlier",
+                "outcome": "refused" if refused else v.status,
+                "details": len(v.details),
+                "unsupported": _why(v),
+            }
+        )
+    runs = [r for model in previous for r in _runs(model)]
+    runs.append(
+        {
+            "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "asked": asked,
+            "server_ready_s": round(ready_s, 1),
+            "wall_s": round(time.monotonic() - started, 1),
+            "load_average_1m": round(os.getloadavg()[0], 1),
+        }
+    )
     outcomes = Counter(a["outcome"] for a in answers)
     answered = [a for a in answers if a["outcome"] in ("supported", "unsupported", "no-details")]
     flagged = [a for a in answered if a["outcome"] == "unsupported"]
@@ -286,12 +353,11 @@ def run_model(practice: int, pubmedqa: int, budget_s: float, timeout_s: float) -
 
     return {
         "model": "gemma-3-270m (embedded default, llama.cpp) via iatros serve",
-        "prompt": "iatros.knowledge.grounding.build_grounded_messages, "
-        "temperature 0, max_tokens 128",
+        "prompt": PROMPT,
         "questions_planned": len(questions),
-        "asked": len(answers),
-        "server_ready_s": round(ready_s, 1),
-        "wall_s": round(time.monotonic() - started, 1),
+        "asked": len({a["id"] for a in answers}),
+        "runs": runs,
+        "repeat_identical": {"answered_twice": twice, "identical": same},
         "outcomes": dict(outcomes),
         "answered": len(answered),
         "flagged": len(flagged),
@@ -304,6 +370,14 @@ def run_model(practice: int, pubmedqa: int, budget_s: float, timeout_s: float) -
     }
 
 
+LEGACY_PROMPTS = (
+    "iatros.knowledge.grounding.build_grounded_messages, temperature 0, max_tokens 128",
+)
+"""The same prompt, described before the description named its two sources."""
+PROMPT = (
+    "iatros.knowledge.grounding.build_grounded_messages (a document and a second one as "
+    "sources), temperature 0, max_tokens 128"
+)
 JUDGEMENTS = HERE / "data" / "faithfulness" / "model_judgements.yaml"
 
 
@@ -379,7 +453,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# Faithfulness check: measured",
         "",
         f"Written by `bench/faithfulness_bench.py` on {result['generated_at']} "
-        f"(`iatros.gateway.verification.check`, policy `flag`). Figures: `faithfulness.json`.",
+        f"(`iatros.gateway.verification.check`, policy `flag`; checker {result['checker']}). "
+        "Figures: `faithfulness.json`.",
         "",
         f"## Triples ({t['count']}: {t['by_source_count']})",
         "",
@@ -429,7 +504,9 @@ def markdown(result: dict[str, Any]) -> str:
             "## The local model's real answers",
             "",
             f"{model['model']}; {model['prompt']}. Asked {model['asked']} of "
-            f"{model['questions_planned']} questions in {model['wall_s']} s: outcomes "
+            f"{model['questions_planned']} questions in {len(model['runs'])} run(s) of at most "
+            f"{max(r['wall_s'] for r in model['runs'])} s (load average up to "
+            f"{max(r.get('load_average_1m') or 0 for r in model['runs'])} on 2 cores): outcomes "
             f"{model['outcomes']}. **Flagged: {model['flagged']} of {model['answered']} "
             f"answers ({_pct(model['flagged_share'])})**; practice "
             f"{model['by_source']['practice']}, PubMedQA {model['by_source']['pubmedqa']}.",
@@ -452,6 +529,33 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _checker_version() -> dict[str, Any]:
+    """Which checker was measured: the commit, and the files' hashes (they may differ from
+    the commit while someone is working on them)."""
+    import hashlib
+    import subprocess
+
+    root = HERE.parent
+    files = ("src/iatros/gateway/verification.py", "src/iatros/cache/guard.py")
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--", *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "commit": head or None,
+        "uncommitted_changes": bool(dirty),
+        "sha256": {f: hashlib.sha256((root / f).read_bytes()).hexdigest()[:16] for f in files},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="triples only, to a temp dir")
@@ -459,7 +563,17 @@ def main() -> None:
     parser.add_argument("--practice", type=int, default=40)
     parser.add_argument("--pubmedqa", type=int, default=20)
     parser.add_argument("--budget", type=float, default=840.0, help="model part, seconds")
-    parser.add_argument("--timeout", type=float, default=90.0, help="per answer, seconds")
+    parser.add_argument("--timeout", type=float, default=180.0, help="per answer, seconds")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the answers on file, ask the others"
+    )
+    parser.add_argument(
+        "--resume-from",
+        type=Path,
+        action="append",
+        default=[],
+        help="also keep the answers of this earlier results file",
+    )
     args = parser.parse_args()
 
     out = Path(tempfile.mkdtemp(prefix="iatros-faith-")) if args.smoke else RESULTS
@@ -468,6 +582,7 @@ def main() -> None:
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "pubmedqa_available": build.PUBMEDQA.is_dir(),
+        "checker": _checker_version(),
         "triples": evaluate(triples),
     }
     previous = RESULTS / "faithfulness.json"
@@ -477,7 +592,11 @@ def main() -> None:
         if previous.is_file():
             result["model"] = json.loads(previous.read_text()).get("model")
     else:
-        result["model"] = run_model(args.practice, args.pubmedqa, args.budget, args.timeout)
+        files = [*args.resume_from, *([previous] if args.resume and previous.is_file() else [])]
+        earlier = [m for f in files if (m := json.loads(f.read_text()).get("model"))]
+        result["model"] = run_model(
+            args.practice, args.pubmedqa, args.budget, args.timeout, earlier
+        )
     if result.get("model"):
         result["model"]["judged"] = judge(result["model"])
     out.mkdir(parents=True, exist_ok=True)
