@@ -199,7 +199,8 @@ def test_the_site_works_in_a_browser_under_its_csp(
             page.wait_for_selector("h1#get-started")
             # Search: the theme's worker loads the index from the site and answers.
             page.locator("label.md-search__icon, .md-search__input").first.click()
-            page.fill("input.md-search__input", "rotate")
+            # Typed key by key: the theme searches as keys are released.
+            page.locator("input.md-search__input").press_sequentially("rotate", delay=50)
             page.wait_for_selector(".md-search-result__item", timeout=30_000)
             page.keyboard.press("Escape")
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
