@@ -240,10 +240,16 @@ def _check_config(block: Block, code: str, env: dict[str, str]) -> str:
 
 def run_page(markdown: str, page: str, workdir: Path) -> int:
     """Run every example of a page; return how many ran. Raises :class:`ExampleFailed`."""
+    with page_session(markdown, page, workdir) as (_, ran):
+        return ran
+
+
+@contextmanager
+def page_session(markdown: str, page: str, workdir: Path) -> Iterator[tuple[RunningServer, int]]:
+    """Run a page's examples, then hand over its live server (and how many examples ran):
+    a browser test can go on where the page's reader goes on."""
     blocks, extra = extract(markdown, page)
     todo = runnable(blocks)
-    if not todo:
-        return 0
     workdir.mkdir(parents=True, exist_ok=True)
     venv = workdir / ".venv"
     if not venv.exists():
@@ -253,9 +259,18 @@ def run_page(markdown: str, page: str, workdir: Path) -> int:
         with live_server(workdir, extra) as server:
             for block in todo:
                 run_block(block, workdir, server.port, sessions)
+            yield server, len(todo)
     finally:
         end_sessions(sessions)
-    return len(todo)
+
+
+def shell_variable(workdir: Path, name: str) -> str:
+    """A variable the page's shell examples set (``IATROS_API_KEY``, ...)."""
+    state = (workdir / ".docs-shell-state").read_text(encoding="utf-8")
+    match = re.search(rf'^declare -x {re.escape(name)}="(.*)"$', state, re.M)
+    if match is None:
+        raise KeyError(name)
+    return match.group(1)
 
 
 def end_sessions(sessions: list[int]) -> None:
