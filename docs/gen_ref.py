@@ -66,7 +66,7 @@ def escape_cell(text: str) -> str:
 
 
 @cache
-def test_settings() -> Any:
+def docs_settings() -> Any:
     """Settings on the in-process ``test`` provider: building them loads no model."""
     from iatros.config import load_settings
 
@@ -87,10 +87,10 @@ def test_settings() -> Any:
 
 
 @cache
-def test_app() -> Any:
+def docs_app() -> Any:
     from iatros.api.app import create_app
 
-    return create_app(test_settings())
+    return create_app(docs_settings())
 
 
 # -- configuration --------------------------------------------------------------
@@ -297,7 +297,7 @@ def schema_name(schema: dict[str, Any]) -> str:
 
 
 def http_api_page() -> str:
-    spec = test_app().openapi()
+    spec = docs_app().openapi()
     by_tag: dict[str, list[str]] = {}
     for path, item in spec["paths"].items():
         for method, op in item.items():
@@ -403,7 +403,7 @@ def cli_page() -> str:
 
 
 def metrics_page() -> str:
-    registry = test_app().state.gateway.metrics.registry
+    registry = docs_app().state.gateway.metrics.registry
     rows = []
     collectors = getattr(registry, "_collector_to_names", {})
     labels: dict[str, tuple[str, ...]] = {}
@@ -463,7 +463,9 @@ def results(name: str, heading: str | None) -> str:
         lines = [line for line in lines[:end] if not line.startswith("# ")]
     elif heading:
         start = next(
-            (i for i, line in enumerate(lines) if line.lstrip("#").strip() == heading), None
+            # A heading may end with figures of the run ("Triples (414: ...)"): its start names it.
+            (i for i, line in enumerate(lines) if line.lstrip("#").strip().startswith(heading)),
+            None,
         )
         if start is None or not lines[start].startswith("#"):
             raise ValueError(f"bench/results/{name} has no heading {heading!r}")
