@@ -321,13 +321,17 @@ def http_api_page() -> str:
                 lines.append("")
             body = op.get("requestBody", {}).get("content", {})
             for media, content in body.items():
-                lines.append(f"Body (`{media}`): {schema_name(content.get('schema', {}))}\n")
-            codes = ", ".join(
-                f"{code} {escape_cell(resp.get('description', ''))}"
-                for code, resp in op.get("responses", {}).items()
+                schema = content.get("schema", {})
+                name = schema_name(schema)
+                if "$ref" in schema and name in spec.get("components", {}).get("schemas", {}):
+                    name = f"[{name}](#{name.lower()})"  # the section under Schemas
+                lines.append(f"Body (`{media}`): {name}\n")
+            codes = "; ".join(
+                f"`{code}` {escape_cell(resp.get('description', ''))}"
+                for code, resp in sorted(op.get("responses", {}).items())
             )
             if codes:
-                lines.append(f"Responses: {codes}\n")
+                lines.append(f"Responses: {codes}.\n")
             for tag in op.get("tags") or ["Other"]:
                 by_tag.setdefault(tag, []).append("\n".join(lines))
     parts = [
