@@ -25,8 +25,16 @@ SEED = 20261204
 
 
 def server_config(data_dir: Path) -> dict[str, Any]:
-    """Every capability switched on, on the in-process test model."""
-    return {**test_model_config(data_dir), "admin_key": ADMIN}
+    """Every capability switched on, on the in-process test model (and Whisper tiny.en for
+    speech: it loads only if a request ever holds decodable speech)."""
+    config = {**test_model_config(data_dir), "admin_key": ADMIN}
+    config["providers"]["whisper"] = {"type": "whisper"}
+    config["deployments"]["whisper-tiny-en"] = {
+        "provider": "whisper",
+        "model": "tiny.en",
+        "kind": "transcription",
+    }
+    return config
 
 
 def run_schemathesis(

@@ -193,6 +193,18 @@ def test_bad_edits(scribe_server: RunningServer) -> None:
         assert missing.status_code == 404
         malformed = http.get("/v1/scribe/encounters/../admin")
         assert malformed.status_code in (400, 404)
+        bad_tooth = http.put(
+            f"/v1/scribe/encounters/{eid}/note",
+            json={"sections": [], "structured": {"teeth": [{"fdi": 99}]}},
+        )
+        assert bad_tooth.status_code == 400
+        assert bad_tooth.json()["error"]["param"] == "structured.teeth.0.fdi"
+        fixed = http.put(
+            f"/v1/scribe/encounters/{eid}/note",
+            json={"sections": [], "structured": {"teeth": [{"fdi": 46, "lines": [3.0]}]}},
+        )
+        assert fixed.status_code == 200, fixed.text
+        assert fixed.json()["note"]["structured"]["teeth"] == [{"fdi": 46, "lines": [3]}]
         no_name = http.post(f"/v1/scribe/encounters/{eid}/sign", json={"name": ""})
         assert no_name.status_code == 400 and no_name.json()["error"]["param"] == "name"
         # The failed edits lost nothing: the draft is as it was.
@@ -287,7 +299,9 @@ def test_cli_drives_the_server(scribe_server: RunningServer, tmp_path: Path) -> 
         ],
     )
     assert made.exit_code == 0, made.output
-    eid = json.loads(made.output)["id"]
+    # The server runs in this process: its log lines may share the captured output.
+    start = made.stdout.index('{\n  "id"')
+    eid = json.JSONDecoder().raw_decode(made.stdout[start:])[0]["id"]
     shown = runner.invoke(app, ["scribe", "show", eid, *remote])
     assert "unsupported" in shown.output and "Deep cavity on tooth 36" in shown.output
     assert runner.invoke(app, ["scribe", "sign", eid, "--name", "Dr Roe", *remote]).exit_code == 0

@@ -13,8 +13,9 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 import orjson
+from annotated_types import Interval
 from fastapi import FastAPI, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
@@ -69,10 +70,28 @@ class EncounterRequest(BaseModel):
     clinician: Clinician | None = None
 
 
+def _whole(values: Any) -> Any:
+    """JSON Schema's integers include ``2.0``; pydantic's strict mode does not."""
+    if not isinstance(values, list):
+        return values
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
+
+
+def _whole_one(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+LineNumbers = Annotated[list[Annotated[int, Interval(ge=1, le=100_000)]], BeforeValidator(_whole)]
+Whole = Annotated[int, BeforeValidator(_whole_one)]
+"""An integer that may be written ``2.0`` (constraints go in ``Field`` beside it)."""
+Version = Annotated[Annotated[int, Interval(ge=1, le=100_000)] | None, BeforeValidator(_whole_one)]
+
+
 class Statement(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     text: ModelInput = Field(min_length=1, max_length=4000)
-    lines: list[Annotated[int, Field(ge=1, le=100_000)]] | None = Field(None, max_length=50)
+    lines: LineNumbers | None = Field(None, max_length=50)
+    """Transcript line numbers (``1.0`` is taken as ``1``, as JSON Schema's integers are)."""
 
 
 class SectionEdit(BaseModel):
@@ -81,12 +100,65 @@ class SectionEdit(BaseModel):
     statements: list[Statement] = Field(max_length=200)
 
 
+class Dose(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    value: float = Field(ge=0, le=1_000_000)
+    unit: FreeText = Field(min_length=1, max_length=16)
+
+
+class Medication(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: FreeText = Field(min_length=1, max_length=200)
+    dose: Dose | None = None
+    route: FreeText | None = Field(None, max_length=64)
+    frequency: FreeText | None = Field(None, max_length=64)
+    lines: LineNumbers = Field(default_factory=list, max_length=50)
+
+
+class Allergy(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    substance: FreeText = Field(min_length=1, max_length=200)
+    lines: LineNumbers = Field(default_factory=list, max_length=50)
+
+
+class BloodPressure(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    systolic: Whole = Field(ge=0, le=400)
+    diastolic: Whole = Field(ge=0, le=300)
+
+
+class Vital(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Literal[
+        "blood_pressure", "heart_rate", "temperature", "oxygen_saturation",
+        "respiratory_rate", "weight",
+    ]  # fmt: skip
+    value: BloodPressure | Annotated[float, Field(ge=0, le=1000)]
+    unit: FreeText = Field(min_length=1, max_length=16)
+    lines: LineNumbers = Field(default_factory=list, max_length=50)
+
+
+class Tooth(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    fdi: Whole = Field(ge=11, le=85)
+    lines: LineNumbers = Field(default_factory=list, max_length=50)
+
+
+class Structured(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    medications: list[Medication] = Field(default_factory=list, max_length=100)
+    allergies: list[Allergy] = Field(default_factory=list, max_length=100)
+    vitals: list[Vital] = Field(default_factory=list, max_length=20)
+    teeth: list[Tooth] = Field(default_factory=list, max_length=52)
+
+
 class NoteEdit(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    version: int | None = Field(None, ge=1, le=100_000)
+    version: Version = None
     """The version edited; a newer one on the server gives 409 ``version_mismatch``."""
     sections: list[SectionEdit] = Field(max_length=50)
-    structured: dict[str, list[dict[str, Any]]] | None = None
+    structured: Structured | None = None
+    """The structured fields, corrected by the clinician (replace the extracted ones)."""
 
 
 class SignRequest(BaseModel):
@@ -224,7 +296,7 @@ def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> N
                 ctx.principal,
                 encounter_id,
                 [s.model_dump() for s in body.sections],
-                body.structured,
+                body.structured.model_dump() if body.structured else None,
                 body.version,
             )
             return json_response(view.as_dict())

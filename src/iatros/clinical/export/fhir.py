@@ -100,7 +100,9 @@ def build_bundle(enc: dict[str, Any], practice: str, pdf: bytes | None) -> dict[
         "serviceProvider": _ref(ids["org"]),
     }
 
-    meds, allergies, observations = [], [], []
+    meds: list[dict[str, Any]] = []
+    allergies: list[dict[str, Any]] = []
+    observations: list[dict[str, Any]] = []
     for i, m in enumerate(structured.get("medications", [])):
         dosage: dict[str, Any] = {"text": ", ".join(
             str(x) for x in (m.get("dose") and f"{m['dose']['value']:g} {m['dose']['unit']}",
@@ -144,7 +146,7 @@ def build_bundle(enc: dict[str, Any], practice: str, pdf: bytes | None) -> dict[
                                "status": status_obs, "category": category, "subject": subject,
                                "encounter": _ref(ids["encounter"]),
                                "effectiveDateTime": created}  # fmt: skip
-        if v["name"] == "blood_pressure":
+        if v["name"] == "blood_pressure" and isinstance(v["value"], dict):
             obs["code"] = {"coding": [{"system": LOINC, "code": "85354-9",
                                        "display": "Blood pressure panel"}]}  # fmt: skip
             obs["component"] = [
@@ -154,7 +156,7 @@ def build_bundle(enc: dict[str, Any], practice: str, pdf: bytes | None) -> dict[
                 for key, code, label in (("systolic", "8480-6", "Systolic blood pressure"),
                                          ("diastolic", "8462-4", "Diastolic blood pressure"))
             ]  # fmt: skip
-        elif v["name"] in VITALS:
+        elif v["name"] in VITALS and isinstance(v["value"], int | float):
             loinc_code, label = VITALS[v["name"]]
             obs["code"] = {"coding": [{"system": LOINC, "code": loinc_code, "display": label}]}
             obs["valueQuantity"] = {"value": v["value"], "unit": v["unit"], "system": UCUM,
@@ -163,7 +165,9 @@ def build_bundle(enc: dict[str, Any], practice: str, pdf: bytes | None) -> dict[
             continue
         observations.append(obs)
 
-    related = {"meds": meds, "allergies": allergies, "vitals": observations}
+    related: dict[str, list[dict[str, Any]]] = {
+        "meds": meds, "allergies": allergies, "vitals": observations
+    }  # fmt: skip
     sections = []
     for section in note["sections"]:
         items = [s["text"] for s in section["statements"]]
