@@ -127,11 +127,22 @@ def releases_create(
         "priority"
     ),
     note: Annotated[str, typer.Option(help="What changed and why.")] = "",
+    system_prompt: Annotated[str | None, typer.Option(help="Put first in every request.")] = (
+        None
+    ),
+    temperature: Annotated[float | None, typer.Option(help="Replaces the request's.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Replaces the request's.")] = None,
     url: UrlOpt = None, key: KeyOpt = None, config: ConfigOpt = None,
 ) -> None:  # fmt: skip
     """Write a new release of a route (it serves nothing until promoted)."""
-    spec = {"deployments": [d.strip() for d in deployments.split(",") if d.strip()],
-            "strategy": strategy}  # fmt: skip
+    spec: dict[str, Any] = {
+        "deployments": [d.strip() for d in deployments.split(",") if d.strip()],
+        "strategy": strategy,
+    }
+    for name, value in (("system_prompt", system_prompt), ("temperature", temperature),
+                        ("max_tokens", max_tokens)):  # fmt: skip
+        if value is not None:
+            spec[name] = value
     body = {"route": route, "spec": spec, "note": note}
     made = _call(url, key, config, "POST", "/admin/releases", body,
                  lambda s: s.registry.create(route, spec, note, ACTOR))  # fmt: skip

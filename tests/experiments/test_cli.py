@@ -29,8 +29,9 @@ def test_release_and_experiment_lifecycle_from_the_cli(tmp_path: Path) -> None:
 
     blue = run("releases", "create", "--route", "assistant", "--deployments", "a")
     green = run("releases", "create", "--route", "assistant", "--deployments", "b,a",
-                "--note", "try b first")
-    assert '"deployments"' in run("releases", "show", green)
+                "--note", "try b first", "--system-prompt", "Be brief.", "--temperature", "0.2")
+    shown = run("releases", "show", green)
+    assert '"deployments"' in shown and '"system_prompt": "Be brief."' in shown
     run("releases", "promote", blue)
     run("releases", "promote", green, "--reason", "canary passed")
     listed = run("releases", "list", "--json")

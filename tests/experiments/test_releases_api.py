@@ -179,3 +179,32 @@ def test_experiment_bad_input(server: RunningServer) -> None:
         assert err["code"] == "experiment_not_running"
         err = error(http.post(f"/admin/experiments/{draft['id']}/stop"), 409)
         assert err["code"] == "experiment_not_running"
+
+
+def test_a_release_sets_the_system_prompt_and_parameters(
+    server: RunningServer, upstream: FakeUpstream
+) -> None:
+    with server.http() as http:
+        plain = release(http, ["fake-gpt"])["id"]
+        r = http.post("/admin/releases", json={"route": "assistant", "spec": {
+            "deployments": ["fake-gpt"], "system_prompt": "Answer in one sentence.",
+            "temperature": 0.1, "max_tokens": 64}})
+        assert r.status_code == 201, r.text
+        prompted = r.json()
+        assert prompted["diff"]["system_prompt"] == {"from": None,
+                                                     "to": "Answer in one sentence."}
+        bad = http.post("/admin/releases", json={"route": "assistant", "spec": {
+            "deployments": ["fake-gpt"], "temperature": 7}})
+        assert error(bad, 400)["param"] == "spec.temperature"
+        http.post(f"/admin/releases/{prompted['id']}/promote")
+        before = len(upstream.requests)
+        ask(http)
+        sent = upstream.requests[before].body
+        assert sent["messages"][0] == {"role": "system", "content": "Answer in one sentence."}
+        assert sent["messages"][-1]["content"] == "hello"
+        assert sent["temperature"] == 0.1 and sent["max_tokens"] == 64
+        http.post(f"/admin/releases/{plain}/promote")
+        before = len(upstream.requests)
+        ask(http)
+        sent = upstream.requests[before].body
+        assert sent["messages"] == CHAT["messages"] and "temperature" not in sent

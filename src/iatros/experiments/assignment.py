@@ -18,6 +18,7 @@ import hashlib
 import random
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from iatros.config import ModelRouteConfig
 from iatros.providers.base import ChatCall
@@ -57,12 +58,15 @@ class Arm:
     upper: float
     """The variant takes buckets below this (cumulative share)."""
     route: ModelRouteConfig
+    call: dict[str, Any] = field(default_factory=dict)
+    """Model parameters the release sets (``registry.call_overrides``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RouteState:
     release_id: str | None = None
     route: ModelRouteConfig | None = None
+    call: dict[str, Any] = field(default_factory=dict)
     experiment_id: str | None = None
     unit: str = "key"
     salt: str = ""
@@ -98,7 +102,22 @@ class ReleaseSelector:
                 if position < arm.upper:
                     break
             label = f"{state.kind}={state.experiment_id}:{arm.name}; release={arm.release_id}"
+            apply_call(call, arm.call)
             return arm.route, label
         if state.route is None:
             return None
+        apply_call(call, state.call)
         return state.route, f"release={state.release_id}"
+
+
+def apply_call(call: ChatCall, overrides: dict[str, Any]) -> None:
+    """Give the request the release's model parameters (its system prompt first)."""
+    if not overrides:
+        return
+    prompt = overrides.get("system_prompt")
+    if prompt is not None:
+        call.messages = [{"role": "system", "content": prompt}, *call.messages]
+    if "temperature" in overrides:
+        call.temperature = overrides["temperature"]
+    if "max_tokens" in overrides:
+        call.max_tokens = overrides["max_tokens"]

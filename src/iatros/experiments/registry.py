@@ -30,13 +30,21 @@ Audit = Callable[..., None]
 
 class RouteSpec(BaseModel):
     """What a route release sets; everything else (retries, knowledge, cache) stays as
-    configured, so a release cannot silently switch off grounding or a deadline."""
+    configured, so a release cannot silently switch off grounding or a deadline.
+
+    ``system_prompt``, ``temperature`` and ``max_tokens`` are the model parameters a
+    release may change: the prompt goes first in the conversation (before any grounding
+    instructions), the parameters replace the request's."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     deployments: list[str] = Field(min_length=1, max_length=16)
     strategy: Literal["priority", "weighted", "latency", "cost"] = "priority"
     weights: dict[str, float] = Field(default_factory=dict)
+    system_prompt: str | None = Field(None, min_length=1, max_length=20000,
+                                      pattern=r"^[^\x00]*$")  # fmt: skip
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=131072)
 
 
 def new_id(prefix: str) -> str:
@@ -264,6 +272,14 @@ def apply_spec(route: ModelRouteConfig, spec: dict[str, Any]) -> ModelRouteConfi
             "complexity": None,
         }
     )
+
+
+CALL_FIELDS = ("system_prompt", "temperature", "max_tokens")
+
+
+def call_overrides(spec: dict[str, Any]) -> dict[str, Any]:
+    """The model parameters a release sets (those it leaves out stay the request's)."""
+    return {k: spec[k] for k in CALL_FIELDS if spec.get(k) is not None}
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,13 @@ from iatros.errors import Conflict, InvalidRequest, NotFound
 from iatros.experiments.analysis import VariantSpec, analyse
 from iatros.experiments.assignment import Arm, ReleaseSelector, RouteState
 from iatros.experiments.models import METRICS, UNITS, Experiment, Release, Rollout
-from iatros.experiments.registry import Audit, ReleaseRegistry, apply_spec, new_id
+from iatros.experiments.registry import (
+    Audit,
+    ReleaseRegistry,
+    apply_spec,
+    call_overrides,
+    new_id,
+)
 from iatros.experiments.rollouts import ACTIVE, RolloutManager
 from iatros.store.db import PLATFORM, Database
 
@@ -87,7 +93,8 @@ class ExperimentService:
         for route, (release_id, spec) in active.items():
             base = self.settings.models.get(route)
             if base is not None:
-                routes[route] = RouteState(release_id=release_id, route=apply_spec(base, spec))
+                routes[route] = RouteState(release_id=release_id, route=apply_spec(base, spec),
+                                           call=call_overrides(spec))  # fmt: skip
         with self.db.session(PLATFORM) as s:
             running = s.execute(select(Experiment).where(Experiment.status == "running")).scalars()
             for exp in running:
@@ -101,7 +108,8 @@ class ExperimentService:
                     if release is None:
                         break
                     upper += float(v["share"])
-                    arms.append(Arm(v["name"], release.id, upper, apply_spec(base, release.spec)))
+                    arms.append(Arm(v["name"], release.id, upper, apply_spec(base, release.spec),
+                                    call_overrides(release.spec)))  # fmt: skip
                 else:
                     prior = routes.get(exp.route, RouteState())
                     routes[exp.route] = RouteState(
@@ -117,8 +125,10 @@ class ExperimentService:
                 routes[route] = RouteState(
                     release_id=prior.release_id, route=prior.route, experiment_id=rollout_id,
                     kind="rollout", arms=(
-                        Arm("canary", cand.id, share, apply_spec(config, cand.spec)),
-                        Arm("baseline", baseline.id, 100.0, apply_spec(config, baseline.spec)),
+                        Arm("canary", cand.id, share, apply_spec(config, cand.spec),
+                            call_overrides(cand.spec)),
+                        Arm("baseline", baseline.id, 100.0, apply_spec(config, baseline.spec),
+                            call_overrides(baseline.spec)),
                     ),
                 )  # fmt: skip
         self.selector.replace(routes)
