@@ -20,8 +20,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from iatros.store.models import Base
 
 RELEASE_KINDS = ("route",)
-"""What a release can change today: a route's policy (deployments, strategy, weights).
-System prompts and deployment parameters need a hook in the chat path: not yet."""
+"""What a release changes: a route's policy (deployments, strategy, weights) and the model
+parameters of its requests (system prompt, temperature, max tokens). Agent templates are
+versioned by the agents package, not here."""
 
 EXPERIMENT_STATUSES = ("draft", "running", "stopped", "promoted")
 UNITS = ("key", "user", "conversation")
