@@ -178,17 +178,6 @@ ENUMERATION = (
     "details are in it together"
 )
 MISSED = {
-    "en-negation-non-infected": (
-        "Prophylaxis is needed for an injection through non-infected tissue [1].",
-        ["Prophylaxis is not needed for an injection through non-infected tissue."],
-        "'non-infected' counts as a negation; polarity is compared as a boolean, not a count",
-    ),
-    "en-bare-number-answer": (
-        "10.",
-        ["Tooth 48 is the lower right third molar."],
-        "an answer that is only a number ('10.', as the local model gives) is dropped as a "
-        "list marker (_MARKER_ONLY): nothing is checked",
-    ),
     "en-unknown-drug": (
         "Ceftriaxon 50 mg/kg orally, without exceeding the adult dose [1].",
         ["For children, give amoxicillin 50 mg/kg orally, without exceeding the adult dose."],
@@ -255,6 +244,17 @@ def test_known_false_flag(case: str) -> None:
 # Once missed or falsely flagged, now right: details are bound to the source sentence that
 # states most of them together, and "not more than" reads as a maximum (see verification.py).
 CAUGHT = {
+    "en-negation-non-infected": (
+        "Prophylaxis is needed for an injection through non-infected tissue [1].",
+        ["Prophylaxis is not needed for an injection through non-infected tissue."],
+        "'non-infected' counts as a negation; polarity is compared as a boolean, not a count",
+    ),
+    "en-bare-number-answer": (
+        "10.",
+        ["Tooth 48 is the lower right third molar."],
+        "an answer that is only a number ('10.', as the local model gives) is dropped as a "
+        "list marker (_MARKER_ONLY): nothing is checked",
+    ),
     "en-frequency-copied": (
         "Adults should brush three times a day with a 1350 to 1500 ppm fluoride toothpaste [1].",
         [EN_SOURCE],
@@ -311,8 +311,6 @@ KNOWN_MISSES: dict[str, str] = {
     "pubmedqa/10548670/side/w": ENUMERATION,
     "pubmedqa/8910148/side/w": ENUMERATION,
     "en-anticoagulants/6.3": "the two drugs swap roles inside one source sentence",
-    "en-antibiotic-prophylaxis/5.2": "'non-infected' counts as a negation (boolean polarity)",
-    "pubmedqa/15041506/negation/w": "2 negations become 1: polarity compared as a boolean",
 }
 
 

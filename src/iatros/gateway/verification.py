@@ -151,8 +151,9 @@ def split_sentences(text: str) -> list[str]:
     """Sentences (and list items) of ``text``, stripped; empty pieces and list markers
     (``1.``, ``2)``, ``-``) dropped: a list's numbering is not a detail to verify."""
     out = []
-    for piece in _SENTENCE_END.split(text):
-        if _MARKER_ONLY.match(piece):
+    pieces = _SENTENCE_END.split(text)
+    for i, piece in enumerate(pieces):
+        if _MARKER_ONLY.match(piece) and i < len(pieces) - 1:  # the last one is an answer: "10."
             continue
         piece = _LIST_MARKER.sub("", piece).strip()
         if piece:
@@ -171,8 +172,17 @@ def content_words(text: str) -> set[str]:
     return {w.rstrip("s") for w in _WORD.findall(normalize_text(text)) if w not in _STOP}
 
 
-def _negated(sig: Signature) -> bool:
-    return bool(sig.negation)
+_ANSWER_WORD = re.compile(r"^\s*(?:no|non)\s*[,.:;!\u2014-]\s*", re.IGNORECASE)
+
+
+def _negated(sentence: _Sentence) -> int:
+    """How many negations: "not needed ... non-infected" (2) is not "needed ... non-infected"
+    (1). A leading "No," / "Non :" answers the question; it is not the sentence's own."""
+    sig = sentence.sig
+    stripped = _ANSWER_WORD.sub("", sentence.text)
+    if stripped != sentence.text:
+        sig = _prepare(stripped).sig
+    return int(sig.negation[0]) if sig.negation else 0
 
 
 @dataclass(slots=True)
@@ -369,7 +379,7 @@ def _negation_detail(sentence: _Sentence, text: str, sources: Sources, order: li
     score, n, match = _aligned(sentence, sources, order)
     if match is None or score < 0.5:  # no source sentence says the same thing: cannot tell
         return Detail("negation", "none", text, True)
-    mine, theirs = _negated(sentence.sig), _negated(match.sig)
+    mine, theirs = _negated(sentence), _negated(match)
     if not (mine or theirs):  # both affirm: nothing decisive to report
         return Detail("negation", "none", text, True)
     value = "negated" if mine else "affirmed"
