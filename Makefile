@@ -66,6 +66,7 @@ bench-smoke: install
 	$(BIN)/python bench/chaos.py --smoke
 	$(BIN)/python bench/cache_bench.py --smoke
 	$(BIN)/python bench/experiments_sim.py --smoke
+	$(BIN)/python bench/faithfulness_bench.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
