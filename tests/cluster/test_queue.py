@@ -287,3 +287,24 @@ async def test_an_unreachable_redis_does_not_stop_the_start() -> None:
     with pytest.raises(Exception):  # noqa: B017 - redis-py's ConnectionError, whatever the shape
         await queue.enqueue("t.down", {}, tenant="t")
     await queue.close()
+
+
+async def test_a_stopped_worker_leaves_no_consumer_behind() -> None:
+    prefix = f"test:jobs:{uuid.uuid4().hex[:10]}:"
+    queue = RedisQueue(_settings(prefix), REDIS_URL)
+
+    async def handler(job: JobContext) -> None:
+        return None
+
+    queue.register("t.x", handler)
+    try:
+        await queue.start(1)
+        job_id = await queue.enqueue("t.x", {}, tenant="t")
+        await _state(queue, job_id, "done")
+        await queue.close()
+        client = redis.Redis.from_url(REDIS_URL)
+        consumers = client.xinfo_consumers(prefix + "stream", "workers")
+        client.close()
+        assert consumers == []
+    finally:
+        _cleanup(prefix)

@@ -243,6 +243,11 @@ class RedisQueue(JobQueue):
             handler.cancel(msg="shutdown")
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
+        with contextlib.suppress(Exception):  # leave no empty consumer behind in the group
+            if self._workers and not await self.redis.xpending_range(
+                self.stream, scripts.GROUP, "-", "+", 1, consumername=self.consumer
+            ):
+                await self.redis.xgroup_delconsumer(self.stream, scripts.GROUP, self.consumer)
         await self.redis.aclose()
 
     def _free(self) -> int:
