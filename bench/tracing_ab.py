@@ -35,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT.parent / "shared" / "tools" / "wrk_chat.lua"
 KEY = "sk-bench-admin-0123456789abcdef0123456789"
-MODES = ("off", "local", "otlp")
+MODES = ("off", "local", "otlp", "otlp-10")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -70,8 +70,10 @@ def _cpu_s(pid: int) -> float:
 
 def _config(workdir: Path, upstream_port: int, mode: str, otlp_port: int) -> Path:
     tracing: dict[str, Any] = {"enabled": mode != "off"}
-    if mode == "otlp":
+    if mode.startswith("otlp"):
         tracing["endpoint"] = f"http://127.0.0.1:{otlp_port}/v1/traces"
+    if mode == "otlp-10":
+        tracing["sample_ratio"] = 0.1
     config = {
         "admin_key": KEY,
         "providers": {
@@ -238,7 +240,7 @@ def main() -> None:
                 "p99_ms_median": round(statistics.median(r["p99_ms"] for r in mine), 1),
             }
         off = cell["off"]["rps_median"]
-        for mode in ("local", "otlp"):
+        for mode in MODES[1:]:
             change = (cell[mode]["rps_median"] / off - 1) * 100
             cell[mode]["throughput_change_pct"] = round(change, 2)
         summary[str(clients)] = cell
@@ -265,7 +267,8 @@ def main() -> None:
         f"{result['date']}, {result['machine']}. {result['method']}. "
         "`off`: tracing off (the default); `local`: spans recorded and kept for the request "
         "explorer; `otlp`: also exported over OTLP/HTTP (batch processor) to a receiver on "
-        f"loopback ({_Discard.batches} batches, {_Discard.bytes / 1e6:.1f} MB received).",
+        "loopback; `otlp-10`: the same with 10 % of traces sampled "
+        f"({_Discard.batches} batches, {_Discard.bytes / 1e6:.1f} MB received).",
         "",
         "| clients | mode | req/s (median) | change | server CPU ms/request | p99 ms |",
         "|---:|---|---:|---:|---:|---:|",
