@@ -360,6 +360,19 @@ def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> N
         return await handle(request, "scribe", PERMISSION, work)
 
     @app.post(
+        "/v1/scribe/encounters/{encounter_id}/fhir/send",
+        tags=["Scribe"],
+        summary="POST the signed note's FHIR document to the configured FHIR server",
+        responses=error_responses(401, 403, 404, 409, 502),
+    )
+    async def send(request: Request, encounter_id: EncounterId) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            outcome = await scribe.send_fhir(ctx.principal, encounter_id)
+            return json_response({"object": "scribe.fhir_delivery", **outcome})
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.post(
         "/v1/scribe/encounters/{encounter_id}/amend",
         tags=["Scribe"],
         summary="Start an amendment: a new draft version of a signed note",

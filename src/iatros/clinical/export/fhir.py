@@ -17,7 +17,12 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from iatros.clinical.scribe.settings import ScribeSettings
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -270,3 +275,47 @@ def _describe(resource: dict[str, Any]) -> str:
         return f"Blood pressure {sys_}/{dia} mmHg"
     q = resource["valueQuantity"]
     return f"{resource['code']['coding'][0]['display']}: {q['value']} {q['unit']}"
+
+
+async def send_bundle(settings: ScribeSettings, bundle: dict[str, Any]) -> dict[str, Any]:
+    """POST a document Bundle to ``<fhir_url>/Bundle``; the server's answer, or a 502."""
+    import httpx
+
+    from iatros.errors import UpstreamError
+
+    assert settings.fhir_url is not None
+    headers = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
+    if settings.fhir_token is not None:
+        headers["authorization"] = f"Bearer {settings.fhir_token.get_secret_value()}"
+    url = settings.fhir_url.rstrip("/") + "/Bundle"
+    try:
+        async with httpx.AsyncClient(timeout=settings.fhir_timeout_s) as client:
+            resp = await client.post(url, content=orjson.dumps(bundle), headers=headers)
+    except httpx.HTTPError as exc:
+        raise UpstreamError(
+            f"The FHIR server is unreachable: {exc}", code="fhir_server_unreachable"
+        ) from None
+    if resp.status_code >= 300:
+        detail = resp.text[:300]
+        try:
+            issues = resp.json().get("issue") or []
+            detail = "; ".join(str(i.get("diagnostics") or i.get("code")) for i in issues) or detail
+        except (ValueError, AttributeError):
+            pass
+        raise UpstreamError(
+            f"The FHIR server refused the document ({resp.status_code}): {detail}",
+            retryable=False,
+            upstream_status=resp.status_code,
+            code="fhir_server_refused",
+        )
+    body: dict[str, Any] = {}
+    try:
+        parsed = resp.json()
+        body = parsed if isinstance(parsed, dict) else {}
+    except ValueError:
+        pass
+    return {
+        "status": resp.status_code,
+        "location": resp.headers.get("location"),
+        "id": body.get("id"),
+    }

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from iatros.auth import Principal
-from iatros.clinical.export.fhir import build_bundle
+from iatros.clinical.export.fhir import build_bundle, send_bundle
 from iatros.clinical.export.pdf import render_pdf
 from iatros.clinical.scribe.crypto import Sealer
 from iatros.clinical.scribe.drafting import DraftContext, NoteDrafter
@@ -23,7 +23,7 @@ from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.scribe.templates import NoteTemplate, templates
 from iatros.clinical.scribe.transcript import Line, from_dicts, from_result, from_text
 from iatros.clinical.speech.transcriber import Transcriber
-from iatros.errors import GatewayError, InvalidRequest
+from iatros.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from iatros.gateway.chat import ChatService
 from iatros.gateway.context import RequestContext
 from iatros.governance.service import Governance
@@ -243,6 +243,26 @@ class ScribeService:
             return build_bundle(data, self.settings.practice_name, pdf)
 
         return view, await asyncio.to_thread(build)
+
+    async def send_fhir(self, principal: Principal, encounter_id: str) -> dict[str, Any]:
+        """POST the signed note's FHIR document to the configured server (``scribe.fhir_url``)."""
+        view = await asyncio.to_thread(self.store.get, principal.tenant, encounter_id)
+        if view.status != "signed":
+            raise Conflict(
+                "Only a signed note is sent to the record system; sign it first.",
+                code="note_not_signed",
+            )
+        if not self.settings.fhir_url:
+            raise NotFound(
+                "No FHIR server is configured (scribe.fhir_url).",
+                code="fhir_server_not_configured",
+            )
+        _, bundle = await self.export_fhir(principal, encounter_id)
+        outcome = await send_bundle(self.settings, bundle)
+        patient_id = view.details.get("patient", {}).get("id")
+        self._audit(principal, "scribe.export.fhir_send", encounter_id, patient_id,
+                    status=outcome["status"], version=view.version)  # fmt: skip
+        return outcome
 
     async def amend(self, principal: Principal, encounter_id: str) -> EncounterView:
         version = await asyncio.to_thread(

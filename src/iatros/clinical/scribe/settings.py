@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class ScribeSettings(BaseModel):
@@ -21,3 +21,9 @@ class ScribeSettings(BaseModel):
     max_section_tokens: int = Field(160, ge=16, le=4096)
     practice_name: str = "Iatros practice"
     """The header of the PDF and the FHIR document's custodian."""
+    fhir_url: str | None = Field(None, pattern=r"^https?://")
+    """A FHIR R4 server's base URL: ``POST /v1/scribe/encounters/{id}/fhir/send`` posts the
+    signed note's document Bundle to ``<fhir_url>/Bundle``."""
+    fhir_token: SecretStr | None = None
+    """Sent as ``Authorization: Bearer`` to the FHIR server."""
+    fhir_timeout_s: float = Field(20.0, gt=0)
