@@ -143,3 +143,20 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     text = (DEPLOY / "Dockerfile").read_text()
     assert text.count("FROM ") >= 2 and "USER 10001" in text  # multi-stage, non-root
+
+
+def test_haproxy_example_is_valid_and_matches_the_tested_configuration() -> None:
+    from iatros.testing.cluster import haproxy_config
+
+    path = DEPLOY / "haproxy" / "haproxy.cfg"
+    result = subprocess.run(
+        [_tool("haproxy"), "-c", "-f", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = haproxy_config(8080, 8404, [("iatros1", 8081)])
+    shipped = path.read_text()
+    for line in tested.splitlines():  # every directive the cluster tests ran with
+        if line.strip().startswith(
+            ("retry-on", "option", "http-check", "default-server", "retries", "timeout")
+        ):
+            assert line in shipped, line
