@@ -26,12 +26,14 @@ app's Content-Security-Policy (``iatros.web.__init__``, ``mount_help``).
 from __future__ import annotations
 
 import ast
+import atexit
 import base64
 import hashlib
 import importlib
 import inspect
 import json
 import re
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -71,6 +73,7 @@ def docs_settings() -> Any:
     from iatros.config import load_settings
 
     data = Path(tempfile.mkdtemp(prefix="iatros-docs-"))
+    atexit.register(shutil.rmtree, data, True)
     return load_settings(
         overrides={
             "data_dir": str(data),

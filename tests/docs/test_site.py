@@ -63,6 +63,14 @@ def test_nothing_is_loaded_from_outside_the_site(site: Path) -> None:
         assert "@import" not in text or not re.search(r"@import\s+url\(\s*['\"]?https?:", text)
 
 
+def test_no_markdown_is_left_unrendered(site: Path) -> None:
+    """A link inside raw HTML, say, stays Markdown text that no strict check sees."""
+    for page in site.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        leftover = re.search(r"\]\([^)\s]+\.md(?:#[^)]*)?\)", html)
+        assert leftover is None, f"{page}: {leftover.group(0) if leftover else ''}"
+
+
 def test_reference_pages_come_from_the_code(site: Path) -> None:
     from iatros.api.schemas import IatrosExtension
     from iatros.config import Settings
