@@ -31,7 +31,7 @@ from iatros.api.http import (
     read_body,
 )
 from iatros.api.sse import DONE, event
-from iatros.api.validation import identifier_path
+from iatros.api.validation import Identifier, ModelInput, check_json, identifier_path
 from iatros.errors import InvalidRequest
 from iatros.gateway import RequestContext
 from iatros.store.db import PLATFORM
@@ -42,16 +42,27 @@ AgentModel = Callable[[RequestContext, schemas.ChatCompletionRequest, str], Awai
 
 class TemplateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    content: str | None = Field(None, max_length=200_000, description="YAML or JSON text.")
+    content: ModelInput | None = Field(None, max_length=200_000, description="YAML or JSON.")
     template: dict[str, Any] | None = Field(None, description="The template as an object.")
-    source: str = Field("request", max_length=256, description="A file name for errors.")
+    source: ModelInput = Field("request", min_length=1, max_length=256,
+                               description="A file name, for errors.")  # fmt: skip
 
 
 class RunBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    workflow: str = Field(min_length=1, max_length=64)
+    workflow: Identifier = Field(min_length=1, max_length=64)
     input: Any = None
     wait_s: float = Field(0.0, ge=0, le=120, description="Wait this long for the run to end.")
+
+
+def json_value(value: Any, param: str) -> Any:
+    """A value that can be stored and sent as JSON (64-bit integers, valid Unicode)."""
+    check_json(value, param)
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise InvalidRequest(f"Invalid '{param}': {exc}", param=param) from None
+    return value
 
 
 def template_error(exc: TemplateError) -> InvalidRequest:
@@ -67,6 +78,7 @@ def _text(body: TemplateBody) -> str:
                              param="content")  # fmt: skip
     if body.content is not None:
         return body.content
+    json_value(body.template, "template")
     return orjson.dumps(body.template, option=orjson.OPT_INDENT_2).decode()
 
 
@@ -101,7 +113,7 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
 
         return await handle(request, "agents", "agents:run", work)
 
-    @app.get("/v1/agents/gallery", tags=tags, summary="Templates shipped with Iatros")
+    @app.get("/v1/agent-gallery", tags=tags, summary="Templates shipped with Iatros")
     async def list_gallery(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:
             return json_response({"object": "list", "data": gallery()})
@@ -141,7 +153,7 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
     async def apply_template(request: Request) -> Response:
         return await _apply(request, True)
 
-    @app.post("/v1/agents/validate", tags=tags, summary="Check a template without saving it",
+    @app.post("/v1/agent-checks", tags=tags, summary="Check a template without saving it",
               responses=error_responses(), openapi_extra=openapi_body(TemplateBody))  # fmt: skip
     async def validate_template(request: Request) -> Response:
         return await _apply(request, False)
@@ -151,6 +163,7 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
     async def start_run(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:
             body = parse_body(RunBody, await read_body(request, limit))
+            json_value(body.input, "input")
             run = await agents.start_run(ctx.principal, body.workflow, body.input,
                                          wait_s=body.wait_s)  # fmt: skip
             return json_response(run, 201)

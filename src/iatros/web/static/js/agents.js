@@ -1,4 +1,4 @@
-// Agents: the template gallery (shipped templates, applied with one click by admins), the
+// Agents: the template gallery (GET /v1/agent-gallery: shipped templates, applied with one click by admins), the
 // tenant's stored templates, and workflow runs with a step timeline (status, latency,
 // tokens, each step's input and output). Runs refresh every 5 s while the view is shown.
 
@@ -111,7 +111,7 @@ function render() {
 async function refresh() {
   try {
     const [gallery, templates, runs] = await Promise.all([
-      api("/v1/agents/gallery"), api("/v1/agents"), api("/v1/runs?limit=50")]);
+      api("/v1/agent-gallery"), api("/v1/agents"), api("/v1/runs?limit=50")]);
     state.gallery = gallery.data;
     state.templates = templates.data;
     state.runs = runs.data;

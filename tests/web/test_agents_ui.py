@@ -11,9 +11,7 @@ from iatros.testing.fake_upstream import FakeUpstream
 from tests.agents.helpers import agent_config, wait_run
 from tests.agents.test_runs import INPUT, script_checker
 from tests.conftest import RunningServer
-from tests.web.conftest import new_page, playwright_browser, shot, sign_in
-
-__all__ = ["new_page", "playwright_browser"]  # fixtures used here
+from tests.web.conftest import shot, sign_in
 
 
 def test_gallery_templates_and_a_run_timeline(
