@@ -386,6 +386,46 @@ def _negation_detail(sentence: _Sentence, text: str, sources: Sources, order: li
     return Detail("negation", value, text, mine == theirs, n, match.text)
 
 
+_CLAUSE = re.compile(r"\s*[;,:]\s+|\s+(?:and|et|while|whereas|but|mais|or|ou)\s+")
+_OPPOSITES = ({"left", "right"}, {"upper", "lower"}, {"anterior", "posterior"})
+
+
+def _enumerates(sig: Signature) -> bool:
+    """Whether a sentence lists several cases of one kind ("quadrant 3 the lower left and
+    quadrant 4 the lower right"; "ibuprofen …; paracetamol …"): there, details of one case
+    can all be in the sentence while belonging to different cases."""
+    sides = set(sig.laterality)
+    if any(pair <= sides for pair in _OPPOSITES) or len(sig.drugs) >= 2:
+        return True
+    units = [_parse_number(n)[1] for n in sig.numbers if not n.startswith("#")]
+    return len(units) != len(set(units))
+
+
+def _clause_conflicts(text: str, source: _Sentence) -> set[tuple[str, str]]:
+    """The answer's details that are in an enumerating ``source`` sentence, but never in
+    the same clause as the rest of their clause's details."""
+    source_clauses = [_prepare(c) for c in _CLAUSE.split(source.text) if c.strip()]
+    conflicts: set[tuple[str, str]] = set()
+    for piece in _CLAUSE.split(text):
+        clause = _prepare(piece) if piece.strip() else None
+        if clause is None:
+            continue
+        wanted: list[Check] = [
+            *(("number", v, frozenset()) for v in clause.sig.numbers),
+            *(("drug", v, frozenset()) for v in clause.sig.drugs),
+            *(("laterality", v, frozenset()) for v in clause.sig.laterality),
+        ]
+        if len(wanted) < 2:
+            continue
+        best: set[int] = set()
+        for candidate in source_clauses:
+            held = {i for i, (k, v, _) in enumerate(wanted) if _holds(candidate, k, v, set())}
+            if len(held) > len(best):
+                best = held
+        conflicts.update((k, v) for i, (k, v, _) in enumerate(wanted) if i not in best)
+    return conflicts
+
+
 def _sentence_details(
     sentence: _Sentence, text: str, sources: Sources, order: list[int]
 ) -> list[Detail]:
@@ -415,8 +455,12 @@ def _sentence_details(
     evidence = best.text if best is not None else ""
     if aligned is best or score < 0.6:
         aligned = None
+    mixed = _clause_conflicts(text, best) if best is not None and _enumerates(best.sig) else set()
     details = []
     for i, (kind, value, _) in enumerate(pending):
+        if i in held and (kind, value) in mixed:  # in the sentence, but in another case's clause
+            details.append(Detail(kind, value, text, False, where, evidence))
+            continue
         contradicted = (
             aligned is not None
             and kind == "number"
