@@ -241,7 +241,12 @@ def configuration_page() -> str:
             + "\n"
         )
     defaults = (ROOT / "src" / "iatros" / "defaults.yaml").read_text(encoding="utf-8")
-    intro = rst_to_md(inspect.getdoc(importlib.import_module("iatros.config")) or "")
+    doc = inspect.getdoc(importlib.import_module("iatros.config")) or ""
+    intro = rst_to_md(
+        "\n\n".join(
+            p for p in doc.split("\n\n") if not p.startswith("Why this module is long:")
+        )
+    )
     return (
         GENERATED_NOTE
         + "# Configuration keys\n\n"
