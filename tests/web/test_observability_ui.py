@@ -1,4 +1,7 @@
-"""The request explorer and the alerts view in a real browser (Chromium via Playwright)."""
+"""The request explorer and the alerts view in a real browser (Chromium via Playwright).
+
+Here, not in tests/observability, so that it shares tests/web's one Playwright instance
+(two sync Playwright instances in one process refuse to run)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ from typing import Any
 from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningServer, upstream_config
 from tests.observability.test_incident import _traffic, _wait
-from tests.web.conftest import new_page, playwright_browser, shot, sign_in
-
-__all__ = ["new_page", "playwright_browser"]  # the browser fixtures, shared with tests/web
+from tests.web.conftest import shot, sign_in
 
 
 def test_a_request_is_followed_in_the_explorer_and_an_incident_shows_in_alerts(
