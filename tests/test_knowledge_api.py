@@ -134,7 +134,12 @@ def test_streaming_sends_sources_before_the_first_token(kb_server: RunningServer
 
     first = json.loads(lines[0][6:])
     assert first["iatros"]["sources"][0]["document"] == "amoxicillin.md"
-    assert all("iatros" not in json.loads(line[6:]) for line in lines[1:])
+    assert all("iatros" not in json.loads(line[6:]) for line in lines[1:-1])
+    # The last chunk (the finish) carries the verification of what was sent.
+    last = json.loads(lines[-1][6:])
+    assert last["choices"][0]["finish_reason"] is not None
+    assert set(last["iatros"]) <= {"verification", "review"}
+    assert last["iatros"]["verification"]["status"] in ("supported", "unsupported", "no-details")
 
 
 def test_tenants_delete_and_cache_invalidation(

@@ -1,5 +1,11 @@
 """The faithfulness check: are a grounded answer's decisive details in its sources?
 
+Why this module is long: it is one judgement (is this sentence stated by the sources?)
+made of small rules that read each other's results — sentences and clauses, the binding
+of details to one source sentence, number and unit equivalence, negation alignment — and
+each rule is tuned against the others on the labelled set; split apart, the rules would
+be harder to read together.
+
 A retrieval score says the sources are *about* the question; it says nothing about whether
 the model's answer repeats them faithfully. A 270M model given "1350-1500 ppm fluoride"
 can still answer "500-1280 ppm [1]". For a clinical assistant that is the worst failure:
