@@ -10,7 +10,6 @@ closed item is a 409.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -25,6 +24,7 @@ from iatros.api.validation import (
     Identifier,
     identifier_path,
     identifier_query,
+    timestamp,
     timestamp_query,
 )
 from iatros.errors import NotFound
@@ -123,11 +123,13 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
     async def my_reviews(
         request: Request,
         conversation_id: Annotated[str | None, identifier_query(64)] = None,
-        since: Annotated[datetime | None, timestamp_query()] = None,
+        since: Annotated[str | None, timestamp_query()] = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             flt = ReviewFilter(
-                asker=ctx.principal.key_id, conversation_id=conversation_id, since=since
+                asker=ctx.principal.key_id,
+                conversation_id=conversation_id,
+                since=timestamp(since, "since"),
             )
             items = await queue.list(ctx.principal.tenant, flt)
             return _json({"object": "list", "data": items})
@@ -272,8 +274,8 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
         rating: Literal["up", "down"] | None = None,
         model: Annotated[str | None, identifier_query(128)] = None,
         deployment: Annotated[str | None, identifier_query(128)] = None,
-        since: Annotated[datetime | None, timestamp_query()] = None,
-        until: Annotated[datetime | None, timestamp_query()] = None,
+        since: Annotated[str | None, timestamp_query()] = None,
+        until: Annotated[str | None, timestamp_query()] = None,
         limit_: Annotated[int, Query(alias="limit", ge=1, le=500)] = 100,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
@@ -285,8 +287,8 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
                 rating=rating,
                 model=model,
                 deployment=deployment,
-                since=since,
-                until=until,
+                since=timestamp(since, "since"),
+                until=timestamp(until, "until"),
                 limit=limit_,
             )
             return _json({"object": "list", "data": rows, "counts": counts})
