@@ -34,6 +34,7 @@ def server_config(data_dir: Path) -> dict[str, Any]:
         "model": "tiny.en",
         "kind": "transcription",
     }
+    config["alerts"] = {"enabled": True}  # silences exist only while alerts are on
     return config
 
 

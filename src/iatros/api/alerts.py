@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from iatros.api.http import Handler, openapi_body, parse_body, read_body
+from iatros.api.http import Handler, error_responses, openapi_body, parse_body, read_body
 from iatros.api.validation import FreeText, identifier_path
 from iatros.errors import Conflict, NotFound, PermissionDenied
 from iatros.gateway import RequestContext
@@ -83,6 +83,7 @@ def add_alert_routes(
         "/admin/alerts/silences",
         tags=["Admin"],
         summary="Silence matching alerts until an expiry",
+        responses=error_responses(400, 401, 403, 404, 409, 413, 429),
         status_code=201,
         openapi_extra=openapi_body(SilenceIn),
     )
@@ -107,7 +108,12 @@ def add_alert_routes(
 
         return await handle(request, "admin", "deployments:read", work)
 
-    @app.delete("/admin/alerts/silences/{silence_id}", tags=["Admin"], summary="End a silence")
+    @app.delete(
+        "/admin/alerts/silences/{silence_id}",
+        tags=["Admin"],
+        summary="End a silence",
+        responses=error_responses(400, 401, 403, 404, 409, 429),
+    )
     async def expire_silence(
         request: Request, silence_id: Annotated[str, identifier_path(40)]
     ) -> Response:

@@ -191,7 +191,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
         "/v1/reviews/{review_id}/claim",
         tags=tags,
         summary="Claim an item",
-        responses=error_responses(),
+        responses=error_responses(400, 401, 403, 404, 409, 429),
     )
     async def claim(request: Request, review_id: ReviewId) -> Response:
         async def work(ctx: RequestContext) -> Response:
@@ -204,7 +204,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
         "/v1/reviews/{review_id}/answer",
         tags=tags,
         summary="Answer an escalation (optionally saved to the knowledge base)",
-        responses=error_responses(),
+        responses=error_responses(400, 401, 403, 404, 409, 429),
         openapi_extra=openapi_body(AnswerBody),
     )
     async def answer(request: Request, review_id: ReviewId) -> Response:
@@ -226,7 +226,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
         "/v1/reviews/{review_id}/dismiss",
         tags=tags,
         summary="Dismiss an item",
-        responses=error_responses(),
+        responses=error_responses(400, 401, 403, 404, 409, 429),
         openapi_extra=openapi_body(DismissBody),
     )
     async def dismiss(request: Request, review_id: ReviewId) -> Response:
@@ -243,7 +243,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
         "/v1/reviews/{review_id}/decision",
         tags=tags,
         summary="Approve or reject an approval item",
-        responses=error_responses(),
+        responses=error_responses(400, 401, 403, 404, 409, 429),
         openapi_extra=openapi_body(DecisionBody),
     )
     async def decide(request: Request, review_id: ReviewId) -> Response:
