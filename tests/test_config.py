@@ -20,7 +20,11 @@ def test_embedded_defaults_are_local_only() -> None:
     settings = load_settings()
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 8080
-    assert {p.type for p in settings.providers.values()} == {"local", "sentence-transformers", "whisper"}
+    assert {p.type for p in settings.providers.values()} == {
+        "local",
+        "sentence-transformers",
+        "whisper",
+    }
     assert settings.models["assistant"].deployments == ["gemma-3-270m"]
     assert settings.embeddings.default_model == "all-minilm-l6-v2"
     assert settings.log_content is False

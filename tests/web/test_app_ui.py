@@ -65,7 +65,8 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
     page.locator("#identity").wait_for(state="visible")
     assert page.locator("#who-tenant").inner_text() == "clinic-roles"
     assert page.locator("#who-role").inner_text() == "clinician"
-    assert visible_nav(page) == ["chat", "documents", "scribe"]  # no dashboard for a clinician
+    # no dashboard for a clinician
+    assert visible_nav(page) == ["chat", "documents", "scribe", "agents"]
     assert page.locator("#view-chat").is_visible()
     page.goto(web_server.url + "/#/dashboard")  # not allowed: back to the chat
     page.locator("#view-chat").wait_for(state="visible")
@@ -77,7 +78,12 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
     page.keyboard.press("Enter")
     page.locator("#view-dashboard").wait_for(state="visible")
     assert page.locator("#who-role").inner_text() == "auditor"
-    assert visible_nav(page) == ["dashboard", "requests", "alerts", "feedback"]  # no chat, no review queue
+    assert visible_nav(page) == [
+        "dashboard",
+        "requests",
+        "alerts",
+        "feedback",
+    ]  # no chat, no review queue
     assert not page.locator("#view-chat").is_visible()
     page.locator("[data-kpi=requests]").wait_for()
     assert not page.locator("#health").is_visible()  # deployments are for admins
@@ -87,8 +93,16 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
 
     sign_in(page, web_server, ADMIN_KEY)
     assert visible_nav(page) == [
-        "chat", "documents", "dashboard", "requests", "alerts", "reviews", "feedback", "scribe",
+        "chat",
+        "documents",
+        "dashboard",
+        "requests",
+        "alerts",
+        "reviews",
+        "feedback",
+        "scribe",
         "experiments",
+        "agents",
     ]
     assert page.locator("#who-role").inner_text() == "administrator"
 
