@@ -215,6 +215,7 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
             "providers": {
                 "local": {"type": "local", "max_queue": 2, "models_dir": str(_models_dir())},
                 "minilm": {"type": "sentence-transformers"},
+                "whisper": {"type": "whisper"},  # the defaults' speech deployments use it
             },
         }
     )

@@ -285,7 +285,13 @@ def test_readiness_reports_loaded_models(local_server: RunningServer) -> None:
     body = httpx.get(local_server.url + "/readyz").json()
     assert body == {
         "status": "ready",
-        "checks": {"provider:local": True, "provider:minilm": True, "store": True, "heap": True},
+        "checks": {
+            "provider:local": True,
+            "provider:minilm": True,
+            "provider:whisper": True,
+            "store": True,
+            "heap": True,
+        },
     }
 
 

@@ -206,6 +206,16 @@ async def test_a_knowledge_backend_that_cannot_load_is_named(site: Path, tmp_pat
     assert "not_installed_engine" in (skipped(plugins.KNOWLEDGE_BACKENDS)["acme"] or "")
 
 
+BUILT_IN_TOOLS = (
+    "datetime_now",
+    "dose_by_weight",
+    "http_get",
+    "knowledge_search",
+    "review_ask",
+    "scribe_note",
+)
+
+
 async def test_tools_are_loaded_and_bad_ones_skipped(site: Path) -> None:
     install(
         site,
@@ -220,7 +230,7 @@ async def test_tools_are_loaded_and_bad_ones_skipped(site: Path) -> None:
         },
     )
     tools = load_tools()
-    assert list(tools) == ["pediatric_dose"]
+    assert set(tools) == {"pediatric_dose", *BUILT_IN_TOOLS}  # beside the built-ins
     result = await tools["pediatric_dose"]({"kg": 20}, ToolContext(tenant="t", request_id="r"))
     assert (result.content, result.data) == ("300 mg", {"tenant": "t"})
     assert openai_tool(tools["pediatric_dose"])["function"]["name"] == "pediatric_dose"
@@ -232,9 +242,9 @@ async def test_tools_are_loaded_and_bad_ones_skipped(site: Path) -> None:
 
 def test_the_built_ins_register_through_entry_points() -> None:
     assert plugins.available(plugins.CACHE_BACKENDS) == ["memory", "redis"]
-    assert plugins.available(plugins.KNOWLEDGE_BACKENDS) == ["embedded", "qdrant"]
+    assert plugins.available(plugins.KNOWLEDGE_BACKENDS) == ["embedded", "postgres", "qdrant"]
     assert plugins.available(plugins.PARSERS) == ["docx", "html", "markdown", "pdf", "text"]
-    assert plugins.available(plugins.TOOLS) == []
+    assert plugins.available(plugins.TOOLS) == sorted(BUILT_IN_TOOLS)
 
 
 def test_the_inventory_lists_every_group_without_importing(site: Path) -> None:
