@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from iatros.errors import InvalidRequest
 from iatros.providers.base import Provider
 
 if TYPE_CHECKING:
@@ -93,4 +94,7 @@ class TranscriptionProvider(Provider):
     async def transcribe(
         self, deployment: DeploymentConfig, call: TranscribeCall
     ) -> TranscriptResult:
-        raise NotImplementedError
+        """Subclasses that transcribe override this; the others refuse as chat does."""
+        raise InvalidRequest(
+            f"provider {self.name!r} does not transcribe audio", code="unsupported"
+        )
