@@ -13,12 +13,18 @@ import asyncio
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from iatros.api.http import Handler, error_responses, openapi_body, parse_body, read_body
+from iatros.api.http import (
+    Handler,
+    error_responses,
+    json_response,
+    openapi_body,
+    parse_body,
+    read_body,
+)
 from iatros.api.validation import (
     FreeText,
     Identifier,
@@ -78,10 +84,6 @@ class DecisionBody(BaseModel):
     reviewer_name: FreeText = Field("", max_length=128)
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
 ReviewId = Annotated[str, identifier_path(40)]
 
 
@@ -101,7 +103,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
         async def work(ctx: RequestContext) -> Response:
             flt = ReviewFilter(status=status, kind=kind, reason=reason, limit=limit_)
             items = await queue.list(queue.scope(ctx.principal), flt)
-            return _json({"object": "list", "data": items})
+            return json_response({"object": "list", "data": items})
 
         return await handle(request, "reviews", "reviews:answer", work)
 
@@ -110,7 +112,9 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
         async def work(ctx: RequestContext) -> Response:
             counts = await queue.counts(queue.scope(ctx.principal))
             pending = counts.get("open", 0) + counts.get("claimed", 0)
-            return _json({"object": "review.counts", "pending": pending, "by_status": counts})
+            return json_response(
+                {"object": "review.counts", "pending": pending, "by_status": counts}
+            )
 
         return await handle(request, "reviews", "reviews:answer", work)
 
@@ -132,7 +136,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
                 since=timestamp(since, "since"),
             )
             items = await queue.list(ctx.principal.tenant, flt)
-            return _json({"object": "list", "data": items})
+            return json_response({"object": "list", "data": items})
 
         return await handle(request, "reviews", "reviews:ask", work)
 
@@ -158,7 +162,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
                 reason=body.reason,
                 comment=body.comment,
             )
-            return _json(item, 201)
+            return json_response(item, 201)
 
         return await handle(request, "reviews", "reviews:ask", work)
 
@@ -171,7 +175,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
     async def deliveries(request: Request) -> Response:
         async def work(ctx: RequestContext) -> Response:
             rows = await asyncio.to_thread(queue.webhooks.deliveries, queue.scope(ctx.principal))
-            return _json({"object": "list", "data": rows})
+            return json_response({"object": "list", "data": rows})
 
         return await handle(request, "reviews", "reviews:answer", work)
 
@@ -183,7 +187,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
             reviewer = allowed(principal.role, "reviews:answer", principal.capabilities)
             if not reviewer and item["asker"] != principal.key_id:
                 raise NotFound(f"No review {review_id!r}.", param="id", code="review_not_found")
-            return _json(item)
+            return json_response(item)
 
         return await handle(request, "reviews", "reviews:ask", work)
 
@@ -196,7 +200,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
     async def claim(request: Request, review_id: ReviewId) -> Response:
         async def work(ctx: RequestContext) -> Response:
             item = await queue.claim(queue.scope(ctx.principal), review_id, ctx.principal)
-            return _json(item)
+            return json_response(item)
 
         return await handle(request, "reviews", "reviews:answer", work)
 
@@ -218,7 +222,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
                 body.reviewer_name,
                 save_to_knowledge=body.save_to_knowledge,
             )
-            return _json(item)
+            return json_response(item)
 
         return await handle(request, "reviews", "reviews:answer", work)
 
@@ -235,7 +239,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
             item = await queue.dismiss(
                 queue.scope(ctx.principal), review_id, ctx.principal, body.note
             )
-            return _json(item)
+            return json_response(item)
 
         return await handle(request, "reviews", "reviews:answer", work)
 
@@ -257,7 +261,7 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
                 body.comment,
                 body.reviewer_name,
             )
-            return _json(item)
+            return json_response(item)
 
         return await handle(request, "reviews", "reviews:answer", work)
 
@@ -291,6 +295,6 @@ def add_review_routes(app: FastAPI, desk: ReviewDesk, gov: Governance, handle: H
                 until=timestamp(until, "until"),
                 limit=limit_,
             )
-            return _json({"object": "list", "data": rows, "counts": counts})
+            return json_response({"object": "list", "data": rows, "counts": counts})
 
         return await handle(request, "feedback", "feedback:read", work)

@@ -162,15 +162,7 @@ class SafetyStep:
         grounding.verification = result.payload()
         if result.action == "none":
             return answer, result
-        texts = _texts(grounding.question)
-        unsupported = result.unsupported
-        quote = _quote(grounding, unsupported, texts)
-        if result.action == "withheld":
-            parts = [texts.withheld.format(count=_listed(unsupported, grounding.question)), quote]
-            parts.append(texts.reviewer_asked)
-            return " ".join(p for p in parts if p), result
-        flagged = _flag_sentences(answer, unsupported, texts)
-        return (flagged + ("\n\n> " + quote if quote else "")), result
+        return _rewritten(grounding, answer, result, _texts(grounding.question)), result
 
     # -- streams ------------------------------------------------------------------------
 
@@ -246,15 +238,24 @@ class SafetyStep:
         total.details.extend(result.details)
         if result.action == "none":
             return text, False
-        unsupported = result.unsupported
-        quote = _quote(grounding, unsupported, texts)
+        rewritten = _rewritten(grounding, text, result, texts)
         if result.action == "withheld":
-            notice = [texts.withheld.format(count=_listed(unsupported, grounding.question)), quote]
-            notice.append(texts.reviewer_asked)
-            return "\n\n" + " ".join(p for p in notice if p), True
+            return "\n\n" + rewritten, True
         total.action = "flagged"
-        flagged = _flag_sentences(text, unsupported, texts)
-        return flagged + ("\n\n> " + quote + "\n\n" if quote else ""), False
+        return rewritten + ("\n\n" if "\n\n> " in rewritten else ""), False
+
+
+def _rewritten(grounding: Grounding, text: str, result: Verification, texts: Texts) -> str:
+    """``text`` as the policy gives it: the withheld notice quoting the closest source, or
+    the text with its unsupported sentences marked and that source quoted below."""
+    unsupported = result.unsupported
+    quote = _quote(grounding, unsupported, texts)
+    if result.action == "withheld":
+        count = _listed(unsupported, grounding.question)
+        parts = [texts.withheld.format(count=count), quote, texts.reviewer_asked]
+        return " ".join(p for p in parts if p)
+    flagged = _flag_sentences(text, unsupported, texts)
+    return flagged + ("\n\n> " + quote if quote else "")
 
 
 def _flag_sentences(text: str, unsupported: list[Detail], texts: Texts) -> str:
