@@ -26,8 +26,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from iatros.agents.settings import AgentSettings
 from iatros.cache import CacheSettings
+from iatros.clinical.imaging.vision_settings import RadiographAnalysisSettings
 from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.speech.settings import TranscriptionSettings
+from iatros.image_parts import ImageInputSettings
 from iatros.instances import check_instances, instance_warnings
 from iatros.jobs.settings import JobSettings
 from iatros.knowledge import KnowledgeSettings
@@ -95,6 +97,9 @@ class DeploymentConfig(_Strict):
     """Extra request parameters sent with every call (e.g. Azure deployment quirks)."""
     timeout_s: float | None = Field(None, gt=0)
     """Per-attempt timeout for this deployment (the route's ``attempt_timeout_s`` otherwise)."""
+    vision: bool = False
+    """The model reads images (``image_url`` content parts); requests with images are
+    routed only to deployments that say so (``iatros/image_parts.py``)."""
 
 
 class RetrySettings(_Strict):
@@ -257,6 +262,12 @@ class Settings(BaseSettings):
     """OpenTelemetry traces (off by default; see ``observability/tracing.py``)."""
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     """Anomaly detection and alert routing (off by default; see ``observability/alerts.py``)."""
+    images: ImageInputSettings = Field(default_factory=ImageInputSettings)
+    """Images in chat requests: size, types, remote URLs (``iatros/image_parts.py``)."""
+    radiograph_analysis: RadiographAnalysisSettings = Field(
+        default_factory=RadiographAnalysisSettings
+    )
+    """Which vision model gives the AI second opinion on radiographs."""
     agents: AgentSettings = Field(default_factory=AgentSettings)
     """Agents and workflows: enabled tools per tenant, the HTTP tool's allow-list, runs."""
 
