@@ -61,9 +61,14 @@ def running(svc: ExperimentService, primary: str, guardrails: list[str],
 
 
 def journal(svc: ExperimentService, exp_id: str, variant: str, n: int, *, error_p: float,
-            latency: float, seed: int, thumbs_up_p: float | None = None) -> None:
+            latency: float, seed: int, thumbs_up_p: float | None = None,
+            per_unit: int = 1, unit_error_p: Any = None) -> None:
+    """``n`` requests of ``variant``; ``per_unit`` consecutive requests share a unit (and,
+    with ``unit_error_p``, that unit's own error rate)."""
     rng = np.random.default_rng(seed)
     errors = rng.random(n) < error_p
+    if unit_error_p is not None:
+        errors = rng.random(n) < np.repeat(unit_error_p, per_unit)[:n]
     lat = rng.lognormal(np.log(latency), 0.4, n)
     rows = []
     feedback = []
@@ -74,7 +79,8 @@ def journal(svc: ExperimentService, exp_id: str, variant: str, n: int, *, error_
             model="assistant", deployment=variant.lower(), cache="miss",
             route=f"assistant; experiment={exp_id}:{variant}; release=r; strategy=priority",
             status=502 if errors[i] else 200, prompt_tokens=10, completion_tokens=20,
-            cost_eur=0.001, latency_ms=float(lat[i]), grounding=""))
+            cost_eur=0.001, latency_ms=float(lat[i]), grounding="",
+            unit=f"{variant}-{i // per_unit}"))
         if thumbs_up_p is not None and i % 2 == 0:
             feedback.append(Feedback(tenant_id="clinic", ts=datetime.now(UTC), key_id="k",
                                      request_id=rid, comment="",
@@ -147,3 +153,47 @@ def test_no_data_means_continue(svc: ExperimentService) -> None:
     report = svc.analysis(exp_id)
     assert report["decision"]["action"] == "continue"
     assert [v["requests"] for v in report["variants"]] == [0, 0]
+
+
+def test_analysis_is_per_unit_not_per_request(svc: ExperimentService) -> None:
+    """40 units per arm sending 50 requests each, with very different error rates per unit
+    (an A/A): counted per request the arms would look different (standard error too small
+    by the cluster factor); per unit the interval is honest and nothing is concluded."""
+    exp_id, _, _ = running(svc, "error_rate", [])
+    rng = np.random.default_rng(11)
+    journal(svc, exp_id, "A", 2000, error_p=0, latency=800, seed=12, per_unit=50,
+            unit_error_p=rng.beta(0.3, 3, 40))
+    journal(svc, exp_id, "B", 2000, error_p=0, latency=800, seed=13, per_unit=50,
+            unit_error_p=rng.beta(0.3, 3, 40))
+    report = svc.analysis(exp_id)
+    arm_a, arm_b = report["variants"]
+    assert (arm_a["units"], arm_b["units"]) == (40, 40)
+    assert (arm_a["requests"], arm_b["requests"]) == (2000, 2000)
+    assert arm_b["metrics"]["error_rate"]["n"] == 40
+    fixed = arm_b["metrics"]["error_rate"]["vs_control"]["fixed"]
+    pa, pb = fixed["mean_a"], fixed["mean_b"]
+    naive_se = float(np.sqrt(pa * (1 - pa) / 2000 + pb * (1 - pb) / 2000))
+    assert fixed["se"] > 2.5 * naive_se  # the cluster effect the request-level test ignores
+    assert report["decision"]["action"] == "continue"
+    assert report["srm"]["observed"] == [40.0, 40.0]
+
+
+def test_cache_hits_and_ttft_are_metrics_of_their_variant(svc: ExperimentService) -> None:
+    exp_id, _, _ = running(svc, "cache_hit_ratio", ["ttft_ms"])
+    with svc.db.session(PLATFORM) as s:
+        for variant, hits in (("A", 10), ("B", 30)):
+            for i in range(40):
+                s.add(UsageRecord(
+                    tenant_id="clinic", request_id=f"req_c_{variant}_{i}", ts=datetime.now(UTC),
+                    key_id="k", endpoint="chat", model="assistant", deployment="a",
+                    route=f"assistant; experiment={exp_id}:{variant}; release=r; cache=exact",
+                    cache="hit-exact" if i < hits else "miss", status=200, prompt_tokens=1,
+                    completion_tokens=1, cost_eur=0.0, latency_ms=5.0, grounding="",
+                    ttft_ms=None if i % 2 else 100.0 + (i if variant == "B" else 0),
+                    unit=f"{variant}{i}"))  # fmt: skip
+    report = svc.analysis(exp_id)
+    arm_a, arm_b = report["variants"]
+    assert arm_a["metrics"]["cache_hit_ratio"]["mean"] == pytest.approx(10 / 40)
+    assert arm_b["metrics"]["cache_hit_ratio"]["mean"] == pytest.approx(30 / 40)
+    assert arm_a["metrics"]["ttft_ms"]["mean"] == pytest.approx(100.0)  # streams only
+    assert arm_b["metrics"]["ttft_ms"]["mean"] == pytest.approx(100.0 + 19.0)

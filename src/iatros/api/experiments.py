@@ -30,8 +30,8 @@ from iatros.experiments.service import ExperimentService
 from iatros.gateway import RequestContext
 
 Metric = Literal[
-    "error_rate", "latency_ms", "cost_eur", "tokens", "escalation_rate",
-    "verification_failure_rate", "thumbs_up_rate",
+    "error_rate", "latency_ms", "ttft_ms", "cache_hit_ratio", "cost_eur", "tokens",
+    "escalation_rate", "verification_failure_rate", "thumbs_up_rate",
 ]  # fmt: skip
 B = TypeVar("B", bound=BaseModel)
 Id = Annotated[str, identifier_path(64)]

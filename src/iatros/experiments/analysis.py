@@ -5,10 +5,12 @@ Which variant served a request is written in its usage record's ``route`` (the
 table of its own: one aggregate query per variant over the usage records since the
 start, plus the feedback given on those requests for the thumbs-up rate.
 
-The unit of analysis is the request. Assignment is sticky per unit (key, user or
-conversation), so requests of one unit are correlated; with many units each sending
-few requests the difference is small, with a few heavy units the intervals are too
-narrow. Said here because it is the honest limit of a request-level analysis.
+The unit of analysis is the assignment unit (key, user or conversation), not the
+request: requests of one unit are correlated, and counting them as independent makes
+the intervals too narrow (``bench/experiments_sim.py`` measures how much). Each metric is
+summed per unit in SQL and compared as a ratio of unit means with a delta-method variance
+(:class:`stats.RatioMoments`); the sample-ratio check counts units. Cache hits carry
+their variant (the release is part of the cache key) and count for it.
 
 The decision follows GrowthBook's and Statsig's rules: nothing is concluded while the
 sample ratio is off (SRM p < 0.001); a variant wins when its always-valid interval on
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, select
+from sqlalchemy import Float, and_, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from iatros.experiments import stats
@@ -30,11 +32,7 @@ from iatros.store.db import PLATFORM, Database
 from iatros.store.feedback import Feedback
 from iatros.store.models import UsageRecord
 
-HIGHER_IS_BETTER = {"thumbs_up_rate"}
-PROPORTIONS = {
-    "error_rate", "escalation_rate", "verification_failure_rate",
-    "thumbs_up_rate",
-}  # fmt: skip
+HIGHER_IS_BETTER = {"thumbs_up_rate", "cache_hit_ratio"}
 MIN_PER_ARM = 30
 """Below this many observations in an arm, no conclusion (the normal approximation)."""
 
@@ -46,25 +44,56 @@ class VariantSpec:
     share: float
 
 
-def _metric_columns() -> dict[str, ColumnElement[Any]]:
+def _metric_columns() -> dict[str, tuple[ColumnElement[Any], ColumnElement[Any]]]:
+    """Per metric: the request's value and whether the request counts for it (1/0).
+
+    Most metrics count every request; time to first token only streams that had one.
+    """
     u = UsageRecord
+    one: ColumnElement[Any] = cast(literal(1), Float)
+    has_ttft = cast(case((u.ttft_ms.is_not(None), 1), else_=0), Float)
     return {
-        "error_rate": cast(case((u.status >= 500, 1), else_=0), Float),
-        "latency_ms": cast(u.latency_ms, Float),
-        "cost_eur": cast(u.cost_eur, Float),
-        "tokens": cast(u.prompt_tokens + u.completion_tokens, Float),
-        "escalation_rate": cast(case((u.grounding == "escalated", 1), else_=0), Float),
-        "verification_failure_rate": cast(
-            case((u.grounding.in_(("flagged", "withheld")), 1), else_=0), Float
+        "error_rate": (cast(case((u.status >= 500, 1), else_=0), Float), one),
+        "latency_ms": (cast(u.latency_ms, Float), one),
+        "ttft_ms": (cast(func.coalesce(u.ttft_ms, 0.0), Float), has_ttft),
+        "cost_eur": (cast(u.cost_eur, Float), one),
+        "tokens": (cast(u.prompt_tokens + u.completion_tokens, Float), one),
+        "cache_hit_ratio": (cast(case((u.cache.like("hit%"), 1), else_=0), Float), one),
+        "escalation_rate": (cast(case((u.grounding == "escalated", 1), else_=0), Float), one),
+        "verification_failure_rate": (
+            cast(case((u.grounding.in_(("flagged", "withheld")), 1), else_=0), Float),
+            one,
         ),
     }
+
+
+def _per_unit(s: Any, per_request: list[Any], where: list[Any],
+              join: tuple[Any, Any] | None = None) -> tuple[Any, ...]:  # fmt: skip
+    """``per_request`` columns summed per unit, then count, sums, squares and cross
+    products over units (:class:`stats.RatioMoments`' fields, pairwise)."""
+    u = UsageRecord
+    unit = func.coalesce(u.unit, u.key_id).label("unit_id")
+    inner = select(unit, *[func.sum(c).label(f"c{i}") for i, c in enumerate(per_request)])
+    if join is not None:
+        inner = inner.select_from(join[0]).join(u, join[1])
+    sub = inner.where(and_(*where)).group_by(unit).subquery()
+    cols = [sub.c[f"c{i}"] for i in range(len(per_request))]
+    exprs: list[Any] = [func.count()]
+    for x, y in zip(cols[0::2], cols[1::2], strict=True):
+        exprs += [func.coalesce(func.sum(e), 0.0) for e in (x, x * x, y, y * y, x * y)]
+    return tuple(s.execute(select(*exprs).select_from(sub)).one())
 
 
 def variant_moments(
     db: Database, route: str, experiment_id: str, variant: str, since: datetime,
     until: datetime | None, metrics: list[str],
-) -> tuple[int, dict[str, stats.Moments]]:  # fmt: skip
-    """Requests served by one variant, and the moments of each asked-for metric."""
+) -> tuple[int, int, dict[str, stats.Moments]]:  # fmt: skip
+    """Requests and units served by one variant, and each asked-for metric's moments.
+
+    The moments are per unit (:class:`stats.RatioMoments` by the delta method): a unit
+    is the salted hash the router wrote in the usage record (``unit``), or the key for
+    records without one. Cache hits are the variant's too (their route carries it).
+    """
     u = UsageRecord
     marker = f"%experiment={experiment_id}:{variant};%"
     where = [u.model == route, u.route.like(marker), u.ts >= since]
@@ -72,26 +101,29 @@ def variant_moments(
         where.append(u.ts <= until)
     columns = _metric_columns()
     wanted = [m for m in metrics if m in columns]
-    exprs: list[Any] = [func.count()]
+    one = cast(literal(1), Float)
+    per_request: list[Any] = [one, one]  # requests per unit (twice: x and y of a pair)
     for m in wanted:
-        exprs += [func.coalesce(func.sum(columns[m]), 0.0),
-                  func.coalesce(func.sum(columns[m] * columns[m]), 0.0)]  # fmt: skip
+        per_request += list(columns[m])
     out: dict[str, stats.Moments] = {}
     with db.session(PLATFORM) as s:
-        row = s.execute(select(*exprs).where(and_(*where))).one()
-        n = int(row[0])
+        row = _per_unit(s, per_request, where)
+        units, requests = int(row[0]), int(float(row[3]))
         for i, m in enumerate(wanted):
-            out[m] = stats.Moments(float(n), float(row[1 + 2 * i]), float(row[2 + 2 * i]))
+            out[m] = _ratio(units, row[6 + 5 * i : 11 + 5 * i])
         if "thumbs_up_rate" in metrics:
-            rated = s.execute(
-                select(func.count(), func.coalesce(func.sum(case((Feedback.rating == "up", 1),
-                                                                 else_=0)), 0))
-                .join(u, and_(u.request_id == Feedback.request_id,
-                              u.tenant_id == Feedback.tenant_id))
-                .where(and_(*where))
-            ).one()  # fmt: skip
-            out["thumbs_up_rate"] = stats.Moments.of_counts(float(rated[1]), float(rated[0]))
-    return n, out
+            up = cast(case((Feedback.rating == "up", 1), else_=0), Float)
+            joined = (Feedback, and_(u.request_id == Feedback.request_id,
+                                     u.tenant_id == Feedback.tenant_id))  # fmt: skip
+            rated = _per_unit(s, [up, one], where, joined)
+            out["thumbs_up_rate"] = _ratio(int(rated[0]), rated[1:6])
+    return requests, units, out
+
+
+def _ratio(units: int, sums: Any) -> stats.Moments:
+    sx, sxx, sy, syy, sxy = (float(v) for v in sums)
+    moments = stats.RatioMoments(float(units), sx, sxx, sy, syy, sxy).as_moments()
+    return stats.Moments(float(moments.n), float(moments.total), float(moments.total_sq))
 
 
 def analyse(
@@ -108,16 +140,22 @@ def analyse(
 ) -> dict[str, Any]:
     metrics = [primary, *[g for g in guardrails if g != primary]]
     counts: list[int] = []
+    units: list[int] = []
     moments: list[dict[str, stats.Moments]] = []
     for v in variants:
-        n, per_metric = variant_moments(db, route, experiment_id, v.name, since, until, metrics)
+        n, k, per_metric = variant_moments(
+            db, route, experiment_id, v.name, since, until, metrics
+        )
         counts.append(n)
+        units.append(k)
         moments.append(per_metric)
-    srm = stats.srm_check([float(c) for c in counts], [v.share for v in variants])
+    # Units, not requests, are what the shares split (sticky assignment).
+    srm = stats.srm_check([float(c) for c in units], [v.share for v in variants])
     arms: list[dict[str, Any]] = []
     for i, v in enumerate(variants):
         arm: dict[str, Any] = {"name": v.name, "release_id": v.release_id, "share": v.share,
-                               "requests": counts[i], "metrics": {}}  # fmt: skip
+                               "requests": counts[i], "units": units[i],
+                               "metrics": {}}  # fmt: skip
         for m in metrics:
             mo = moments[i][m]
             entry: dict[str, Any] = {"n": mo.n, "mean": _num(mo.mean)}
@@ -133,7 +171,8 @@ def analyse(
         "primary_metric": primary,
         "guardrails": guardrails,
         "alpha": alpha,
-        "method": "sequential-normal-mixture (always valid); fixed-horizon tests alongside",
+        "method": "per unit (delta method); sequential-normal-mixture (always valid), "
+                  "fixed-horizon Welch test alongside",
         "srm": srm.as_dict(),
         "variants": arms,
         "decision": decision,
@@ -143,10 +182,10 @@ def analyse(
 def _compare(a: stats.Moments, b: stats.Moments, metric: str, alpha: float) -> dict[str, Any]:
     if float(a.n) < 2 or float(b.n) < 2:
         return {"sequential": None, "fixed": None, "enough_data": False}
-    proportion = metric in PROPORTIONS
-    seq = stats.sequential_test(a, b, alpha=alpha, proportion=proportion)
-    fixed = (stats.two_proportion_ztest(a, b, alpha=alpha) if proportion
-             else stats.welch_ttest(a, b, alpha=alpha))  # fmt: skip
+    # Per-unit moments carry the delta-method variance: no binomial shortcut for
+    # proportions (it would assume independent requests again).
+    seq = stats.sequential_test(a, b, alpha=alpha)
+    fixed = stats.welch_ttest(a, b, alpha=alpha)
     return {
         "sequential": seq.as_dict(),
         "fixed": fixed.as_dict(),

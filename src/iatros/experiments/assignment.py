@@ -47,8 +47,14 @@ def unit_value(unit: str, call: ChatCall) -> str:
 
 def bucket(salt: str, value: str) -> float:
     """A uniform position in [0, 100) for ``value`` under ``salt``."""
+    return placed(salt, value)[0]
+
+
+def placed(salt: str, value: str) -> tuple[float, str]:
+    """The bucket of ``value`` and a pseudonymous id of it (the digest's next 64 bits: the
+    usage record keeps it for the per-unit analysis, never the user or conversation)."""
     digest = hashlib.sha256(f"{salt}\x1f{value}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 * 100.0
+    return int.from_bytes(digest[:8], "big") / 2.0**64 * 100.0, digest[8:16].hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,26 +94,52 @@ class ReleaseSelector:
     def state(self, model: str) -> RouteState | None:
         return self._routes.get(model)
 
-    def select(self, model: str, call: ChatCall) -> tuple[ModelRouteConfig, str] | None:
+    def choose(self, model: str, call: ChatCall) -> Selection | None:
+        """The release serving this request (its variant, in an experiment or a rollout),
+        without touching ``call``: the chat service asks before the cache lookup (the
+        release is part of the cache key), the router applies it when planning."""
         state = self._routes.get(model)
         if state is None:
             return None
         if state.arms:
-            position = (
-                random.random() * 100.0  # a traffic split, not a secret
-                if state.kind == "rollout"
-                else bucket(state.salt, unit_value(state.unit, call))
-            )
+            unit: str | None = None
+            if state.kind == "rollout":
+                position = random.random() * 100.0  # a traffic split, not a secret
+            else:
+                position, unit = placed(state.salt, unit_value(state.unit, call))
             for arm in state.arms:
                 if position < arm.upper:
                     break
             label = f"{state.kind}={state.experiment_id}:{arm.name}; release={arm.release_id}"
-            apply_call(call, arm.call)
-            return arm.route, label
-        if state.route is None:
+            return Selection(arm.route, label, arm.release_id, arm.call, unit)
+        if state.route is None or state.release_id is None:
             return None
-        apply_call(call, state.call)
-        return state.route, f"release={state.release_id}"
+        return Selection(state.route, f"release={state.release_id}", state.release_id, state.call)
+
+    def select(self, model: str, call: ChatCall) -> tuple[ModelRouteConfig, str] | None:
+        """:meth:`choose`, applied to ``call`` (the release's system prompt, parameters)."""
+        chosen = self.choose(model, call)
+        if chosen is None:
+            return None
+        return chosen.apply(call), chosen.label
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What :meth:`ReleaseSelector.choose` decided for one request."""
+
+    route: ModelRouteConfig
+    label: str
+    """The routing decision's part: ``experiment=<id>:<variant>; release=<id>`` (the
+    analysis finds a variant's requests, cache hits included, by it)."""
+    release_id: str
+    call: dict[str, Any] = field(default_factory=dict)
+    unit: str | None = None
+    """The experiment's assignment unit, pseudonymised (:func:`placed`); None otherwise."""
+
+    def apply(self, call: ChatCall) -> ModelRouteConfig:
+        apply_call(call, self.call)
+        return self.route
 
 
 def apply_call(call: ChatCall, overrides: dict[str, Any]) -> None:

@@ -26,12 +26,13 @@ versioned by the agents package, not here."""
 
 EXPERIMENT_STATUSES = ("draft", "running", "stopped", "promoted")
 UNITS = ("key", "user", "conversation")
-# No cache hit rate: a cache hit is served before routing, so it never carries a variant
-# (cached answers are shared by the variants: switch the route's cache off to compare
-# fresh answers only).
+# A cache hit carries its variant: the release chosen for a request is part of its cache
+# key, so variants never share answers and the cache hit ratio is a metric like any other.
 METRICS = (
     "error_rate",
     "latency_ms",
+    "ttft_ms",
+    "cache_hit_ratio",
     "cost_eur",
     "tokens",
     "escalation_rate",

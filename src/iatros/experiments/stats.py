@@ -92,6 +92,58 @@ class Moments:
 
 
 @dataclass(frozen=True)
+class RatioMoments:
+    """Per-unit sufficient statistics of a ratio metric ``sum(x) / sum(y)`` over units.
+
+    Assignment is sticky per unit (a key, a user, a conversation), so one unit's
+    requests are correlated (a user who asks hard questions gets slow answers every
+    time); treating each request as independent understates the variance and makes
+    noise look significant. Aggregated per unit — ``x_u`` the metric's sum over the
+    unit's requests (errors, milliseconds, euros), ``y_u`` how many requests it counts —
+    the units are independent, and the request-level mean is the ratio of two unit
+    means. Its variance comes from the **delta method** (Deng, Knoblich, Lu, "Applying
+    the Delta Method in Metric Analytics", KDD 2018), as GrowthBook's gbstats does for
+    its ratio metrics (``RatioStatistic``, MIT licence; re-derived here, not copied):
+
+        Var(mean_x / mean_y) ~ (var_x / my^2 - 2 mx cov_xy / my^3 + mx^2 var_y / my^4) / n
+
+    ``as_moments`` re-expresses that as :class:`Moments` with ``n`` units, the ratio as
+    mean and ``n * Var`` as variance, so every test here (Welch, sequential) runs on it
+    unchanged and counts units, not requests.
+    """
+
+    n: Number
+    sum_x: Number
+    sum_xx: Number
+    sum_y: Number
+    sum_yy: Number
+    sum_xy: Number
+
+    @property
+    def ratio(self) -> Number:
+        return _div(self.sum_x, self.sum_y)
+
+    def ratio_variance(self) -> Number:
+        """The delta-method variance of the ratio estimate (0 below two units)."""
+        n = _f(self.n)
+        n1 = np.maximum(n - 1.0, 1.0)
+        mx, my = _f(_div(self.sum_x, n)), _f(_div(self.sum_y, n))
+        vx = (_f(self.sum_xx) - n * mx * mx) / n1
+        vy = (_f(self.sum_yy) - n * my * my) / n1
+        cxy = (_f(self.sum_xy) - n * mx * my) / n1
+        my_safe = np.where(my > 0, my, 1.0)
+        var = (vx / my_safe**2 - 2 * mx * cxy / my_safe**3 + mx * mx * vy / my_safe**4) / n
+        return _out(np.where((n > 1) & (my > 0), np.maximum(var, 0.0), 0.0))
+
+    def as_moments(self) -> Moments:
+        n = _f(self.n)
+        ratio = np.nan_to_num(_f(self.ratio))
+        unit_var = n * _f(self.ratio_variance())
+        total_sq = unit_var * np.maximum(n - 1.0, 0.0) + n * ratio * ratio
+        return Moments(_out(n), _out(n * ratio), _out(total_sq))
+
+
+@dataclass(frozen=True)
 class Comparison:
     """B against A (the baseline): absolute and relative effects with their intervals.
 

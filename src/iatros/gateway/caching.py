@@ -82,13 +82,18 @@ class CacheStep:
         ttl_s: int | None,
         collection: str | None = None,
         collection_version: str | None = None,
+        release_id: str | None = None,
     ) -> CacheRequest:
+        """``release_id``: the release chosen for the request (an experiment's variant);
+        it scopes the entry, so variants whose model, parameters or system prompt differ
+        never serve each other's answers (and a promoted release starts afresh)."""
         params: dict[str, Any] = {k: getattr(call, k) for k in _PARAMS}
         params.update(call.extra)
+        scope = pin or (f"release={release_id}" if release_id else "")
         return CacheRequest(
             tenant=ctx.principal.tenant,
             model=ctx.model,
-            deployment_scope=pin or "",
+            deployment_scope=scope,
             messages=call.messages,
             params=params,
             patient_id=ctx.patient_id,
@@ -115,7 +120,8 @@ class CacheStep:
             return None
         ctx.cache = f"hit-{hit.kind}"
         ctx.deployment = hit.deployment
-        ctx.route = f"{req.model}; cache={hit.kind}"
+        release = f"; {ctx.release}" if ctx.release else ""
+        ctx.route = f"{req.model}{release}; cache={hit.kind}"
         if hit.similarity is not None:
             ctx.route += f"; similarity={hit.similarity:.3f}"
         ctx.usage = Usage(hit.prompt_tokens, hit.completion_tokens)

@@ -37,7 +37,7 @@ from iatros.gateway.verification import Policy
 from iatros.governance.service import Governance
 from iatros.observability.spans import retrieved, span
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta
-from iatros.routing.router import estimate_prompt_tokens
+from iatros.routing.router import Selection, estimate_prompt_tokens
 
 T = TypeVar("T")
 
@@ -187,6 +187,8 @@ class ChatService:
                 ctx.deployment = ""
                 ctx.grounding = "reviewed"
                 return Answer(reviewed_message(grounding), "stop", grounding)
+        bind_units(ctx.principal.key_id, call.user, request.conversation_id)  # experiments
+        selection = gw.choose_release(ctx, request.model, call, pin=request.pin)
         cache_req = gw.cache.request(
             ctx,
             call,
@@ -194,12 +196,13 @@ class ChatService:
             ttl_s=request.cache_ttl_s,
             collection=collection,
             collection_version=grounding.version if grounding else None,
+            release_id=selection.release_id if selection is not None else None,
         )
         hit = await gw.cache.lookup(ctx, cache_req, request.cache_mode)
         if grounding is None:
             if hit is not None:
                 return Answer(hit.message, hit.finish_reason, None, cached=hit)
-            return await self._call(ctx, request, call, cache_req, guard)
+            return await self._call(ctx, request, call, cache_req, guard, selection=selection)
         policy = self.safety.policy(route.verification if route else None)
         if hit is not None:
             # Stored only when verified; checked again for the trust signal, and in case
@@ -212,7 +215,9 @@ class ChatService:
         original = call.messages
         call.messages = grounding.messages
         try:
-            return await self._call(ctx, request, call, cache_req, guard, grounding, policy)
+            return await self._call(
+                ctx, request, call, cache_req, guard, grounding, policy, selection=selection
+            )
         except GatewayError:
             ctx.grounding = "escalated"
             await self.safety.escalate(
@@ -229,11 +234,12 @@ class ChatService:
         guard: CallGuard | None,
         grounding: Grounding | None = None,
         policy: Policy = "off",
+        *,
+        selection: Selection | None = None,
     ) -> Answer | Streaming:
         """Plan and call the model; verify a grounded answer before it is stored or given."""
         gw = self.gateway
-        bind_units(ctx.principal.key_id, call.user, request.conversation_id)  # experiments
-        plan = gw.plan(ctx, request.model, call, pin=request.pin)
+        plan = gw.plan(ctx, request.model, call, pin=request.pin, selection=selection)
         if request.stream:
             opening = gw.open_stream(ctx, plan, call)
             first, deltas = await (guard(opening) if guard is not None else opening)

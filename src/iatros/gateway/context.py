@@ -32,6 +32,11 @@ class RequestContext:
     route: str = ""
     """Why that deployment (``x-iatros-route``)."""
     cache: str = "bypass"
+    release: str = ""
+    """The release chosen for the request (``release=<id>``, or an experiment's or a
+    canary's arm): kept so that a cache hit's route names its variant too."""
+    unit: str | None = None
+    """In an experiment: the salted hash of the unit it was assigned by (usage record)."""
     grounding: str = ""
     """For grounded answers: ``supported``, ``no-details``, ``flagged``, ``withheld``,
     ``escalated`` or ``reviewed`` (journaled with the usage record)."""

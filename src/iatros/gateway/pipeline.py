@@ -40,7 +40,7 @@ from iatros.providers.base import ChatCall, ChatResult, Provider, StreamDelta
 from iatros.providers.registry import build_provider
 from iatros.routing.health import DeploymentHealth, State
 from iatros.routing.probes import Prober
-from iatros.routing.router import Deployment, Plan, Router
+from iatros.routing.router import Deployment, Plan, Router, Selection
 
 log = logging.getLogger("iatros.gateway")
 DEFAULT_DEADLINE_S = 300.0
@@ -200,11 +200,32 @@ class Gateway:
 
     # -- step: choose the deployments -----------------------------------------
 
-    def plan(
+    def choose_release(
         self, ctx: RequestContext, model: str, call: ChatCall, *, pin: str | None = None
+    ) -> Selection | None:
+        """The release (an experiment's variant, a canary's arm) serving this request,
+        chosen before the cache lookup so that the release is part of the cache key and a
+        hit is counted for its variant; None without releases or for a pinned deployment."""
+        selector = self.router.releases
+        if pin is not None or selector is None or model not in self.settings.models:
+            return None
+        chosen = selector.choose(model, call)
+        if chosen is not None:
+            ctx.release = chosen.label
+            ctx.unit = chosen.unit
+        return chosen
+
+    def plan(
+        self,
+        ctx: RequestContext,
+        model: str,
+        call: ChatCall,
+        *,
+        pin: str | None = None,
+        selection: Selection | None = None,
     ) -> Plan:
         ctx.model = model
-        plan = self.router.plan(model, call, pin)
+        plan = self.router.plan(model, call, pin, selection)
         ctx.route = plan.decision
         ctx.deployment = plan.candidates[0].name
         return plan

@@ -39,8 +39,9 @@ from iatros.store.db import Database, database_url
 
 log = logging.getLogger("iatros.governance")
 KEY_CACHE_S = 5.0
-BILLABLE = frozenset({"chat", "embeddings", "audio", "scribe"})
-"""Endpoints that get a usage record (one per request)."""
+BILLABLE = frozenset({"chat", "embeddings", "audio", "scribe", "agent"})
+"""Endpoints that get a usage record (one per request); ``agent`` is each model call of an
+agent (the ``agent:<name>`` chat request itself carries no tokens of its own)."""
 
 
 class BudgetExceeded(GatewayError):
@@ -313,6 +314,8 @@ class Governance:
         record["completion_tokens"] = ctx.usage.completion_tokens
         record["cost_eur"] = round(cost, 8)
         record["latency_ms"] = round(ctx.elapsed_s() * 1000, 3)
+        record["ttft_ms"] = round(ctx.ttft_s * 1000, 3) if ctx.ttft_s is not None else None
+        record["unit"] = ctx.unit
         usage.append(record)
         self.spend.add(ctx.principal.key_id, ctx.principal.tenant, cost)
         if ctx.patient_id is not None:

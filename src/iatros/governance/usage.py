@@ -39,13 +39,16 @@ _COLUMNS = (
     "cost_eur",
     "latency_ms",
     "grounding",
+    "ttft_ms",
+    "unit",
 )
-_DEFAULTS = {"grounding": ""}
+_DEFAULTS: dict[str, Any] = {"grounding": "", "ttft_ms": None, "unit": None}
 """Columns added after the first release: journals written before them lack the field."""
 
 
 _TEXT_COLUMNS = frozenset((*_COLUMNS[:9], "grounding"))
 _INT_COLUMNS = frozenset(("status", "prompt_tokens", "completion_tokens"))
+_NULLABLE = frozenset(("ttft_ms", "unit"))
 
 
 def usage_problem(record: object) -> str | None:
@@ -59,7 +62,9 @@ def usage_problem(record: object) -> str | None:
         return "not_an_object"
     for column in _COLUMNS:
         value = record.get(column, _DEFAULTS.get(column))
-        if column in _TEXT_COLUMNS:
+        if value is None and column in _NULLABLE:
+            continue
+        if column in _TEXT_COLUMNS or column == "unit":
             ok = isinstance(value, str)
         elif column in _INT_COLUMNS:
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -91,7 +96,7 @@ def store_usage(db: Database, records: list[dict[str, Any]]) -> None:
     timestamp = _sqlite_ts if dialect.name == "sqlite" else _utc
     params: list[Any] = []
     for record in records:
-        if "grounding" not in record:
+        if "unit" not in record:  # written before the newest columns
             record = {**_DEFAULTS, **record}
         row = _row(record)
         params.append(row[0])

@@ -58,11 +58,32 @@ class Plan:
     routing may try them, once each, if every admitted one fails."""
 
 
+class Selection(Protocol):
+    """A release chosen for one request (``iatros.experiments.assignment.Selection``)."""
+
+    @property
+    def label(self) -> str:
+        """For x-iatros-route: ``release=<id>``, or the experiment's variant and release."""
+        ...
+
+    @property
+    def release_id(self) -> str: ...
+
+    @property
+    def unit(self) -> str | None:
+        """An experiment's assignment unit, hashed with its salt (None for a canary)."""
+        ...
+
+    def apply(self, call: ChatCall) -> ModelRouteConfig:
+        """Give ``call`` the release's parameters; the route policy to plan with."""
+        ...
+
+
 class ReleaseSelection(Protocol):
     """Experiments and the release registry (``iatros.experiments``) choose the policy a
-    route serves: ``(route policy, label for x-iatros-route)`` or None for the config's."""
+    route serves, or None for the config's."""
 
-    def select(self, model: str, call: ChatCall) -> tuple[ModelRouteConfig, str] | None: ...
+    def choose(self, model: str, call: ChatCall) -> Selection | None: ...
 
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -95,7 +116,16 @@ class Router:
 
     # -- planning ---------------------------------------------------------------
 
-    def plan(self, model: str, call: ChatCall, pin: str | None = None) -> Plan:
+    def plan(
+        self,
+        model: str,
+        call: ChatCall,
+        pin: str | None = None,
+        selection: Selection | None = None,
+    ) -> Plan:
+        """The deployments to try, in order, and why. ``selection``: the release the chat
+        service already chose for this request (before its cache lookup); else the
+        selector is asked here."""
         route = self.settings.models.get(model)
         if route is None:
             deployment = self.deployments.get(model)
@@ -119,11 +149,11 @@ class Router:
             return self._with_route(Plan(model, pinned, f"{model}; pinned={pin}"), route)
 
         release = ""
-        if self.releases is not None:
-            chosen = self.releases.select(model, call)
-            if chosen is not None:
-                route, label = chosen
-                release = f"; {label}"
+        if selection is None and self.releases is not None:
+            selection = self.releases.choose(model, call)
+        if selection is not None:
+            route = selection.apply(call)
+            release = f"; {selection.label}"
         ordered, why, complexity = self._order(route, call)
         chain = self._dedup(ordered + self._fallback_chain(route, {model}))
         fitting = self._check_context(chain, call, model)

@@ -74,6 +74,10 @@ class UsageRecord(TenantScoped, Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     grounding: Mapped[str] = mapped_column(String(16), default="")
     """The safety outcome of a grounded answer (see ``RequestContext.grounding``)."""
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Time to first token of a stream (migration 0012); NULL for complete answers."""
+    unit: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """A request in an experiment: salted hash of its assignment unit (per-unit analysis)."""
 
 
 class AuditRecord(TenantScoped, Base):
