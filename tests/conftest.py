@@ -33,6 +33,12 @@ ADMIN_KEY = "sk-test-admin-0123456789abcdefghij"
 for _name in list(os.environ):
     if _name.startswith("IATROS_") and not _name.startswith("IATROS_TEST_"):
         del os.environ[_name]
+# Load shedding (server.shed_lag_ms, 500 ms by default) refuses chat requests while the
+# event loop runs late. On a CI machine shared with browsers and model loads a worker can
+# lag that much without being overloaded by its own clients, and a 429 would fail a test
+# about something else; the suite keeps shedding on but only for extreme stalls.
+# tests/test_shedding.py tests the mechanism itself with its own budget.
+os.environ["IATROS_SERVER__SHED_LAG_MS"] = "5000"
 
 
 def free_port() -> int:

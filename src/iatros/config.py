@@ -56,6 +56,9 @@ class ServerSettings(_Strict):
     request_timeout_s: float = Field(300.0, gt=0)
     stall_log_ms: float = Field(500.0, ge=0)
     """An event loop silent this long is logged with where it is stuck; 0 turns it off."""
+    shed_lag_ms: float = Field(500.0, ge=0)
+    """Load shedding: while the event loop runs this late, new chat/embedding requests get
+    429 ``overloaded`` with ``Retry-After`` at once (api/shedding.py); 0 turns it off."""
     allowed_hosts: list[str] = Field(default_factory=list)
     """Names clients reach the server by (``Host``); others get 403 ``forbidden_host``
     (DNS rebinding). Empty: automatic (loopback names, the bind address and IP literals

@@ -49,6 +49,7 @@ from iatros.api.ops import add_ops_routes
 from iatros.api.origin_guard import OriginGuard
 from iatros.api.reviews import add_review_routes
 from iatros.api.scribe import add_scribe_routes
+from iatros.api.shedding import LoadShedder
 from iatros.api.shutdown import Drain
 from iatros.config import Settings, load_settings
 from iatros.errors import GatewayError, InvalidRequest, NotFound
@@ -70,9 +71,10 @@ class IatrosApp(FastAPI):
     failure themselves; this only skips the layers between the server and them.
     """
 
-    def __init__(self, *, guard: OriginGuard, **kwargs: Any) -> None:
+    def __init__(self, *, guard: OriginGuard, shedder: LoadShedder, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.guard = guard
+        self.shedder = shedder
         self.fast_routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,6 +85,10 @@ class IatrosApp(FastAPI):
                 return
             handler = self.fast_routes.get((scope["method"], scope["path"]))
             if handler is not None:
+                shed = self.shedder.refusal(scope["path"])
+                if shed is not None:
+                    await error_response(shed)(scope, receive, send)
+                    return
                 scope["app"] = self
                 try:
                     response = await handler(Request(scope, receive, send))
@@ -131,6 +137,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
 
     app = IatrosApp(
         guard=OriginGuard.from_settings(settings),
+        shedder=LoadShedder(settings.server.shed_lag_ms, gw.metrics.requests_shed.inc),
         title="Iatros",
         version=__version__,
         description="OpenAI-compatible gateway for clinical assistants.",

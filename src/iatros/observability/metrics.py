@@ -185,6 +185,12 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.requests_shed = Counter(
+            "iatros_requests_shed",
+            "Chat/embedding requests refused with 429 overloaded because the event loop ran "
+            "later than server.shed_lag_ms (load shedding)",
+            registry=self.registry,
+        )
         self.loop_stalls = Counter(
             "iatros_event_loop_stalls",
             "Times the event loop ran nothing for server.stall_log_ms or more; each is logged "
