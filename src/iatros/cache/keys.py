@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from iatros.cache.model import CacheRequest
+from iatros.image_parts import part_digest
 
 KEY_VERSION = 1
 
@@ -48,13 +49,34 @@ def _text(value: str) -> str:
     return value.strip()
 
 
+class _Unkeyable(Exception):
+    """The request holds something that must not be cached (an image behind a URL)."""
+
+
 def _message(message: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in message.items():
         if value is None:
             continue
-        out[name] = _text(value) if name == "content" and isinstance(value, str) else value
+        if name == "content" and isinstance(value, str):
+            value = _text(value)
+        elif name == "content" and isinstance(value, list):
+            value = [_part(part) for part in value]
+        out[name] = value
     return out
+
+
+def _part(part: Any) -> Any:
+    """An image is keyed by the SHA-256 of its bytes, never by its base64 text (equal
+    images share entries however encoded; the key material never holds the image).
+    An image behind a remote URL can change: such requests are not cached."""
+    if not isinstance(part, dict) or part.get("type") != "image_url":
+        return part
+    digest = part_digest(part)
+    if digest is None:
+        raise _Unkeyable
+    image = part.get("image_url") or {}
+    return {"type": "image_url", "image": digest, "detail": image.get("detail", "auto")}
 
 
 def normalize_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +129,10 @@ class KeyMaker:
 
     def exact_key(self, req: CacheRequest) -> str | None:
         """The entry id of this exact request, or None when it cannot be keyed."""
-        messages = [_message(m) for m in req.messages]
+        try:
+            messages = [_message(m) for m in req.messages]
+        except _Unkeyable:
+            return None
         return self._digest(["exact", KEY_VERSION, *self._common(req), messages])
 
     def tags(self, req: CacheRequest) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ import re
 
 from iatros.cache.guard import normalize_text
 from iatros.cache.model import CacheRequest, RequestType
+from iatros.image_parts import has_images
 
 _NOT_WORD = str.maketrans({c: " " for c in '!"#$%&()*+,./:;<=>?@[\\]^`{|}~'})
 
@@ -189,8 +190,9 @@ def _classify(text: str) -> RequestType:
 
 
 def classify(req: CacheRequest) -> RequestType:
-    """``patient`` when the request names a patient or its user text reads like one."""
-    if req.patient_id is not None:
+    """``patient`` when the request names a patient, holds an image (a radiograph, a
+    photo of a lesion: patient data in itself) or its user text reads like one."""
+    if req.patient_id is not None or has_images(req.messages):
         return "patient"
     parts: list[str] = []
     for message in req.messages:

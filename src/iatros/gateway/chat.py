@@ -35,6 +35,7 @@ from iatros.gateway.pipeline import Gateway
 from iatros.gateway.safety import Escalations, SafetyStep
 from iatros.gateway.verification import Policy
 from iatros.governance.service import Governance
+from iatros.image_parts import check_images, redacted
 from iatros.observability.spans import retrieved, span
 from iatros.providers.base import ChatCall, ChatResult, StreamDelta
 from iatros.routing.router import Selection, estimate_prompt_tokens
@@ -156,12 +157,13 @@ class ChatService:
         gw = self.gateway
         call = request.call
         ctx.model = request.model
+        check_images(call.messages, self.settings.images)  # a precise 400 before anything
         if request.patient_id is not None:
             ctx.patient_id = request.patient_id
         with span(ctx.trace, "admission"):
             await self.governance.admit(ctx, estimate_prompt_tokens(call.messages))
         if self.settings.log_content:
-            ctx.content = {"messages": call.messages}
+            ctx.content = {"messages": redacted(call.messages)}  # digests, never image bytes
         route = self.settings.models.get(request.model)
         collection = request.knowledge or (route.knowledge if route else None)
         grounding: Grounding | None = None

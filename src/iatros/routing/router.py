@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from iatros.config import DeploymentConfig, ModelRouteConfig, RetrySettings, Settings
 from iatros.errors import InvalidRequest, ModelNotFound
+from iatros.image_parts import has_images, image_tokens
 from iatros.providers.base import ChatCall, Provider
 from iatros.routing.classifier import Complexity, score
 from iatros.routing.health import DeploymentHealth
@@ -89,15 +90,20 @@ class ReleaseSelection(Protocol):
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """A conservative token estimate (about 3.5 characters a token, plus per-message framing)."""
     chars = 0
+    images = 0
     for message in messages:
         content = message.get("content")
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
-            chars += sum(
-                len(str(part.get("text", ""))) for part in content if isinstance(part, dict)
-            )
-    return int(chars / 3.5) + 4 * len(messages)
+            for part in content:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "image_url":
+                    images += image_tokens(part)
+                else:
+                    chars += len(str(part.get("text", "")))
+    return int(chars / 3.5) + 4 * len(messages) + images
 
 
 class Router:
@@ -135,7 +141,7 @@ class Router:
                     "GET /v1/models lists the available ones.",
                     param="model",
                 )
-            self._check_context([deployment], call, model)
+            self._check_context(self._vision_only([deployment], call, model), call, model)
             return Plan(model, [deployment], "direct")
         if pin is not None:
             if pin not in route.deployments:
@@ -145,7 +151,7 @@ class Router:
                     param="iatros.deployment",
                 )
             pinned = [self.deployments[pin]]
-            self._check_context(pinned, call, model)
+            self._check_context(self._vision_only(pinned, call, model), call, model)
             return self._with_route(Plan(model, pinned, f"{model}; pinned={pin}"), route)
 
         release = ""
@@ -156,7 +162,7 @@ class Router:
             release = f"; {selection.label}"
         ordered, why, complexity = self._order(route, call)
         chain = self._dedup(ordered + self._fallback_chain(route, {model}))
-        fitting = self._check_context(chain, call, model)
+        fitting = self._check_context(self._vision_only(chain, call, model), call, model)
         usable = [d for d in fitting if self.health[d.name].available()]
         panic = len(usable) < len(fitting) and (
             not usable or len(usable) < self.settings.routing.panic_threshold * len(fitting)
@@ -166,7 +172,8 @@ class Router:
         decision = f"{model}{release}; strategy={route.strategy}{detail}; pick={candidates[0].name}"
         if candidates[0] is not ordered[0]:
             skipped = ordered[0].name
-            decision += f"; skipped={skipped}({self._skip_reason(ordered[0], fitting)})"
+            reason = self._skip_reason(ordered[0], fitting, has_images(call.messages))
+            decision += f"; skipped={skipped}({reason})"
         plan = Plan(model, candidates, decision, complexity=complexity, panic=panic)
         return self._with_route(plan, route)
 
@@ -200,9 +207,11 @@ class Router:
         plan.deadline_s = route.deadline_s
         return plan
 
-    def _skip_reason(self, deployment: Deployment, fitting: list[Deployment]) -> str:
+    def _skip_reason(
+        self, deployment: Deployment, fitting: list[Deployment], images: bool = False
+    ) -> str:
         if deployment not in fitting:
-            return "context"
+            return "text-only" if images and not deployment.config.vision else "context"
         return f"breaker-{self.health[deployment.name].current_state().value}"
 
     def _order(
@@ -280,6 +289,35 @@ class Router:
                 seen.add(deployment.name)
                 out.append(deployment)
         return out
+
+    def _vision_only(
+        self, chain: list[Deployment], call: ChatCall, model: str
+    ) -> list[Deployment]:
+        """With images in the request, the deployments that read images (``vision:
+        true``); a 400 naming the model when none of its deployments does. Without images,
+        ``chain`` as it is (one pass over the messages, no allocation)."""
+        if not has_images(call.messages):
+            return chain
+        vision = [d for d in chain if d.config.vision]
+        if vision:
+            return vision
+        names = ", ".join(d.name for d in chain)
+        able = [
+            name
+            for name, route in self.settings.models.items()
+            if any(self.deployments[d].config.vision for d in route.deployments)
+        ]
+        hint = (
+            f"Models that can: {', '.join(able)}."
+            if able
+            else "No deployment declares 'vision: true' (deployments.<name>.vision)."
+        )
+        raise InvalidRequest(
+            f"The model {model!r} cannot read images: none of its deployments ({names}) "
+            f"is vision-capable. {hint}",
+            param="model",
+            code="model_not_vision_capable",
+        )
 
     @staticmethod
     def _check_context(chain: list[Deployment], call: ChatCall, model: str) -> list[Deployment]:
