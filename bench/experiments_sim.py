@@ -20,6 +20,9 @@ numpy arrays holding thousands of simulated experiments at once, and writes
    at 10k to 1M units: how often the chi-square check (p < 0.001) raises the alarm, and
    how often it raises a false alarm with no bias.
 4. **CUPED** — variance reduction with a pre-period covariate, and that A/A stays honest.
+5. **Unit-clustered A/A** — assignment by unit, each unit sending many correlated
+   requests: the per-request analysis' false positives against the per-unit (delta
+   method) analysis the gateway runs, which must stay at or below alpha (+ 2 SE).
 
 ``--smoke`` runs a few hundred experiments in seconds (tests call it) and writes
 nothing unless ``--out`` is given.
@@ -139,6 +142,96 @@ def aa_section(rng: np.random.Generator, experiments: int, days: int) -> list[di
             "bound": round(ALPHA + 2 * bound_se, 4),
             "ok": seq["rate"] <= ALPHA + 2 * bound_se,
         })
+    return rows
+
+
+def clustered_aa(
+    rng: np.random.Generator, *, experiments: int, days: int, units: int, metric: str
+) -> dict[str, Any]:
+    """A/A experiments assigned by unit (a key, a user), each unit sending many correlated
+    requests: its own error rate (Beta, mean 5 %, very uneven) or its own typical latency
+    (log-normal), and its own request rate (log-normal: a few heavy users). Looked at
+    daily, analysed per request (what the gateway did before) and per unit (delta method,
+    what ``analysis.py`` does now)."""
+    arm_b = rng.random((experiments, units)) < 0.5
+    rate_u = rng.lognormal(np.log(3.0), 1.0, (experiments, units))  # requests per day
+    if metric == "error_rate":
+        level = rng.beta(0.25, 4.75, (experiments, units))
+    else:
+        level = rng.lognormal(np.log(1200.0), 0.5, (experiments, units))
+    x = np.zeros((experiments, units))
+    x2 = np.zeros((experiments, units))  # per-request squares, for the request-level test
+    y = np.zeros((experiments, units))
+    flags = {k: np.zeros(experiments, dtype=bool) for k in ("req_seq", "unit_seq")}
+    for _ in range(days):
+        req = rng.poisson(rate_u)
+        if metric == "error_rate":
+            dx = rng.binomial(req, level).astype(np.float64)
+            dx2 = dx
+        else:  # the sum of req log-normal latencies around the unit's level, by moments
+            sigma = 0.4
+            mean = level * np.exp(sigma**2 / 2)
+            var = level**2 * (np.exp(sigma**2) - 1) * np.exp(sigma**2)
+            dx = np.maximum(req * mean + np.sqrt(req * var) * rng.standard_normal(req.shape), 0)
+            dx2 = req * (var + mean**2)
+        x += dx
+        x2 += dx2
+        y += req
+        req_arms, unit_arms = [], []
+        for mask in (~arm_b, arm_b):
+            seen = (y > 0) & mask
+            sx, sy = (x * mask).sum(1), (y * mask).sum(1)
+            req_arms.append(S.Moments(sy, sx, (x2 * mask).sum(1)))
+            unit_arms.append(
+                S.RatioMoments(
+                    seen.sum(1).astype(np.float64), sx, (x * x * mask).sum(1), sy,
+                    (y * y * mask).sum(1), (x * y * mask).sum(1),
+                ).as_moments()
+            )  # fmt: skip
+        proportion = metric == "error_rate"
+        flags["req_seq"] |= np.asarray(
+            S.sequential_test(*req_arms, alpha=ALPHA, proportion=proportion).significant
+        )
+        flags["unit_seq"] |= np.asarray(S.sequential_test(*unit_arms, alpha=ALPHA).significant)
+    req_fixed = (
+        S.two_proportion_ztest(*req_arms, alpha=ALPHA)
+        if metric == "error_rate"
+        else S.welch_ttest(*req_arms, alpha=ALPHA)
+    )
+    return {
+        "request_level_sequential": flags["req_seq"],
+        "request_level_fixed_final": np.asarray(req_fixed.significant),
+        "unit_level_sequential": flags["unit_seq"],
+        "unit_level_fixed_final": np.asarray(
+            S.welch_ttest(*unit_arms, alpha=ALPHA).significant
+        ),
+        "requests_per_arm": float(y.sum(1).mean() / 2),
+    }
+
+
+def clustered_section(
+    rng: np.random.Generator, experiments: int, days: int
+) -> list[dict[str, Any]]:
+    rows = []
+    bound = ALPHA + 2 * float(np.sqrt(ALPHA * (1 - ALPHA) / experiments))
+    for metric, units in (("error_rate", 400), ("latency", 400)):
+        r = clustered_aa(rng, experiments=experiments, days=days, units=units, metric=metric)
+        unit_seq = rate(r["unit_level_sequential"])
+        unit_fixed = rate(r["unit_level_fixed_final"])
+        rows.append({
+            "metric": metric,
+            "units": units,
+            "days_peeked": days,
+            "experiments": experiments,
+            "requests_per_arm": round(r["requests_per_arm"]),
+            "request_level_sequential": rate(r["request_level_sequential"]),
+            "request_level_fixed_final": rate(r["request_level_fixed_final"]),
+            "unit_level_sequential": unit_seq,
+            "unit_level_fixed_final": unit_fixed,
+            "bound": round(bound, 4),
+            # The decision uses the sequential test; the fixed test is shown beside it.
+            "ok": unit_seq["rate"] <= bound,
+        })  # fmt: skip
     return rows
 
 
@@ -277,6 +370,32 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         lines.append(
             f"| {r['bias']} | {r['b_share']} | {r['units']:,} | {r['alarm_rate']['rate']:.3f} |"
         )
+    lines += [
+        "",
+        "## Unit-clustered A/A (assignment by unit, many correlated requests per unit)",
+        "",
+        "Each unit has its own error rate or typical latency and its own request rate "
+        "(a few heavy users); analysed per request, as if requests were independent, and "
+        "per unit (delta method, as `experiments/analysis.py` does). `ok` is the "
+        "per-unit sequential test (the one the promotion decision uses) within the bound; "
+        "the per-unit fixed test at the last day is shown for comparison (the delta "
+        "method is asymptotic: with 200 heavy-tailed units per arm it can sit a little "
+        "above alpha).",
+        "",
+        "| metric | units | requests/arm | days | experiments | per request, sequential "
+        "| per request, fixed final | per unit, sequential | per unit, fixed final "
+        "| bound | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result.get("clustered", []):
+        lines.append(
+            f"| {r['metric']} | {r['units']} | {r['requests_per_arm']:,} | {r['days_peeked']} "
+            f"| {r['experiments']} | {r['request_level_sequential']['rate']:.3f} "
+            f"| {r['request_level_fixed_final']['rate']:.3f} "
+            f"| {r['unit_level_sequential']['rate']:.3f} "
+            f"| {r['unit_level_fixed_final']['rate']:.3f} | {r['bound']:.3f} "
+            f"| {'yes' if r['ok'] else 'NO'} |"
+        )
     c = result["cuped"]
     lines += [
         "",
@@ -316,9 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     result["power"] = power_section(rng, max(experiments // 2, 100), days)
     result["srm"] = srm_section(rng, experiments)
     result["cuped"] = cuped_section(rng, min(experiments, 500))
+    result["clustered"] = clustered_section(rng, experiments, days)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    result["all_ok"] = all(r["ok"] for r in result["aa"]) and all(
-        r["within_3_se"] for r in result["power"]
+    result["all_ok"] = (
+        all(r["ok"] for r in result["aa"])
+        and all(r["within_3_se"] for r in result["power"])
+        and all(r["ok"] for r in result["clustered"])
     )
     out = args.out or (None if args.smoke else RESULTS / "experiments-sim.json")
     if out is not None:

@@ -102,6 +102,9 @@ def test_simulation_smoke(tmp_path: Path) -> None:
     naive = np.mean([r["naive_daily_peeking_false_positive"]["rate"] for r in result["aa"]])
     assert naive > 0.08
     assert (tmp_path / "sim.md").exists()
+    for row in result["clustered"]:  # per request inflates, per unit does not
+        assert row["unit_level_sequential"]["rate"] <= 0.05 + 3 * 0.0155
+        assert row["request_level_fixed_final"]["rate"] > 0.2
 
 
 def test_committed_results_meet_the_issue() -> None:
@@ -110,3 +113,5 @@ def test_committed_results_meet_the_issue() -> None:
     assert all(r["experiments"] >= 1000 for r in result["aa"])
     assert all(r["sequential_false_positive"]["rate"] <= r["bound"] for r in result["aa"])
     assert all(r["within_3_se"] for r in result["power"])
+    clustered = result["clustered"]
+    assert clustered and all(r["experiments"] >= 1000 and r["ok"] for r in clustered)
