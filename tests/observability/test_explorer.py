@@ -176,3 +176,28 @@ def test_tenants_roles_and_bad_input(
         assert error["param"] == param and error["type"] == "invalid_request_error"
     with server.http(keys["a-admin"]) as client:
         assert client.get("/admin/requests/req%00x").status_code == 400
+
+
+def test_streams_record_their_time_to_first_token(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The usage record keeps a stream's time to first token (an experiment metric and
+    guardrail); a complete answer has none."""
+    server = server_factory(_config(tmp_path))
+    with server.http() as client:
+        body = {"model": "assistant", "stream": True,
+                "messages": [{"role": "user", "content": "Stream me an answer."}]}  # fmt: skip
+        with client.stream("POST", "/v1/chat/completions", json=body) as streamed:
+            assert streamed.status_code == 200
+            stream_id = streamed.headers["x-iatros-request-id"]
+            streamed.read()
+        plain_id = _ask(client, "assistant", "Answer at once.").headers["x-iatros-request-id"]
+    rows: dict[str, Any] = {}
+    for _ in range(200):
+        rows = {r["request_id"]: r for r in _search(server, ADMIN_KEY).json()["data"]}
+        if {stream_id, plain_id} <= set(rows):
+            break
+        time.sleep(0.05)
+    streamed_row, plain_row = rows[stream_id], rows[plain_id]
+    assert 0 < streamed_row["ttft_ms"] <= streamed_row["latency_ms"]
+    assert plain_row["ttft_ms"] is None

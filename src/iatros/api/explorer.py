@@ -73,6 +73,7 @@ def record_json(row: UsageRecord) -> dict[str, Any]:
         "completion_tokens": row.completion_tokens,
         "cost_eur": row.cost_eur,
         "latency_ms": row.latency_ms,
+        "ttft_ms": row.ttft_ms,
         "grounding": getattr(row, "grounding", "") or "",
     }
     out["escalated"] = out["grounding"] == "escalated" or "; escalate" in row.route
