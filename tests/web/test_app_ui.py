@@ -66,7 +66,7 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
     assert page.locator("#who-tenant").inner_text() == "clinic-roles"
     assert page.locator("#who-role").inner_text() == "clinician"
     # no dashboard for a clinician
-    assert visible_nav(page) == ["chat", "documents", "scribe", "agents"]
+    assert visible_nav(page) == ["chat", "documents", "scribe", "radiographs", "agents"]
     assert page.locator("#view-chat").is_visible()
     page.goto(web_server.url + "/#/dashboard")  # not allowed: back to the chat
     page.locator("#view-chat").wait_for(state="visible")
@@ -101,6 +101,7 @@ def test_sign_in_shows_tenant_and_role_and_only_what_the_role_may_do(
         "reviews",
         "feedback",
         "scribe",
+        "radiographs",
         "experiments",
         "agents",
     ]

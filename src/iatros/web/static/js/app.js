@@ -9,6 +9,7 @@ import * as explorer from "./explorer.js";
 import * as feedback from "./feedback.js";
 import * as reviews from "./reviews.js";
 import * as scribe from "./scribe.js";
+import * as radiographs from "./radiographs.js";
 import * as experiments from "./experiments.js";
 import * as agents from "./agents.js";
 import { $, $$, announce } from "./dom.js";
@@ -18,6 +19,7 @@ import { applyTranslations, language, loadLanguages, onLanguageChange, setLangua
 const views = { chat, documents, dashboard, requests: explorer, alerts, reviews, feedback, scribe };
 views.experiments = experiments; // releases, experiments, rollouts (admins)
 views.agents = agents; // templates, gallery, workflow runs
+views.radiographs = radiographs; // studies, viewer, annotations, AI findings, report
 const state = { me: null, current: null };
 
 /** Which views the caller's role may use (what it may not do is not shown at all). */
@@ -26,6 +28,7 @@ function allowedViews(me) {
   const out = [];
   if (caps.chat) out.push("chat");
   if (caps.chat) out.push("scribe"); // the scribe needs the same permission as chat
+  if (caps.chat) out.push("radiographs"); // clinical work, like the scribe
   if (caps.documents && me.features?.knowledge) out.push("documents");
   if (caps.dashboard) out.push("dashboard");
   if (caps.dashboard) out.push("requests");

@@ -1,0 +1,1031 @@
+// Radiographs: a patient's studies, uploading radiographs (DICOM, PNG, JPEG; one or many, with
+// progress while the server de-identifies and renders them), the viewer (js/viewer.js) with
+// window/level from the server's 16-bit data, measurements, annotations tooth by tooth, the AI
+// findings as a separate layer the clinician accepts, edits or rejects one by one, and signing
+// (then the PDF report and the FHIR Bundle, with only the accepted findings).
+
+import { ApiError, api, authHeaders, upload } from "./api.js";
+import { $, $$, announce, clear, h } from "./dom.js";
+import { errorMessage } from "./errors.js";
+import { applyTranslations, formatDate, formatNumber, t, tn } from "./i18n.js";
+import { Viewer } from "./viewer.js";
+
+export const FINDINGS = ["caries", "deep_caries", "periapical_lesion", "impacted_tooth", "restoration", "bone_loss", "other"];
+const TOOLS = ["pan", "measure", "box", "polygon", "point"];
+const TOOL_KEYS = { v: "pan", m: "measure", b: "box", g: "polygon", t: "point" };
+const POLL_MS = 700;
+const RENDER_DEBOUNCE_MS = 180;
+const ACCEPT = ".dcm,.dicom,application/dicom,image/png,image/jpeg,.png,.jpg,.jpeg";
+
+/** FDI two-digit notation: quadrants 1–4 teeth 1–8 (permanent), quadrants 5–8 teeth 1–5 (primary). */
+export function validTooth(n) {
+  if (!Number.isInteger(n)) return false;
+  const quadrant = Math.floor(n / 10);
+  const tooth = n % 10;
+  if (quadrant >= 1 && quadrant <= 4) return tooth >= 1 && tooth <= 8;
+  if (quadrant >= 5 && quadrant <= 8) return tooth >= 1 && tooth <= 5;
+  return false;
+}
+
+const state = {
+  bound: false, me: null, patient: "", studies: [], study: null, image: null, annotations: [],
+  selected: null, editing: null, pending: null, redraw: null, viewer: null, poll: null,
+  window: null, invert: false, renderSeq: 0, renderTimer: null, renderAbort: null,
+  thumbs: [], status: null, busy: false, confirmDelete: null, analysis: null, windowStart: null,
+};
+
+const base = "/v1/radiographs";
+
+// -- small helpers ----------------------------------------------------------------------------
+
+/** A server error in the interface's language: known codes are translated (naming the field or file). */
+function problem(err) {
+  if (err instanceof ApiError && err.code) {
+    const key = `rad.err_${err.code}`;
+    const text = t(key, { param: err.param || t("rad.file") });
+    if (text !== key) return text;
+  }
+  return errorMessage(err);
+}
+
+function setText(selector, text, kind = "") {
+  const el = $(selector);
+  el.textContent = text;
+  el.dataset.kind = kind;
+}
+
+function live(text) { $("#rad-live").textContent = text; }
+
+function findingLabel(finding) { return t(`rad.finding_${FINDINGS.includes(finding) ? finding : "other"}`); }
+
+function signed(study) { return Boolean(study && (study.signed || study.status === "signed" || study.signed_at)); }
+
+async function fetchBlob(path, signal) {
+  const resp = await fetch(path, { headers: authHeaders(), signal });
+  if (!resp.ok) throw new ApiError(resp.status, await resp.json().catch(() => null));
+  return resp.blob();
+}
+
+function debounceRender() {
+  clearTimeout(state.renderTimer);
+  state.renderTimer = setTimeout(render, RENDER_DEBOUNCE_MS);
+}
+
+// -- the skeleton (built once; data-i18n texts follow the language) -----------------------------
+
+function toolButton(tool) {
+  return h("button", {
+    type: "button", class: "btn btn-small rad-tool", id: `rad-tool-${tool}`, dataset: { tool },
+    "aria-pressed": tool === "pan" ? "true" : "false", "data-i18n": `rad.tool_${tool}`,
+    "aria-keyshortcuts": Object.keys(TOOL_KEYS).find((k) => TOOL_KEYS[k] === tool),
+    onclick: () => chooseTool(tool),
+  });
+}
+
+function skeleton() {
+  const view = $("#view-radiographs");
+  clear(view);
+  const findingOptions = FINDINGS.map((f) => h("option", { value: f, "data-i18n": `rad.finding_${f}` }));
+  view.append(
+    h("div", { class: "view-head" }, h("h1", { id: "rad-title", "data-i18n": "rad.title" })),
+    h("div", { class: "rad-grid" },
+      h("aside", { class: "card rad-side", "aria-labelledby": "rad-patient-title" },
+        h("h2", { id: "rad-patient-title", "data-i18n": "rad.patient_title" }),
+        h("form", { id: "rad-patient-form", class: "rad-patient", novalidate: true },
+          h("label", { for: "rad-patient", "data-i18n": "rad.patient_id" }),
+          h("div", { class: "row" },
+            h("input", { id: "rad-patient", autocomplete: "off", maxlength: 128, required: true, "aria-describedby": "rad-patient-error" }),
+            h("button", { type: "submit", class: "btn", "data-i18n": "rad.show_studies" })),
+          h("p", { id: "rad-patient-error", class: "error-text", hidden: true })),
+        h("p", { id: "rad-studies-status", class: "hint", "aria-live": "polite" }),
+        h("ul", { id: "rad-studies", class: "rad-studies", "data-i18n-attr": "aria-label:rad.studies" }),
+        h("section", { class: "rad-upload", "aria-labelledby": "rad-upload-title" },
+          h("h3", { id: "rad-upload-title", "data-i18n": "rad.upload_title" }),
+          h("label", { for: "rad-description", "data-i18n": "rad.description" }),
+          h("input", { id: "rad-description", autocomplete: "off", maxlength: 200 }),
+          h("div", { id: "rad-drop", class: "dropzone rad-drop" },
+            h("p", { "data-i18n": "rad.drop" }),
+            h("input", { id: "rad-files", class: "file-input", type: "file", multiple: true, accept: ACCEPT }),
+            h("label", { for: "rad-files", class: "btn", "data-i18n": "rad.choose" }),
+            h("p", { class: "hint", "data-i18n": "rad.formats" })),
+          h("p", { id: "rad-upload-status", class: "hint", role: "status" }),
+          h("ul", { id: "rad-uploads", class: "upload-list rad-uploads" }))),
+      h("section", { id: "rad-study", class: "card rad-main", hidden: true, "aria-labelledby": "rad-study-title" },
+        h("div", { class: "rad-study-head" },
+          h("h2", { id: "rad-study-title" }),
+          h("span", { id: "rad-study-state", class: "pill badge" })),
+        h("p", { id: "rad-study-meta", class: "hint" }),
+        h("ul", { id: "rad-thumbs", class: "rad-thumbs", "data-i18n-attr": "aria-label:rad.images_label" }),
+        h("div", { id: "rad-workspace", hidden: true },
+          h("div", { class: "rad-toolbar", role: "toolbar", id: "rad-toolbar", "data-i18n-attr": "aria-label:rad.tools" },
+            h("div", { class: "rad-tools", role: "group", "data-i18n-attr": "aria-label:rad.tools_draw" }, TOOLS.map(toolButton)),
+            h("div", { class: "rad-zoom", role: "group", "data-i18n-attr": "aria-label:rad.zoom" },
+              h("button", { type: "button", class: "btn btn-small", id: "rad-zoom-out", "data-i18n-attr": "aria-label:rad.zoom_out", "aria-keyshortcuts": "-", onclick: () => state.viewer.zoomBy(0.8) }, "−"),
+              h("output", { id: "rad-zoom-level", class: "rad-zoom-level", "aria-live": "off" }, "100 %"),
+              h("button", { type: "button", class: "btn btn-small", id: "rad-zoom-in", "data-i18n-attr": "aria-label:rad.zoom_in", "aria-keyshortcuts": "+", onclick: () => state.viewer.zoomBy(1.25) }, "+"),
+              h("button", { type: "button", class: "btn btn-small", id: "rad-fit", "data-i18n": "rad.fit", "aria-keyshortcuts": "0", onclick: () => state.viewer.fit() })),
+            h("div", { class: "rad-view-btns", role: "group", "data-i18n-attr": "aria-label:rad.display" },
+              h("button", { type: "button", class: "btn btn-small", id: "rad-invert", "aria-pressed": "false", "data-i18n": "rad.invert", "aria-keyshortcuts": "i", onclick: toggleInvert }),
+              h("button", { type: "button", class: "btn btn-small", id: "rad-reset", "data-i18n": "rad.reset", onclick: resetView }))),
+          h("div", { class: "rad-wl" },
+            h("div", { class: "field" },
+              h("label", { for: "rad-wc", "data-i18n": "rad.level" }),
+              h("div", { class: "row" }, h("input", { id: "rad-wc", type: "range", step: 1 }), h("output", { id: "rad-wc-value", for: "rad-wc" }))),
+            h("div", { class: "field" },
+              h("label", { for: "rad-ww", "data-i18n": "rad.width" }),
+              h("div", { class: "row" }, h("input", { id: "rad-ww", type: "range", step: 1 }), h("output", { id: "rad-ww-value", for: "rad-ww" }))),
+            h("p", { class: "hint", "data-i18n": "rad.wl_hint" })),
+          h("div", { class: "rad-viewer" },
+            h("div", { class: "rad-stage" },
+              h("canvas", { id: "rad-canvas", tabindex: "0", role: "application", "data-i18n-attr": "aria-label:rad.canvas_label", "aria-describedby": "rad-kb-help rad-scale" }),
+              h("p", { id: "rad-loading", class: "rad-loading", hidden: true, "data-i18n": "rad.rendering" })),
+            h("div", { class: "rad-panel" },
+              h("p", { id: "rad-scale", class: "hint" }),
+              h("p", { id: "rad-deid", class: "hint rad-deid" }),
+              h("p", { id: "rad-measure", class: "rad-measure", "aria-live": "polite" }),
+              h("p", { id: "rad-hint", class: "hint rad-hint", "aria-live": "polite" }),
+              h("form", { id: "rad-ann-form", class: "rad-form", hidden: true, novalidate: true, "aria-labelledby": "rad-form-title" },
+                h("h3", { id: "rad-form-title" }),
+                h("label", { for: "rad-finding", "data-i18n": "rad.finding" }),
+                h("select", { id: "rad-finding" }, findingOptions),
+                h("label", { for: "rad-tooth", "data-i18n": "rad.tooth" }),
+                h("input", { id: "rad-tooth", inputmode: "numeric", autocomplete: "off", maxlength: 2, "aria-describedby": "rad-tooth-hint rad-tooth-error" }),
+                h("p", { id: "rad-tooth-hint", class: "hint", "data-i18n": "rad.tooth_hint" }),
+                h("p", { id: "rad-tooth-error", class: "error-text", hidden: true }),
+                h("label", { for: "rad-note", "data-i18n": "rad.note" }),
+                h("textarea", { id: "rad-note", rows: 2, maxlength: 2000 }),
+                h("p", { id: "rad-form-error", class: "error-text", role: "alert", hidden: true }),
+                h("div", { class: "row" },
+                  h("button", { type: "submit", class: "btn btn-primary", id: "rad-form-save" }),
+                  h("button", { type: "button", class: "btn", id: "rad-form-redraw", "data-i18n": "rad.redraw", onclick: startRedraw }),
+                  h("button", { type: "button", class: "btn btn-ghost", id: "rad-form-cancel", "data-i18n": "rad.cancel", onclick: closeForm }))),
+              h("section", { class: "rad-ai", "aria-labelledby": "rad-ai-title" },
+                h("h3", { id: "rad-ai-title", "data-i18n": "rad.ai_title" }),
+                h("div", { id: "rad-ai-none", class: "notice", hidden: true },
+                  h("p", { "data-i18n": "rad.ai_none" }),
+                  h("p", { class: "hint", "data-i18n": "rad.ai_configure" }),
+                  h("code", { id: "rad-ai-how", class: "rad-ai-how" })),
+                h("button", { type: "button", class: "btn btn-primary", id: "rad-analyse", hidden: true, "data-i18n": "rad.analyse", onclick: analyse }),
+                h("p", { id: "rad-ai-status", class: "hint", role: "status" }),
+                h("details", { id: "rad-ai-raw", class: "rad-ai-raw", hidden: true },
+                  h("summary", { "data-i18n": "rad.ai_unparsed" }),
+                  h("pre", { id: "rad-ai-raw-text" }))),
+              h("section", { class: "rad-anns", "aria-labelledby": "rad-anns-title" },
+                h("div", { class: "rad-anns-head" },
+                  h("h3", { id: "rad-anns-title", "data-i18n": "rad.annotations" }),
+                  h("label", { class: "check" },
+                    h("input", { type: "checkbox", id: "rad-show-ai", checked: true, onchange: (e) => state.viewer.setShowAi(e.target.checked) }),
+                    h("span", { "data-i18n": "rad.show_ai" }))),
+                h("ul", { id: "rad-ann-list", class: "rad-ann-list", "aria-labelledby": "rad-anns-title" })))),
+          h("p", { id: "rad-kb-help", class: "hint rad-kb-help", "data-i18n": "rad.kb_help" })),
+        h("section", { id: "rad-sign", class: "rad-sign", "aria-labelledby": "rad-sign-title" },
+          h("h3", { id: "rad-sign-title", "data-i18n": "rad.report" }),
+          h("div", { id: "rad-sign-form" },
+            h("label", { for: "rad-conclusion", "data-i18n": "rad.conclusion" }),
+            h("textarea", { id: "rad-conclusion", rows: 3, maxlength: 8000, "aria-describedby": "rad-sign-error" }),
+            h("p", { id: "rad-sign-error", class: "error-text", role: "alert", hidden: true }),
+            h("button", { type: "button", class: "btn btn-primary", id: "rad-sign-btn", "data-i18n": "rad.sign", onclick: sign })),
+          h("div", { id: "rad-signed", hidden: true },
+            h("p", { id: "rad-signed-text", class: "rad-signed-text" }),
+            h("blockquote", { id: "rad-signed-conclusion", class: "rad-conclusion" }),
+            h("div", { class: "row" },
+              h("button", { type: "button", class: "btn", id: "rad-pdf", "data-i18n": "rad.pdf", onclick: () => download("report.pdf") }),
+              h("button", { type: "button", class: "btn", id: "rad-fhir", "data-i18n": "rad.fhir", onclick: () => download("fhir") })))))),
+    h("p", { id: "rad-live", class: "visually-hidden", "aria-live": "polite" }),
+  );
+  applyTranslations(view);
+}
+
+// -- patient and studies ------------------------------------------------------------------------
+
+async function loadStudies(keepOpen = true) {
+  const patient = $("#rad-patient").value.trim();
+  const err = $("#rad-patient-error");
+  err.hidden = true;
+  $("#rad-patient").removeAttribute("aria-invalid");
+  if (!patient) {
+    err.textContent = t("rad.need_patient");
+    err.hidden = false;
+    $("#rad-patient").setAttribute("aria-invalid", "true");
+    $("#rad-patient").focus();
+    return;
+  }
+  state.patient = patient;
+  setText("#rad-studies-status", t("rad.loading"));
+  try {
+    const out = await api(`${base}/studies?patient_id=${encodeURIComponent(patient)}`);
+    state.studies = out.data || [];
+    setText("#rad-studies-status", state.studies.length ? tn("rad.study_count", state.studies.length) : t("rad.no_studies"));
+    renderStudies();
+    if (keepOpen && state.study && !state.studies.some((s) => s.id === state.study.id)) closeStudy();
+  } catch (e) {
+    setText("#rad-studies-status", problem(e), "error");
+  }
+}
+
+function studyState(study) {
+  return signed(study) ? "signed" : study.status || "ready";
+}
+
+function renderStudies() {
+  const list = clear($("#rad-studies"));
+  for (const study of state.studies) {
+    const current = state.study?.id === study.id;
+    const images = study.images?.length ?? study.image_count ?? 0;
+    list.append(h("li", { class: `rad-study${current ? " current" : ""}`, dataset: { study: study.id } },
+      h("button", { type: "button", class: "rad-study-open", "aria-current": current ? "true" : null, onclick: () => openStudy(study.id) },
+        h("span", { class: "rad-study-name" }, study.description || t("rad.untitled")),
+        h("span", { class: "rad-study-tags" },
+          h("span", { class: `badge rad-state-${studyState(study)}` }, t(`rad.state_${studyState(study)}`)),
+          h("span", { class: "hint" }, tn("rad.images", images)),
+          h("span", { class: "hint" }, formatDate(study.created_at))))));
+  }
+}
+
+async function openStudy(id, { keepImage = false } = {}) {
+  stopPolling();
+  try {
+    const study = await api(`${base}/studies/${encodeURIComponent(id)}`);
+    showStudy(study, keepImage);
+  } catch (e) {
+    setText("#rad-studies-status", problem(e), "error");
+  }
+}
+
+function closeStudy() {
+  stopPolling();
+  state.study = null;
+  state.image = null;
+  state.viewer?.clearImage();
+  $("#rad-study").hidden = true;
+  renderStudies();
+}
+
+function showStudy(study, keepImage) {
+  const changed = state.study?.id !== study.id;
+  state.study = study;
+  const panel = $("#rad-study");
+  panel.hidden = false;
+  $("#rad-study-title").textContent = study.description || t("rad.untitled");
+  const st = studyState(study);
+  const badge = $("#rad-study-state");
+  badge.textContent = t(`rad.state_${st}`);
+  badge.dataset.status = st;
+  badge.className = `pill badge rad-state-${st}`;
+  $("#rad-study-meta").textContent = [formatDate(study.created_at), tn("rad.images", study.images.length)].join(" · ");
+  renderThumbs(changed);
+  renderSign();
+  renderStudies();
+  const ready = study.images.filter((i) => i.status === "ready");
+  if (study.images.some((i) => i.status === "processing")) schedulePoll(study.id);
+  const keep = keepImage && state.image && ready.find((i) => i.id === state.image.id);
+  if (keep) {
+    state.image = keep;
+    applyReadOnly();
+  } else if (ready.length && (!state.image || changed || !ready.some((i) => i.id === state.image.id))) {
+    openImage(ready[0]);
+  } else if (!ready.length) {
+    $("#rad-workspace").hidden = true;
+  }
+}
+
+function schedulePoll(id) {
+  stopPolling();
+  state.poll = setTimeout(() => openStudy(id, { keepImage: true }), POLL_MS);
+}
+
+function stopPolling() {
+  clearTimeout(state.poll);
+  state.poll = null;
+}
+
+// -- thumbnails ---------------------------------------------------------------------------------
+
+function renderThumbs(changed) {
+  const list = $("#rad-thumbs");
+  if (changed) {
+    for (const url of state.thumbs) URL.revokeObjectURL(url);
+    state.thumbs = [];
+    clear(list);
+  }
+  const study = state.study;
+  study.images.forEach((image, i) => {
+    let li = list.querySelector(`li[data-image="${image.id}"]`);
+    const label = t("rad.image_n", { n: i + 1, total: study.images.length });
+    if (!li) {
+      li = h("li", { dataset: { image: image.id } },
+        h("button", { type: "button", class: "rad-thumb", onclick: () => { const img = state.study.images.find((x) => x.id === image.id); if (img?.status === "ready") openImage(img); } },
+          h("span", { class: "rad-thumb-pic" }),
+          h("span", { class: "rad-thumb-label" })));
+      list.append(li);
+    }
+    const button = li.querySelector("button");
+    const pic = li.querySelector(".rad-thumb-pic");
+    const text = li.querySelector(".rad-thumb-label");
+    button.disabled = image.status !== "ready";
+    button.setAttribute("aria-pressed", state.image?.id === image.id ? "true" : "false");
+    li.dataset.status = image.status;
+    if (image.status === "processing") {
+      text.textContent = `${label} · ${t("rad.processing_pct", { pct: Math.round((image.progress || 0) * 100) })}`;
+      if (!pic.querySelector("progress")) clear(pic).append(h("progress", { max: 1, value: image.progress || 0, "aria-label": label }));
+      else pic.querySelector("progress").value = image.progress || 0;
+    } else if (image.status === "failed") {
+      text.textContent = `${label} · ${image.error ? image.error : t("rad.image_failed")}`;
+      clear(pic);
+    } else {
+      text.textContent = label;
+      if (!pic.querySelector("img")) {
+        clear(pic);
+        fetchBlob(`${base}/images/${image.id}/thumbnail.png`).then((blob) => {
+          const url = URL.createObjectURL(blob);
+          state.thumbs.push(url);
+          clear(pic).append(h("img", { src: url, alt: "" }));
+        }).catch(() => {});
+      }
+    }
+  });
+}
+
+// -- one image in the viewer -----------------------------------------------------------------
+
+function windowRange(image) {
+  if (image.kind !== "dicom" || !image.window) return { min: 0, max: 255 };
+  if (image.bits_stored) return { min: 0, max: 2 ** image.bits_stored - 1 };
+  const { center, width } = image.window;
+  return { min: Math.floor(Math.min(0, center - 2 * width)), max: Math.ceil(center + 2 * width) };
+}
+
+function defaultWindow(image) {
+  if (image.window) return { center: image.window.center, width: image.window.width, changed: false };
+  return { center: 128, width: 256, changed: false };
+}
+
+function syncSliders() {
+  const range = windowRange(state.image);
+  const wc = $("#rad-wc");
+  const ww = $("#rad-ww");
+  wc.min = String(range.min);
+  wc.max = String(range.max);
+  ww.min = "1";
+  ww.max = String(Math.max(2, (range.max - range.min) * 2));
+  wc.value = String(state.window.center);
+  ww.value = String(state.window.width);
+  $("#rad-wc-value").textContent = formatNumber(Math.round(state.window.center));
+  $("#rad-ww-value").textContent = formatNumber(Math.round(state.window.width));
+}
+
+function setWindow(center, width) {
+  const range = windowRange(state.image);
+  state.window = {
+    center: Math.max(range.min, Math.min(range.max, center)),
+    width: Math.max(1, Math.min((range.max - range.min) * 2, width)),
+    changed: true,
+  };
+  syncSliders();
+  debounceRender();
+}
+
+function renderPath() {
+  const params = new URLSearchParams();
+  if (state.window?.changed) {
+    params.set("center", String(Math.round(state.window.center)));
+    params.set("width", String(Math.max(1, Math.round(state.window.width))));
+  }
+  if (state.invert) params.set("invert", "1");
+  const query = params.toString();
+  return `${base}/images/${state.image.id}/render.png${query ? `?${query}` : ""}`;
+}
+
+/** Fetch the rendition for the current window/level (the latest request wins). */
+async function render(first = false) {
+  if (!state.image) return;
+  const seq = ++state.renderSeq;
+  state.renderAbort?.abort();
+  const abort = new AbortController();
+  state.renderAbort = abort;
+  $("#rad-loading").hidden = false;
+  try {
+    const blob = await fetchBlob(renderPath(), abort.signal);
+    const bitmap = await createImageBitmap(blob);
+    if (seq !== state.renderSeq) return;
+    state.viewer.setImage(bitmap, state.image, { keepView: !first });
+    $("#rad-canvas").dataset.rendered = renderPath();
+    $("#rad-loading").hidden = true;
+  } catch (e) {
+    if (e.name === "AbortError") return;
+    $("#rad-loading").hidden = true;
+    setText("#rad-hint", problem(e), "error");
+  }
+}
+
+async function openImage(image) {
+  state.image = image;
+  state.window = defaultWindow(image);
+  state.invert = false;
+  state.selected = null;
+  state.analysis = null;
+  closeForm();
+  $("#rad-workspace").hidden = false;
+  $("#rad-invert").setAttribute("aria-pressed", "false");
+  $("#rad-ai-raw").hidden = true;
+  setText("#rad-ai-status", "");
+  setText("#rad-measure", "");
+  setText("#rad-hint", "");
+  syncSliders();
+  renderScale();
+  renderDeid();
+  for (const b of $$("#rad-thumbs .rad-thumb")) b.setAttribute("aria-pressed", b.closest("li").dataset.image === image.id ? "true" : "false");
+  applyReadOnly();
+  await Promise.all([render(true), loadAnnotations()]);
+}
+
+/** What de-identification did to this image (the server's report, counted). */
+function renderDeid() {
+  const d = state.image?.deidentified || {};
+  const removed = (d.removed?.length || 0) + (d.uids_remapped?.length || 0);
+  const masked = d.burned_in_text?.regions_masked?.length || 0;
+  const el = $("#rad-deid");
+  el.textContent = d.profile ? t("rad.deid", { profile: d.profile, removed: formatNumber(removed), masked: formatNumber(masked) }) : "";
+  el.dataset.masked = String(masked);
+}
+
+function renderScale() {
+  const s = state.image?.pixel_spacing_mm;
+  $("#rad-scale").textContent = s
+    ? t("rad.scale_mm", { row: formatNumber(s[0], { maximumFractionDigits: 4 }), col: formatNumber(s[1], { maximumFractionDigits: 4 }) })
+    : t("rad.scale_px");
+}
+
+function toggleInvert() {
+  state.invert = !state.invert;
+  $("#rad-invert").setAttribute("aria-pressed", String(state.invert));
+  render();
+}
+
+function resetView() {
+  state.window = defaultWindow(state.image);
+  state.invert = false;
+  $("#rad-invert").setAttribute("aria-pressed", "false");
+  syncSliders();
+  state.viewer.ruler = null;
+  setText("#rad-measure", "");
+  render().then(() => state.viewer.fit());
+  state.viewer.fit();
+}
+
+function lengthText(m) {
+  return `${formatNumber(m.value, { maximumFractionDigits: m.unit === "mm" ? 1 : 0 })} ${m.unit}`;
+}
+
+// -- tools -----------------------------------------------------------------------------------
+
+function chooseTool(tool) {
+  if (signed(state.study) && !["pan", "measure"].includes(tool)) return;
+  state.viewer.setTool(tool);
+  if (tool !== state.redraw?.shape) state.redraw = null;
+  for (const b of $$("#rad-toolbar .rad-tool")) b.setAttribute("aria-pressed", b.dataset.tool === tool ? "true" : "false");
+  setText("#rad-hint", t(`rad.hint_${tool}`));
+}
+
+function applyReadOnly() {
+  const readOnly = signed(state.study);
+  state.viewer.setReadOnly(readOnly);
+  for (const b of $$("#rad-toolbar .rad-tool")) {
+    const drawing = !["pan", "measure"].includes(b.dataset.tool);
+    b.hidden = readOnly && drawing;
+  }
+  if (readOnly) {
+    chooseTool(state.viewer.tool);
+    closeForm();
+  }
+  renderAi();
+}
+
+// -- annotations ------------------------------------------------------------------------------
+
+async function loadAnnotations() {
+  const image = state.image;
+  try {
+    const out = await api(`${base}/images/${image.id}/annotations`);
+    if (state.image?.id !== image.id) return;
+    state.annotations = out.data || [];
+  } catch (e) {
+    state.annotations = [];
+    setText("#rad-hint", problem(e), "error");
+  }
+  state.viewer.setAnnotations(state.annotations);
+  renderAnnotations();
+}
+
+function annotationTitle(a) {
+  const tooth = a.tooth ? t("rad.tooth_n", { n: a.tooth }) : t("rad.no_tooth");
+  return `${tooth} · ${findingLabel(a.finding)} · ${t(`rad.shape_${a.shape}`)}`;
+}
+
+function actionButton(key, id, handler, extra = {}) {
+  return h("button", { type: "button", class: "btn btn-small", "data-action": key, ...extra, onclick: handler, "aria-describedby": `rad-ann-${id}-title` }, t(`rad.${key}`));
+}
+
+function renderAnnotations() {
+  const list = clear($("#rad-ann-list"));
+  const readOnly = signed(state.study);
+  const ordered = [
+    ...state.annotations.filter((a) => a.source !== "ai"),
+    ...state.annotations.filter((a) => a.source === "ai"),
+  ];
+  if (!ordered.length) list.append(h("li", { class: "hint rad-ann-empty" }, t("rad.no_annotations")));
+  for (const a of ordered) {
+    const ai = a.source === "ai";
+    const selected = state.selected === a.id;
+    const actions = [];
+    if (!readOnly) {
+      if (ai && a.status !== "accepted") actions.push(actionButton("accept", a.id, () => patch(a, { status: "accepted" }, "rad.accepted")));
+      actions.push(actionButton("edit", a.id, () => openForm({ annotation: a })));
+      if (ai && a.status !== "rejected") actions.push(actionButton("reject", a.id, () => patch(a, { status: "rejected" }, "rad.rejected")));
+      if (!ai) {
+        const confirming = state.confirmDelete === a.id;
+        actions.push(actionButton(confirming ? "confirm_delete" : "delete", a.id, () => remove(a), { class: `btn btn-small${confirming ? " btn-danger" : ""}` }));
+      }
+    }
+    list.append(h("li", {
+      class: `rad-ann${ai ? " rad-ann-ai" : ""}${selected ? " selected" : ""}`,
+      dataset: { id: a.id, source: a.source, status: a.status, tooth: a.tooth ?? "", finding: a.finding },
+    },
+    h("button", { type: "button", class: "rad-ann-select", id: `rad-ann-${a.id}-title`, "aria-pressed": selected ? "true" : "false", onclick: () => select(selected ? null : a.id, true) },
+      ai ? h("span", { class: "rad-ai-badge" }, t("rad.ai_badge")) : null,
+      h("span", { class: "rad-ann-text" }, annotationTitle(a)),
+      ai && a.confidence != null ? h("span", { class: "rad-conf" }, t("rad.confidence", { pct: Math.round(a.confidence * 100) })) : null,
+      ai ? h("span", { class: `badge rad-status-${a.status}` }, t(`rad.status_${a.status}`)) : null),
+    a.explanation ? h("p", { class: "rad-expl" }, a.explanation) : null,
+    a.note ? h("p", { class: "rad-note" }, a.note) : null,
+    actions.length ? h("div", { class: "rad-ann-actions" }, actions) : null));
+  }
+}
+
+function select(id, fromList = false) {
+  state.selected = id;
+  state.viewer.setSelected(id);
+  renderAnnotations();
+  if (fromList && id) $(`#rad-ann-${CSS.escape(id)}-title`)?.focus();
+  if (!fromList && id) {
+    const a = state.annotations.find((x) => x.id === id);
+    if (a) live(annotationTitle(a));
+    $(`#rad-ann-list li[data-id="${CSS.escape(id)}"]`)?.scrollIntoView({ block: "nearest" });
+  }
+}
+
+async function patch(a, body, okKey) {
+  try {
+    const updated = await api(`${base}/annotations/${a.id}`, { method: "PATCH", body: { version: a.version, ...body } });
+    state.annotations = state.annotations.map((x) => (x.id === a.id ? updated : x));
+    state.viewer.setAnnotations(state.annotations);
+    renderAnnotations();
+    if (okKey) announce(t(okKey));
+    $(`#rad-ann-${CSS.escape(a.id)}-title`)?.focus();
+    return updated;
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 409) await reloadAfterConflict(e);
+    else announce(problem(e), "error");
+    return null;
+  }
+}
+
+async function reloadAfterConflict(e) {
+  announce(problem(e), "error");
+  if (e.code === "study_signed") await openStudy(state.study.id, { keepImage: true });
+  await loadAnnotations();
+}
+
+async function remove(a) {
+  if (state.confirmDelete !== a.id) {
+    state.confirmDelete = a.id;
+    renderAnnotations();
+    $(`#rad-ann-list li[data-id="${CSS.escape(a.id)}"] [data-action=confirm_delete]`)?.focus();
+    return;
+  }
+  state.confirmDelete = null;
+  try {
+    await api(`${base}/annotations/${a.id}`, { method: "DELETE" });
+    state.annotations = state.annotations.filter((x) => x.id !== a.id);
+    if (state.selected === a.id) state.selected = null;
+    state.viewer.setAnnotations(state.annotations);
+    renderAnnotations();
+    announce(t("rad.deleted"));
+    $("#rad-canvas").focus();
+  } catch (e) {
+    announce(problem(e), "error");
+    renderAnnotations();
+  }
+}
+
+// -- the annotation form (new shape, or editing one) --------------------------------------------
+
+function openForm({ shape, points, annotation }) {
+  const form = $("#rad-ann-form");
+  state.editing = annotation || null;
+  state.pending = annotation ? null : { shape, points };
+  const ai = annotation?.source === "ai";
+  $("#rad-form-title").textContent = annotation
+    ? t(ai ? "rad.edit_ai_title" : "rad.edit_title", { what: annotationTitle(annotation) })
+    : t("rad.new_title", { shape: t(`rad.shape_${shape}`) });
+  $("#rad-form-save").textContent = t(ai && annotation.status !== "accepted" ? "rad.save_accept" : "rad.save");
+  $("#rad-form-redraw").hidden = !annotation;
+  $("#rad-finding").value = annotation?.finding || $("#rad-finding").value || "caries";
+  $("#rad-tooth").value = annotation?.tooth ?? "";
+  $("#rad-note").value = annotation?.note ?? "";
+  toothError("");
+  $("#rad-form-error").hidden = true;
+  form.hidden = false;
+  form.scrollIntoView({ block: "nearest" });
+  $("#rad-finding").focus();
+}
+
+function closeForm() {
+  const form = $("#rad-ann-form");
+  if (!form) return;
+  const wasOpen = !form.hidden;
+  form.hidden = true;
+  state.pending = null;
+  state.editing = null;
+  state.redraw = null;
+  if (wasOpen && state.viewer?.image) $("#rad-canvas").focus();
+}
+
+function toothError(text) {
+  const el = $("#rad-tooth-error");
+  el.textContent = text;
+  el.hidden = !text;
+  if (text) $("#rad-tooth").setAttribute("aria-invalid", "true");
+  else $("#rad-tooth").removeAttribute("aria-invalid");
+}
+
+/** The tooth from the form: null when empty; undefined (and the error shown) when invalid. */
+function readTooth() {
+  const raw = $("#rad-tooth").value.trim();
+  if (!raw) return null;
+  const n = /^\d{1,2}$/.test(raw) ? Number(raw) : NaN;
+  if (!validTooth(n)) {
+    toothError(t("rad.tooth_invalid", { value: raw }));
+    $("#rad-tooth").focus();
+    return undefined;
+  }
+  return n;
+}
+
+async function submitForm(event) {
+  event.preventDefault();
+  toothError("");
+  $("#rad-form-error").hidden = true;
+  const tooth = readTooth();
+  if (tooth === undefined) return;
+  const body = { finding: $("#rad-finding").value, tooth, note: $("#rad-note").value.trim() || null };
+  const editing = state.editing;
+  try {
+    if (editing) {
+      const extra = editing.source === "ai" && editing.status !== "accepted" ? { status: "accepted" } : {};
+      const updated = await api(`${base}/annotations/${editing.id}`, { method: "PATCH", body: { version: editing.version, ...body, ...extra } });
+      state.annotations = state.annotations.map((x) => (x.id === editing.id ? updated : x));
+      announce(t("rad.saved"));
+    } else {
+      const { shape, points } = state.pending;
+      const created = await api(`${base}/images/${state.image.id}/annotations`, { method: "POST", body: { shape, points, ...body } });
+      state.annotations = [...state.annotations, created];
+      state.selected = created.id;
+      announce(t("rad.created", { what: annotationTitle(created) }));
+    }
+  } catch (e) {
+    formError(e);
+    if (e instanceof ApiError && e.status === 409) await reloadAfterConflict(e);
+    return;
+  }
+  state.viewer.setAnnotations(state.annotations);
+  state.viewer.setSelected(state.selected);
+  renderAnnotations();
+  closeForm();
+}
+
+function formError(e) {
+  const text = problem(e);
+  if (e instanceof ApiError && e.param && /tooth/.test(e.param)) {
+    toothError(text);
+    $("#rad-tooth").focus();
+    return;
+  }
+  const el = $("#rad-form-error");
+  el.textContent = text;
+  el.hidden = false;
+}
+
+/** Draw the shape of the annotation being edited again (a keyboard user cannot drag handles). */
+function startRedraw() {
+  const a = state.editing;
+  if (!a) return;
+  state.redraw = a;
+  $("#rad-ann-form").hidden = true;
+  chooseTool(a.shape);
+  state.redraw = a;
+  setText("#rad-hint", t("rad.redraw_hint", { shape: t(`rad.shape_${a.shape}`) }));
+  $("#rad-canvas").focus();
+}
+
+async function shapeDrawn(shape, points) {
+  const rounded = points.map(([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
+  if (state.redraw && state.redraw.shape === shape) {
+    const a = state.redraw;
+    state.redraw = null;
+    state.editing = null;
+    const updated = await patch(a, { points: rounded }, "rad.saved");
+    if (updated) chooseTool("pan");
+    return;
+  }
+  openForm({ shape, points: rounded });
+}
+
+// -- AI findings ----------------------------------------------------------------------------------
+
+async function loadStatus() {
+  try {
+    state.status = await api(`${base}/status`);
+  } catch (e) {
+    state.status = { vision_models: [], configure: "", error: problem(e) };
+  }
+  renderAi();
+}
+
+function renderAi() {
+  if (!$("#rad-analyse")) return;
+  const models = state.status?.vision_models || [];
+  const readOnly = signed(state.study);
+  const none = state.status && !models.length;
+  $("#rad-ai-none").hidden = !none;
+  $("#rad-ai-how").textContent = state.status?.configure || "models.<name>.vision: true";
+  $("#rad-analyse").hidden = !models.length || readOnly;
+  $("#rad-analyse").disabled = state.busy;
+}
+
+async function analyse() {
+  const image = state.image;
+  const button = $("#rad-analyse");
+  state.busy = true;
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  setText("#rad-ai-status", t("rad.analysing"), "busy");
+  $("#rad-ai-raw").hidden = true;
+  try {
+    const out = await api(`${base}/images/${image.id}/analyse`, { method: "POST", body: {} });
+    if (state.image?.id !== image.id) return;
+    const analysis = out.analysis || {};
+    const found = out.annotations || [];
+    await loadAnnotations();
+    if (analysis.parsed === false) {
+      $("#rad-ai-raw-text").textContent = analysis.raw_text || "";
+      $("#rad-ai-raw").hidden = false;
+      setText("#rad-ai-status", t("rad.ai_unparsed_status"), "error");
+    } else {
+      const text = `${tn("rad.ai_found", found.length)}${analysis.model ? ` · ${t("rad.ai_model", { model: analysis.model })}` : ""}`;
+      setText("#rad-ai-status", text, "ok");
+      announce(text);
+    }
+  } catch (e) {
+    setText("#rad-ai-status", problem(e), "error");
+    if (e instanceof ApiError && e.code === "no_vision_model") await loadStatus();
+  } finally {
+    state.busy = false;
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+}
+
+// -- upload -------------------------------------------------------------------------------------
+
+async function uploadFiles(files) {
+  if (!files.length) return;
+  const patient = $("#rad-patient").value.trim();
+  if (!patient) {
+    const err = $("#rad-patient-error");
+    err.textContent = t("rad.need_patient_upload");
+    err.hidden = false;
+    $("#rad-patient").setAttribute("aria-invalid", "true");
+    $("#rad-patient").focus();
+    return;
+  }
+  const list = clear($("#rad-uploads"));
+  const rows = files.map((file) => {
+    const bar = h("progress", { max: 1, value: 0, "aria-label": file.name });
+    const note = h("span", { class: "hint" }, t("rad.uploading"));
+    const li = h("li", { class: "upload-item", dataset: { name: file.name } }, h("span", { class: "rad-up-name" }, file.name), bar, note);
+    list.append(li);
+    return { li, bar, note };
+  });
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  form.append("patient_id", patient);
+  const description = $("#rad-description").value.trim();
+  if (description) form.append("description", description);
+  setText("#rad-upload-status", tn("rad.uploading_n", files.length), "busy");
+  let study;
+  try {
+    study = await upload(`${base}/studies`, form, {
+      onProgress: (ratio) => { for (const r of rows) r.bar.value = ratio * 0.3; },
+    });
+  } catch (e) {
+    const text = problem(e);
+    setText("#rad-upload-status", text, "error");
+    for (const r of rows) { r.note.textContent = t("rad.refused"); r.li.dataset.status = "failed"; r.bar.value = 0; }
+    if (e instanceof ApiError && e.message && !text.includes(e.message)) {
+      list.append(h("li", { class: "hint rad-error-detail" }, t("rad.error_detail", { detail: e.message })));
+    }
+    announce(text, "error");
+    return;
+  }
+  $("#rad-description").value = "";
+  state.patient = patient;
+  await followUpload(study.id, rows);
+}
+
+/** Poll the new study and show each image's processing progress until all are done. */
+async function followUpload(id, rows) {
+  for (;;) {
+    let study;
+    try {
+      study = await api(`${base}/studies/${id}`);
+    } catch (e) {
+      setText("#rad-upload-status", problem(e), "error");
+      return;
+    }
+    study.images.forEach((image, i) => {
+      const row = rows[i];
+      if (!row) return;
+      row.li.dataset.status = image.status;
+      row.bar.value = image.status === "ready" ? 1 : 0.3 + 0.7 * (image.progress || 0);
+      row.note.textContent = image.status === "ready" ? t("rad.image_ready")
+        : image.status === "failed" ? (image.error || t("rad.image_failed"))
+          : t("rad.processing_pct", { pct: Math.round((image.progress || 0) * 100) });
+    });
+    const pending = study.images.some((i) => i.status === "processing");
+    if (!pending) {
+      const failed = study.images.filter((i) => i.status === "failed").length;
+      const text = failed ? tn("rad.upload_failed_n", failed) : t("rad.upload_done");
+      setText("#rad-upload-status", text, failed ? "error" : "ok");
+      announce(text, failed ? "error" : "info");
+      await loadStudies(false);
+      showStudy(study, false);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}
+
+// -- signing and the report ---------------------------------------------------------------------
+
+function renderSign() {
+  const study = state.study;
+  const done = signed(study);
+  $("#rad-sign-form").hidden = done;
+  $("#rad-signed").hidden = !done;
+  if (done) {
+    $("#rad-signed-text").textContent = t("rad.signed_by", { who: study.signed_by || "–", when: formatDate(study.signed_at) });
+    $("#rad-signed-conclusion").textContent = study.conclusion || "";
+  }
+  applyReadOnly();
+}
+
+async function sign() {
+  const conclusion = $("#rad-conclusion").value.trim();
+  const err = $("#rad-sign-error");
+  err.hidden = true;
+  $("#rad-conclusion").removeAttribute("aria-invalid");
+  if (!conclusion) {
+    err.textContent = t("rad.need_conclusion");
+    err.hidden = false;
+    $("#rad-conclusion").setAttribute("aria-invalid", "true");
+    $("#rad-conclusion").focus();
+    return;
+  }
+  const proposed = state.annotations.filter((a) => a.source === "ai" && a.status === "proposed").length;
+  try {
+    const study = await api(`${base}/studies/${state.study.id}/sign`, { method: "POST", body: { conclusion } });
+    showStudy(study.images ? study : await api(`${base}/studies/${state.study.id}`), true);
+    renderAnnotations();
+    const text = proposed ? `${t("rad.signed_ok")} ${tn("rad.signed_left_out", proposed)}` : t("rad.signed_ok");
+    announce(text);
+    $("#rad-pdf").focus();
+  } catch (e) {
+    err.textContent = problem(e);
+    err.hidden = false;
+    if (e instanceof ApiError && e.status === 409) await openStudy(state.study.id, { keepImage: true });
+  }
+}
+
+async function download(kind) {
+  const study = state.study;
+  try {
+    const blob = await fetchBlob(`${base}/studies/${study.id}/${kind}`);
+    const url = URL.createObjectURL(blob);
+    const name = kind === "fhir" ? `radiographs-${study.id}.fhir.json` : `radiographs-${study.id}.pdf`;
+    const a = h("a", { href: url, download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (e) {
+    announce(problem(e), "error");
+  }
+}
+
+// -- wiring ---------------------------------------------------------------------------------------
+
+function bindDrop() {
+  const zone = $("#rad-drop");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("dragging");
+    uploadFiles([...(e.dataTransfer?.files || [])]);
+  });
+  $("#rad-files").addEventListener("change", (e) => {
+    const files = [...e.target.files];
+    e.target.value = "";
+    uploadFiles(files);
+  });
+}
+
+function bindViewer() {
+  const canvas = $("#rad-canvas");
+  state.viewer = new Viewer(canvas, {
+    create: (shape, points) => shapeDrawn(shape, points),
+    select: (id) => select(id),
+    measured: (m) => {
+      const text = t(m.unit === "mm" ? "rad.length_mm" : "rad.length_px", { value: lengthText(m) });
+      setText("#rad-measure", text);
+      live(text);
+    },
+    rulerText: lengthText,
+    badgeOf: (a) => `${t("rad.ai_badge")}${a.confidence != null ? ` ${Math.round(a.confidence * 100)} %` : ""}`,
+    labelOf: (a) => [a.tooth, findingLabel(a.finding)].filter(Boolean).join(" "),
+    status: (key, vars) => { const text = t(key, vars); setText("#rad-hint", text); live(text); },
+    view: () => { $("#rad-zoom-level").textContent = `${state.viewer.zoomPercent()} %`; },
+    windowStart: () => { state.windowStart = { ...state.window }; },
+    windowDrag: (dx, dy, size) => {
+      const range = windowRange(state.image);
+      const span = range.max - range.min;
+      const start = state.windowStart || state.window;
+      setWindow(start.center + (dy / size.h) * span, start.width + (dx / size.w) * span);
+    },
+    windowEnd: () => { state.windowStart = null; },
+  });
+  canvas.addEventListener("keydown", (e) => {
+    if (e.altKey || e.ctrlKey || e.metaKey) return;
+    const k = e.key.toLowerCase();
+    if (k in TOOL_KEYS) { chooseTool(TOOL_KEYS[k]); e.preventDefault(); }
+    else if (k === "i") { toggleInvert(); e.preventDefault(); }
+    else if (e.key === "Escape" && !state.viewer.draft && state.viewer.tool !== "pan") { chooseTool("pan"); e.preventDefault(); }
+  });
+  $("#rad-wc").addEventListener("input", (e) => setWindow(Number(e.target.value), state.window.width));
+  $("#rad-ww").addEventListener("input", (e) => setWindow(state.window.center, Number(e.target.value)));
+}
+
+export async function init(me) {
+  state.me = me;
+  if (state.bound) return;
+  state.bound = true;
+  skeleton();
+  bindViewer();
+  bindDrop();
+  $("#rad-patient-form").addEventListener("submit", (e) => { e.preventDefault(); loadStudies(); });
+  $("#rad-ann-form").addEventListener("submit", submitForm);
+  $("#rad-tooth").addEventListener("input", () => toothError(""));
+}
+
+export function show() {
+  loadStatus();
+  state.viewer?.resize();
+}
+
+export function relabel() {
+  if (!state.bound) return;
+  renderStudies();
+  if (state.study) {
+    showStudy(state.study, true);
+    renderAnnotations();
+    renderScale();
+    renderDeid();
+    state.viewer.draw();
+  }
+  if (state.status) renderAi();
+}
+
+export function reset() {
+  stopPolling();
+  clearTimeout(state.renderTimer);
+  for (const url of state.thumbs) URL.revokeObjectURL(url);
+  Object.assign(state, { patient: "", studies: [], study: null, image: null, annotations: [], selected: null, thumbs: [], status: null, redraw: null, pending: null, editing: null });
+  if (!state.bound) return;
+  state.viewer.clearImage();
+  $("#rad-patient").value = "";
+  clear($("#rad-studies"));
+  clear($("#rad-uploads"));
+  clear($("#rad-thumbs"));
+  $("#rad-study").hidden = true;
+}
