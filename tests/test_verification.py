@@ -191,20 +191,11 @@ MISSED = {
     ),
 }
 FALSELY_FLAGGED = {
-    "en-half-an-hour": (
-        "Bite on the gauze for half an hour [1].",
-        ["Bite on the gauze for 30 minutes."],
-        "guard reads 'half an hour' as 0.5 year ('an' is French for year)",
-    ),
     "fr-par-kilo": (
         "Pas plus de 7 mg d'articaïne par kilo [1].",
         ["La dose maximale d'articaïne est de 7 mg/kg."],
-        "guard has no 'par kilo' per-unit: 7 mg instead of 7 mg/kg (and 'pas plus de')",
-    ),
-    "fr-adrenalinee": (
-        "Lidocaïne avec adrénaline : 7 mg/kg au maximum [1].",
-        ["La dose maximale de lidocaïne adrénalinée est de 7 mg/kg."],
-        "guard does not read 'adrénalinée' as epinephrine",
+        "'par kilo' is a per-kg unit (GUARD_VERSION 2) but here the drug's name stands "
+        "between the dose and it: 7 mg instead of 7 mg/kg",
     ),
     "en-per-dose": (
         "A child may receive 300 mg per dose [1].",
@@ -283,6 +274,44 @@ PASSING = {
         "'sans dépasser' (a maximum) counts as a negation",
     ),
 }
+
+
+# Falsely flagged under GUARD_VERSION 1, read right since version 2 (cache/guard.py).
+WORDING_READ = {
+    "en-half-an-hour": (
+        "Bite on the gauze for half an hour [1].",
+        ["Bite on the gauze for 30 minutes."],
+        "'half an hour' was read as 0.5 year ('an' is French for year)",
+    ),
+    "fr-adrenalinee": (
+        "Lidocaïne avec adrénaline : 7 mg/kg au maximum [1].",
+        ["La dose maximale de lidocaïne adrénalinée est de 7 mg/kg."],
+        "'adrénalinée' was not read as epinephrine",
+    ),
+    "fr-par-kilo-next-to-dose": (
+        "Pas plus de 7 mg par kilo d'articaïne [1].",
+        ["La dose maximale d'articaïne est de 7 mg/kg."],
+        "'par kilo' had no per-unit: 7 mg instead of 7 mg/kg",
+    ),
+    "en-hour-and-a-half": (
+        "Wait an hour and a half before eating [1].",
+        ["Wait 90 minutes before eating."],
+        "'an hour and a half' was 1 year and a half",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WORDING_READ))
+def test_wordings_of_time_dose_and_drug_are_read(case: str) -> None:
+    answer, passages, _ = WORDING_READ[case]
+    result = check(answer, passages, "", "withhold")
+    assert result.status != "unsupported", result.payload()["unsupported"]
+
+
+def test_half_an_hour_is_not_a_year_and_differs_from_an_hour() -> None:
+    assert check("Bite for half an hour [1].", ["Bite for 1 hour."], "", "withhold").status == (
+        "unsupported"
+    )
 
 
 @pytest.mark.parametrize("case", list(CAUGHT))

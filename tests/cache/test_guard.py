@@ -118,3 +118,12 @@ def test_every_near_miss_with_a_detail_is_refused_by_the_guard_alone() -> None:
 def test_paraphrases_mostly_pass_the_guard() -> None:
     refused = [(a, b, explain_guard(a, b)[1]) for a, b in PARAPHRASES if not explain_guard(a, b)[0]]
     assert len(refused) <= 2, refused
+
+
+def test_half_an_hour_and_par_kilo_are_read_as_time_and_per_kg() -> None:
+    """GUARD_VERSION 2: 'an' after 'half' is the article, not the French year."""
+    assert signature("bite for half an hour").numbers == ("0.5 hour",)
+    assert signature("an hour and a half").numbers == ("1.5 hour",)
+    assert signature("7 mg par kilo").numbers == signature("7 mg/kg").numbers
+    assert signature("lidocaine adrenalinee").drugs == ("epinephrine", "lidocaine")
+    assert signature("half an hour") != signature("half a day")

@@ -77,7 +77,9 @@ from dataclasses import dataclass
 
 import orjson
 
-GUARD_VERSION = 1
+GUARD_VERSION = 2
+"""2: "half an hour" is 0.5 hour (was 0.5 year: "an" is French for year), "1 and a half
+hours" 1.5 hour, "par kilo" a per-kg unit, "adrénalinée" epinephrine."""
 
 CATEGORIES = (
     "numbers",
@@ -149,7 +151,7 @@ _units("cm", "cm", "centimeter", "centimeters", "centimetre", "centimetres")
 
 _PER: dict[str, str] = {}
 for _canonical, _spellings in {
-    "kg": ("kg",),
+    "kg": ("kg", "kgs", "kilo", "kilos", "kilogram", "kilogramme"),
     "day": ("day", "d", "j", "jour", "24h", "24 h"),
     "hour": ("hour", "h", "heure"),
     "week": ("week", "semaine", "sem"),
@@ -192,6 +194,15 @@ _ONE_BEFORE_UNIT = re.compile(
     r"\b(?:one|un|une)\s+(?=(?:year|years|an|month|months|mois|week|weeks|semaine|day|days|"
     r"jour|hour|hours|heure|time|fois|tablet|tablets|comprime|gelule|drop|goutte|dose)\b)"
 )
+_TIME_WORDS = r"(?:hour|hours|day|days|minute|minutes|week|weeks|month|months|year|years)"
+_HALF_AN = re.compile(rf"\bhalf\s+an?\s+(?={_TIME_WORDS}\b)")
+"""'half an hour': before number words, else 'half' is 0.5 and 'an hour' reads as 0.5 year
+('an' is French for year)."""
+_AND_A_HALF = re.compile(
+    rf"\b(?:(?P<num>\d+)|an?|one)\s+(?:and\s+a\s+half\s+(?P<unit>{_TIME_WORDS})"
+    rf"|(?P<unit2>{_TIME_WORDS})\s+and\s+a\s+half)\b"
+)
+"""'2 and a half hours', 'an hour and a half': 2.5 hour, 1.5 hour."""
 _FREQUENCY_WORDS = re.compile(r"\b(once|twice|thrice)\b")
 _FREQUENCY = {"once": "1 x", "twice": "2 x", "thrice": "3 x"}
 
@@ -211,6 +222,10 @@ def _extract_numbers(text: str) -> tuple[str, list[str]]:
 
     text = _ORDINAL_DIGITS.sub(ordinal, text)
     text = _FREQUENCY_WORDS.sub(lambda m: _FREQUENCY[m.group(1)], text)
+    text = _HALF_AN.sub("0.5 ", text)
+    text = _AND_A_HALF.sub(
+        lambda m: f"{int(m.group('num') or 1)}.5 {m.group('unit') or m.group('unit2')}", text
+    )
     text = _ONE_BEFORE_UNIT.sub("1 ", text)
     text = _NUMBER_WORD_RE.sub(lambda m: f"{_NUMBER_WORDS[m.group(0)]:g}", text)
 
@@ -389,7 +404,7 @@ _DRUGS: dict[str, tuple[str, ...]] = {
     "mepivacaine": ("mepivacaine", "scandonest", "carbocaine"),
     "prilocaine": ("prilocaine",),
     "bupivacaine": ("bupivacaine",),
-    "epinephrine": ("epinephrine", "adrenaline", "epinephrin"),
+    "epinephrine": ("epinephrine", "adrenaline", "epinephrin", "adrenalinee", "adrenalinees"),
     "warfarin": ("warfarin", "warfarine", "coumadin", "coumadine"),
     "fluindione": ("fluindione", "previscan"),
     "acenocoumarol": ("acenocoumarol", "sintrom"),
