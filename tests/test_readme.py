@@ -34,7 +34,7 @@ _TRIED = rf"; tried=(?:{_NAME}(?:>{_NAME})*|none)"
 ROUTE = re.compile(
     rf"(?:direct"
     rf"|{_NAME}(?:; (?:experiment|rollout)={_NAME})?(?:; release={_NAME})?; (?:"
-    rf"strategy=\w+(?:; [^;]+)?; pick={_NAME}(?:; skipped={_NAME}\((?:context|breaker-[\w-]+)\))?"
+    rf"strategy=\w+(?:; [^;]+)?; pick={_NAME}(?:; skipped={_NAME}\((?:context|text-only|breaker-[\w-]+)\))?"
     rf"|pinned={_NAME}"
     rf"|cache=(?:exact|semantic)(?:; similarity=\d\.\d{{3}})?"
     rf"|knowledge={_NAME}; escalate"

@@ -31,6 +31,7 @@ from iatros.services import Services
 from iatros.testing.fake_upstream import FakeUpstream
 from iatros.testing.fake_vision import FakeVision, marked_png
 from tests.conftest import ADMIN_KEY, RunningServer
+from tests.test_readme import ROUTE
 
 MAX_IMAGE_BYTES = 30_000
 
@@ -179,6 +180,7 @@ def test_a_route_with_a_vision_deployment_takes_images_and_skips_text_only_ones(
     assert r.status_code == 200, r.text
     assert r.headers["x-iatros-model"] == "vision-a"
     assert "skipped=text-gpt(text-only)" in r.headers["x-iatros-route"]
+    assert ROUTE.fullmatch(r.headers["x-iatros-route"])  # the README's grammar
     assert upstream.served == 0
     text = ask(http, "mixed", {"role": "user", "content": "Hello"})
     assert text.headers["x-iatros-model"] == "text-gpt"
