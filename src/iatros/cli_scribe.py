@@ -14,6 +14,7 @@ file or edit prints the server's message and exits 1.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,10 +132,31 @@ def new(
         if clinician:
             body["clinician"] = {"name": clinician}
         resp = _call(url, key, "POST", "/v1/scribe/encounters", json=body)
+    found = resp.json()
+    if resp.status_code == 202:  # a long recording: transcribed by a background job
+        found = _wait(url, key, found)
     if as_json:
-        typer.echo(orjson.dumps(resp.json(), option=orjson.OPT_INDENT_2).decode())
+        typer.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
     else:
-        _show(resp.json())
+        _show(found)
+
+
+def _wait(url: str | None, key: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    """Poll a ``transcribing`` encounter, printing its progress, until it is done."""
+    path = f"/v1/scribe/encounters/{body['id']}"
+    last = -1.0
+    while body["status"] == "transcribing":
+        if body["progress"] != last:
+            job = body.get("job") or {}
+            out.print(f"transcribing {body['id']}: chunk {job.get('chunks_done', 0)} of "
+                      f"{job.get('chunks_total', '?')} ({body['progress']:.0%})")  # fmt: skip
+            last = body["progress"]
+        time.sleep(2)
+        body = _call(url, key, "GET", path).json()
+    if body["status"] != "draft":
+        error = (body.get("job") or {}).get("error") or {}
+        _fail(f"{body['id']} {body['status']}: {error.get('message', '')}", 1)
+    return body
 
 
 @scribe_app.command()

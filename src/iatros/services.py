@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from iatros.agents.service import AgentService
+from iatros.clinical.imaging.service import RadiographService
 from iatros.clinical.scribe.service import ScribeService
 from iatros.clinical.speech.transcriber import Transcriber
 from iatros.config import Settings
@@ -40,6 +41,9 @@ class Services:
     """Releases and experiments (``iatros.experiments``): what each route serves."""
     """The job queue (``iatros.jobs``); workers are started by the server's lifespan
     (``jobs.workers``) or ``iatros worker``, never by a CLI command that only asks."""
+    radiographs: RadiographService = field(init=False)
+    """Radiograph studies; registers its processing job (``radiographs.ingest``) on the
+    queue, so ``iatros worker`` processes run it too."""
     monitor: Monitor | None = field(init=False, default=None)
     """Anomaly detection and alerts (``alerts.enabled``), started with the services."""
     agents: AgentService = field(init=False)
@@ -58,6 +62,10 @@ class Services:
             self.monitor = Monitor(self.settings, self.gateway)
         if self.knowledge is not None:
             self.knowledge.attach_queue(self.jobs)
+        self.scribe.attach_queue(self.jobs)  # long recordings: scribe.transcribe jobs
+        self.radiographs = RadiographService(
+            self.chat, self.governance, self.jobs, self.settings
+        )
         self.agents = AgentService(
             self.settings, self.chat, self.governance, self.reviews.queue, self.knowledge,
             scribe=self.scribe,

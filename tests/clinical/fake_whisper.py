@@ -7,6 +7,7 @@ over the wire, and records what it received.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ class FakeWhisper:
     key: str = "upstream-audio-key"
     text: str = "Upstream transcript: the patient reports a toothache."
     fail_status: int | None = None
+    fail_after: int | None = None
+    """Answer the first ``fail_after`` requests, then fail with ``fail_status`` (500 if None)."""
+    delay_s: float = 0.0
+    """Wait this long before answering (a slow upstream: time to cancel a job)."""
     received: list[dict[str, Any]] = field(default_factory=list)
 
     def app(self) -> Starlette:
@@ -47,7 +52,11 @@ class FakeWhisper:
                     "filename": upload.filename,
                 }
             )
-            if self.fail_status is not None:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.fail_after is not None and len(self.received) > self.fail_after:
+                return _error(self.fail_status or 500, "injected failure")
+            if self.fail_status is not None and self.fail_after is None:
                 return _error(self.fail_status, "injected failure")
             words = self.text.split()
             body = {

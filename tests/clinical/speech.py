@@ -67,3 +67,28 @@ def transcode(wav: bytes, container: str, codec: str, rate: int = 48000) -> byte
         for packet in stream.encode(None):
             dst.mux(packet)
     return out.getvalue()
+
+
+def dialogue_wav(turns: list[tuple[str, str]], pause_s: float = 0.6) -> tuple[bytes, list[float]]:
+    """A dialogue spoken by two espeak voices (``doctor``/``patient``) with pauses between
+    turns, as one 22.05 kHz WAV, and the time at which each turn starts."""
+    voices = {"doctor": ("en-us", 165), "patient": ("en-gb", 150)}
+    rate = 22050
+    pieces: list[np.ndarray] = []
+    starts: list[float] = []
+    at = 0
+    pause = np.zeros(int(pause_s * rate), dtype=np.int16)
+    for who, text in turns:
+        with wave.open(io.BytesIO(speak(text, *voices[who]))) as w:
+            assert w.getframerate() == rate
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        starts.append(at / rate)
+        pieces += [pcm, pause]
+        at += pcm.size + pause.size
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.concatenate(pieces).tobytes())
+    return buf.getvalue(), starts

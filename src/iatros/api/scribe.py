@@ -5,6 +5,11 @@
 ``patient_name``, ``patient_birth_date``, ``clinician_name``). Encounters belong to the
 caller's tenant: another tenant's id is a 404, as an unknown one. Editing or signing a
 signed note is a 409 that says what to do instead (amend it).
+
+A recording longer than ``scribe.background_after_s`` is answered 202: the encounter is
+``transcribing``, a background job transcribes it in chunks, and ``GET`` shows its
+``progress`` (chunks done / chunks in all) until it is a ``draft`` (or ``failed``, with the
+job's error; ``POST …/cancel`` stops it).
 """
 
 from __future__ import annotations
@@ -215,7 +220,7 @@ async def _from_form(request: Request, max_bytes: int) -> tuple[bytes, str, Enco
 
 def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> None:
     limit = scribe.chat.settings.server.max_body_bytes
-    audio_limit = scribe.transcriber.settings.max_file_bytes
+    audio_limit = scribe.settings.max_file_bytes
 
     @app.get("/v1/scribe/templates", tags=["Scribe"], summary="Note templates")
     async def list_templates(request: Request) -> Response:
@@ -230,7 +235,10 @@ def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> N
         tags=["Scribe"],
         summary="A new encounter from a transcript (JSON) or a recording (multipart)",
         status_code=201,
-        responses=error_responses(400, 401, 403, 413, 429, 502, 503),
+        responses={
+            202: {"description": "A long recording: the encounter is transcribing (poll it)"},
+            **error_responses(400, 401, 403, 413, 429, 502, 503),
+        },
         openapi_extra=openapi_body(EncounterRequest),
     )
     async def create(request: Request) -> Response:
@@ -254,7 +262,20 @@ def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> N
                     body.clinician.model_dump(exclude_none=True) if body.clinician else None
                 ),
             )
-            return json_response(view.as_dict(), 201)
+            return json_response(view.as_dict(), 202 if view.status == "transcribing" else 201)
+
+        return await handle(request, "scribe", PERMISSION, work)
+
+    @app.post(
+        "/v1/scribe/encounters/{encounter_id}/cancel",
+        tags=["Scribe"],
+        summary="Cancel a long recording's transcription (409 if it is not transcribing)",
+        responses=error_responses(401, 403, 404, 409),
+    )
+    async def cancel(request: Request, encounter_id: EncounterId) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            view = await scribe.cancel(ctx.principal, encounter_id)
+            return json_response(view.as_dict())
 
         return await handle(request, "scribe", PERMISSION, work)
 

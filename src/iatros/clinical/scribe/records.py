@@ -8,6 +8,12 @@ states, timestamps, the template and a keyed hash of the patient id (for the aud
 A note has versions. A draft version is edited in place; signing freezes it (its content
 hash is recorded) and the store refuses to change a signed version again. An amendment
 is a new draft version copied from the signed one.
+
+An encounter made from a long recording starts ``transcribing`` (its version 1 too, with
+an empty note) while a background job transcribes it; the job's progress lives in the
+sealed transcript (``job``: chunks done and in all), then the encounter becomes a
+``draft`` with its note, or ``failed`` (with the job's error) or ``cancelled``. Only a
+draft can be edited or signed.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from iatros.clinical.scribe.crypto import Sealer
 from iatros.errors import Conflict, NotFound
 from iatros.store.db import Database
 from iatros.store.models import Base, TenantScoped
+
+PENDING = ("transcribing", "failed", "cancelled")
+"""States of an encounter whose note does not exist yet."""
 
 
 class Encounter(TenantScoped, Base):
@@ -93,7 +102,16 @@ class EncounterView:
     has_audio: bool
     audio_deleted_at: datetime | None
 
+    @property
+    def progress(self) -> float:
+        """Chunks transcribed / chunks in all (1.0 once the transcript is there)."""
+        job = self.transcript.get("job") or {}
+        if self.status not in PENDING or not job.get("chunks_total"):
+            return 1.0 if self.status not in PENDING else 0.0
+        return round(float(job.get("chunks_done", 0)) / float(job["chunks_total"]), 4)
+
     def as_dict(self) -> dict[str, Any]:
+        transcript = {k: v for k, v in self.transcript.items() if k != "job"}
         return {
             "id": self.id,
             "object": "scribe.encounter",
@@ -106,7 +124,9 @@ class EncounterView:
             "version": self.version,
             "patient": self.details.get("patient", {}),
             "clinician": self.details.get("clinician", {}),
-            "transcript": self.transcript,
+            "transcript": transcript,
+            "progress": self.progress,
+            "job": self.transcript.get("job"),
             "note": self.note,
             "versions": self.versions,
             "audio": {
@@ -157,7 +177,9 @@ class EncounterStore:
         note: dict[str, Any],
         audio: bytes | None,
         audio_type: str | None,
+        status: str = "draft",
     ) -> str:
+        """A new encounter (``status``: ``draft``, or ``transcribing`` for a queued job)."""
         eid = "enc_" + secrets.token_hex(12)
         now = _now()
         seal = self.sealer.seal_json
@@ -173,7 +195,7 @@ class EncounterStore:
                     template=template,
                     language=language,
                     source=source,
-                    status="draft",
+                    status=status,
                     version=1,
                     transcript=seal(transcript, self._aad(tenant, eid, "transcript")),
                     details=seal(details, self._aad(tenant, eid, "details")),
@@ -189,7 +211,7 @@ class EncounterStore:
                     tenant_id=tenant,
                     encounter_id=eid,
                     version=1,
-                    status="draft",
+                    status=status,
                     content=seal(note, self._aad(tenant, eid, "note:1")),
                     created_at=now,
                     created_by=actor[:32],
@@ -310,6 +332,7 @@ class EncounterStore:
                     "The note is signed and cannot be edited; amend it to make a new version.",
                     code="note_signed",
                 )
+            _ready(current.status)
             current.content = self.sealer.seal_json(
                 note, self._aad(row.tenant_id, row.id, f"note:{current.version}")
             )
@@ -325,6 +348,7 @@ class EncounterStore:
                     f"Version {current.version} of this note is already signed.",
                     code="already_signed",
                 )
+            _ready(current.status)
             aad = self._aad(row.tenant_id, row.id, f"note:{current.version}")
             note = cast(dict[str, Any], self.sealer.open_json(current.content, aad))
             now = _now()
@@ -343,6 +367,7 @@ class EncounterStore:
         with self.db.session(tenant) as session:
             row = self._row(session, encounter_id)
             current = self._current(session, row)
+            _ready(current.status)
             if current.status != "signed":
                 raise Conflict(
                     f"Version {current.version} is still a draft: edit it instead.",
@@ -390,3 +415,108 @@ class EncounterStore:
             row.audio = None
             row.audio_deleted_at = _now()
             return True
+
+    # --- the background transcription of a long recording ---------------------------
+
+    def _pending(self, session: Any, encounter_id: str) -> tuple[Encounter, NoteVersion]:
+        row = self._row(session, encounter_id)
+        return row, self._current(session, row)
+
+    def _transcript(self, row: Encounter) -> dict[str, Any]:
+        aad = self._aad(row.tenant_id, row.id, "transcript")
+        return cast(dict[str, Any], self.sealer.open_json(row.transcript, aad))
+
+    def _set_transcript(self, row: Encounter, transcript: dict[str, Any]) -> None:
+        aad = self._aad(row.tenant_id, row.id, "transcript")
+        row.transcript = self.sealer.seal_json(transcript, aad)
+
+    def _set_state(self, row: Encounter, current: NoteVersion, status: str) -> None:
+        row.status = current.status = status
+        row.updated_at = current.updated_at = _now()
+
+    def job_update(self, tenant: str, encounter_id: str, **job: Any) -> str:
+        """Merge ``job`` into the transcript's job record; returns the encounter's state.
+
+        Written only while the encounter is ``transcribing`` (a cancelled one is left as
+        it is, and the job sees the state it returns and stops).
+        """
+        with self.db.session(tenant) as session:
+            row, current = self._pending(session, encounter_id)
+            if current.status == "transcribing":
+                transcript = self._transcript(row)
+                transcript["job"] = {**(transcript.get("job") or {}), **job}
+                self._set_transcript(row, transcript)
+                row.updated_at = _now()
+            return current.status
+
+    def restart(self, tenant: str, encounter_id: str) -> str:
+        """A failed transcription run again (its dead job retried): back to transcribing."""
+        with self.db.session(tenant) as session:
+            row, current = self._pending(session, encounter_id)
+            if current.status == "failed":
+                transcript = self._transcript(row)
+                transcript["job"] = {**(transcript.get("job") or {}), "error": None,
+                                     "chunks_done": 0}  # fmt: skip
+                self._set_transcript(row, transcript)
+                self._set_state(row, current, "transcribing")
+            return current.status
+
+    def complete(
+        self,
+        tenant: str,
+        encounter_id: str,
+        transcript: dict[str, Any],
+        note: dict[str, Any],
+        language: str,
+    ) -> bool:
+        """The transcript and the draft note in one step; False if no longer transcribing."""
+        with self.db.session(tenant) as session:
+            row, current = self._pending(session, encounter_id)
+            if current.status != "transcribing":
+                return False
+            job = self._transcript(row).get("job") or {}
+            total = job.get("chunks_total", 0)
+            self._set_transcript(row, {**transcript, "job": {**job, "chunks_done": total}})
+            current.content = self.sealer.seal_json(
+                note, self._aad(row.tenant_id, row.id, f"note:{current.version}")
+            )
+            row.language = language[:8]
+            self._set_state(row, current, "draft")
+            return True
+
+    def fail(self, tenant: str, encounter_id: str, message: str, code: str | None) -> bool:
+        """The job failed: the encounter says why (no half transcript is kept)."""
+        with self.db.session(tenant) as session:
+            row, current = self._pending(session, encounter_id)
+            if current.status != "transcribing":
+                return False
+            transcript = self._transcript(row)
+            transcript["job"] = {**(transcript.get("job") or {}),
+                                 "error": {"message": message, "code": code}}  # fmt: skip
+            self._set_transcript(row, transcript)
+            self._set_state(row, current, "failed")
+            return True
+
+    def cancel(self, tenant: str, encounter_id: str) -> str | None:
+        """Stop waiting for the transcript; returns the job id to cancel (409 if not running)."""
+        with self.db.session(tenant) as session:
+            row, current = self._pending(session, encounter_id)
+            if current.status != "transcribing":
+                raise Conflict(
+                    f"The encounter is {current.status}, not transcribing: nothing to cancel.",
+                    code="not_transcribing",
+                )
+            self._set_state(row, current, "cancelled")
+            job = self._transcript(row).get("job") or {}
+            return cast(str | None, job.get("id"))
+
+
+def _ready(status: str) -> None:
+    """A note that does not exist yet (transcription pending, failed, cancelled): 409."""
+    if status in PENDING:
+        what = {
+            "transcribing": "the recording is still being transcribed; wait for the draft",
+            "failed": "the transcription failed; see the encounter's job error",
+            "cancelled": "the transcription was cancelled",
+        }[status]
+        raise Conflict(f"There is no note to change yet: {what}.", code="note_not_ready")

@@ -4,11 +4,18 @@ Transport-free like the chat service: the HTTP router (``api/scribe.py``) and th
 (``iatros scribe``) both call it. It transcribes through the :class:`Transcriber`, drafts
 through the :class:`ChatService`, and keeps everything sealed in the store; every access
 is audited with the patient id as a keyed hash, never in clear.
+
+A long recording (``scribe.background_after_s``) is transcribed in chunks by the job
+``scribe.transcribe`` (:mod:`iatros.jobs`: in process, or any ``iatros worker`` on the
+shared Redis queue): the encounter is ``transcribing`` with its progress until the job
+has the transcript and the draft note, or has failed with the chunk that failed and why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 
 from iatros.auth import Principal
@@ -20,13 +27,25 @@ from iatros.clinical.scribe.extraction import extract
 from iatros.clinical.scribe.linking import link
 from iatros.clinical.scribe.records import EncounterStore, EncounterView
 from iatros.clinical.scribe.settings import ScribeSettings
+from iatros.clinical.scribe.speakers import SpeakerModel
 from iatros.clinical.scribe.templates import NoteTemplate, templates
 from iatros.clinical.scribe.transcript import Line, from_dicts, from_result, from_text
-from iatros.clinical.speech.transcriber import Transcriber
+from iatros.clinical.speech.audio import probe
+from iatros.clinical.speech.chunking import ChunkPlan, chunk_count
+from iatros.clinical.speech.long_audio import Progress, transcribe_chunked
+from iatros.clinical.speech.transcriber import Transcriber, Transcription
 from iatros.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from iatros.gateway.chat import ChatService
 from iatros.gateway.context import RequestContext
 from iatros.governance.service import Governance
+from iatros.jobs import JobContext, JobNotFound, JobQueue, PermanentError
+
+TRANSCRIBE_JOB = "scribe.transcribe"
+log = logging.getLogger("iatros.scribe")
+
+
+class _Stopped(Exception):
+    """The encounter left ``transcribing`` (cancelled) while its job ran."""
 
 
 def coverage(sections: list[dict[str, Any]]) -> dict[str, Any]:
@@ -55,6 +74,14 @@ class ScribeService:
         self.settings = settings
         self.drafter = NoteDrafter(chat, settings)
         self.store = EncounterStore(governance.db, Sealer(governance.chain.keyring))
+        self.speakers = SpeakerModel(chat, settings.model, settings.speaker_model_max_lines)
+        self.queue: JobQueue | None = None
+        self.plan = ChunkPlan(settings.chunk_s, settings.chunk_overlap_s, settings.chunk_search_s)
+
+    def attach_queue(self, queue: JobQueue) -> None:
+        """Transcribe long recordings as ``scribe.transcribe`` jobs of ``queue``."""
+        queue.register(TRANSCRIBE_JOB, self._run_job, max_attempts=1)
+        self.queue = queue
 
     def template(self, name: str | None) -> NoteTemplate:
         name = name or self.settings.default_template
@@ -90,14 +117,59 @@ class ScribeService:
             raise
         finally:
             self.chat.finish(ctx)
-        result = done.result
+        return _transcript(done)
+
+    def _long(self, audio: bytes) -> tuple[str, float] | None:
+        """(container, duration) when the recording goes the chunked way, else None.
+
+        Blocking (it decodes the whole file, keeping nothing): run it in a thread. Bad
+        files fail here with the same precise 4xx as a short one.
+        """
+        s, limits = self.settings, self.transcriber.settings
+        container, duration = probe(audio, s.max_duration_s, s.max_file_bytes)
+        if (
+            duration > s.background_after_s
+            or duration > limits.max_duration_s
+            or len(audio) > limits.max_file_bytes
+        ):
+            return container, duration
+        return None
+
+    async def _transcribe_long(
+        self, principal: Principal, audio: bytes, container: str, duration: float,
+        language: str | None, progress: Progress,
+    ) -> dict[str, Any]:  # fmt: skip
+        ctx = RequestContext(principal=principal, endpoint="audio")
+        try:
+            done = await transcribe_chunked(
+                self.transcriber, ctx, audio, container=container, duration_s=duration,
+                max_duration_s=self.settings.max_duration_s, language=language,
+                plan=self.plan, progress=progress,
+            )  # fmt: skip
+        except GatewayError as exc:
+            ctx.status = exc.status
+            raise
+        finally:
+            self.chat.finish(ctx)
+        return {**_transcript(done), "chunks": chunk_count(duration, self.plan)}
+
+    async def _note(
+        self, principal: Principal, chosen: NoteTemplate, transcript: dict[str, Any],
+        lang: str, patient_id: str | None, source: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The draft note (and, for a recording, the model's speaker votes if enabled)."""
+        lines = from_dicts(transcript["lines"])
+        if source == "audio" and self.settings.speaker_model:
+            await self.speakers.label(principal, patient_id, lines)
+            transcript["lines"] = [line.as_dict() for line in lines]
+        ctx = DraftContext(principal, patient_id, lang)
+        sections = await self.drafter.draft(ctx, chosen, lines)
         return {
-            "lines": [line.as_dict() for line in from_result(result)],
-            "language": result.language,
-            "duration_s": round(result.duration_s, 2),
-            "model": done.deployment,
-            "container": done.container,
-            "dropped": result.dropped,
+            "template": chosen.id,
+            "title": chosen.label(lang),
+            "sections": sections,
+            "structured": extract(lines),
+            "coverage": coverage(sections),
         }
 
     async def create(
@@ -111,12 +183,29 @@ class ScribeService:
         filename: str = "recording",
         patient: dict[str, Any] | None = None,
         clinician: dict[str, Any] | None = None,
+        background: bool = True,
+        progress: Progress | None = None,
     ) -> EncounterView:
+        """A new encounter, drafted; or, for a long recording with ``background`` and a
+        queue, ``transcribing`` at once with a job queued (the HTTP API's 202).
+
+        ``background=False`` (the CLI) transcribes a long recording in chunks here,
+        calling ``progress`` after each chunk."""
         chosen = self.template(template)
         patient = patient or {}
         patient_id = patient.get("id")
         if audio is not None:
-            transcript = await self.transcribe(principal, audio, filename, language)
+            long = await asyncio.to_thread(self._long, audio)
+            if long is not None and background and self.queue is not None:
+                return await self._queue_long(
+                    principal, chosen, audio, filename, long, language, patient, clinician
+                )
+            if long is not None:
+                transcript = await self._transcribe_long(
+                    principal, audio, *long, language, progress or _quiet
+                )
+            else:
+                transcript = await self.transcribe(principal, audio, filename, language)
             source = "audio"
         else:
             lines = from_text(text or "")
@@ -126,16 +215,7 @@ class ScribeService:
             source = "transcript"
         lang = language or transcript.get("language") or "en"
         transcript["language"] = lang
-        lines = from_dicts(transcript["lines"])
-        ctx = DraftContext(principal, patient_id, lang)
-        sections = await self.drafter.draft(ctx, chosen, lines)
-        note = {
-            "template": chosen.id,
-            "title": chosen.label(lang),
-            "sections": sections,
-            "structured": extract(lines),
-            "coverage": coverage(sections),
-        }
+        note = await self._note(principal, chosen, transcript, lang, patient_id, source)
         eid = await asyncio.to_thread(
             self.store.create,
             tenant=principal.tenant,
@@ -272,3 +352,141 @@ class ScribeService:
         patient_id = view.details.get("patient", {}).get("id")
         self._audit(principal, "scribe.note.amend", encounter_id, patient_id, version=version)
         return view
+
+    # --- long recordings: the background job --------------------------------------------
+
+    async def _queue_long(
+        self, principal: Principal, chosen: NoteTemplate, audio: bytes, filename: str,
+        long: tuple[str, float], language: str | None, patient: dict[str, Any],
+        clinician: dict[str, Any] | None,
+    ) -> EncounterView:  # fmt: skip
+        """Store the encounter ``transcribing`` (audio sealed in it) and queue its job."""
+        assert self.queue is not None
+        container, duration = long
+        patient_id = patient.get("id")
+        total = chunk_count(duration, self.plan)
+        eid = await asyncio.to_thread(
+            self.store.create,
+            tenant=principal.tenant,
+            actor=principal.key_id,
+            patient_ref=self.governance.patient_ref(patient_id) if patient_id else None,
+            template=chosen.id,
+            language=language or "en",
+            source="audio",
+            transcript={
+                "lines": [], "language": language, "duration_s": round(duration, 2),
+                "container": container,
+                "job": {"id": None, "chunks_done": 0, "chunks_total": total, "error": None},
+            },
+            details={"patient": patient, "clinician": clinician or {}},
+            note={"template": chosen.id, "title": chosen.label(language or "en"),
+                  "sections": [], "structured": {}, "coverage": coverage([])},
+            audio=audio,
+            audio_type=container,
+            status="transcribing",
+        )  # fmt: skip
+        payload = {
+            "encounter": eid, "key_id": principal.key_id, "role": principal.role,
+            "capabilities": list(principal.capabilities), "language": language,
+            "filename": filename[:200],
+        }  # fmt: skip
+        try:
+            job_id = await self.queue.enqueue(
+                TRANSCRIBE_JOB, payload, tenant=principal.tenant, idempotency_key=eid
+            )
+        except Exception as exc:
+            message = "The transcription could not be queued."
+            await asyncio.to_thread(self.store.fail, principal.tenant, eid, message, "queue_error")
+            raise GatewayError(f"The transcription could not be queued: {exc}") from None
+        await asyncio.to_thread(self.store.job_update, principal.tenant, eid, id=job_id)
+        self._audit(principal, "scribe.encounter.create", eid, patient_id, source="audio",
+                    background=True, job=job_id, chunks=total)  # fmt: skip
+        return await asyncio.to_thread(self.store.get, principal.tenant, eid)
+
+    async def _run_job(self, job: JobContext) -> dict[str, Any]:
+        """The ``scribe.transcribe`` job: chunks → transcript → draft note, or ``failed``."""
+        p, tenant = job.payload, job.tenant
+        eid = str(p["encounter"])
+        principal = Principal(tenant=tenant, key_id=str(p["key_id"]), role=str(p["role"]),
+                              capabilities=tuple(p.get("capabilities") or ()))  # fmt: skip
+        status = await asyncio.to_thread(self.store.restart, tenant, eid)
+        if status != "transcribing":
+            return {"encounter": eid, "skipped": status}
+        view = await asyncio.to_thread(self.store.get, tenant, eid)
+        patient_id = view.details.get("patient", {}).get("id")
+
+        async def progress(done: int, total: int) -> None:
+            state = await asyncio.to_thread(
+                self.store.job_update, tenant, eid, chunks_done=done, chunks_total=total
+            )
+            await job.progress({"encounter": eid, "chunks_done": done, "chunks_total": total})
+            if state != "transcribing":
+                raise _Stopped(state)
+
+        try:
+            found = await asyncio.to_thread(self.store.audio, tenant, eid)
+            if found is None:
+                raise InvalidRequest("The recording is no longer stored.", code="audio_deleted")
+            audio, container = found
+            duration = float(view.transcript.get("duration_s") or 0.0)
+            language = p.get("language")
+            transcript = await self._transcribe_long(
+                principal, audio, container, duration, language, progress
+            )
+            del audio, found
+            lang = language or transcript.get("language") or "en"
+            transcript["language"] = lang
+            chosen = self.template(view.template)
+            note = await self._note(principal, chosen, transcript, lang, patient_id, "audio")
+        except _Stopped as stopped:
+            return {"encounter": eid, "stopped": str(stopped)}
+        except Exception as exc:
+            message = (
+                exc.message
+                if isinstance(exc, GatewayError)
+                else (f"The transcription stopped on an internal error ({type(exc).__name__}).")
+            )
+            code = exc.code if isinstance(exc, GatewayError) else "internal_error"
+            if not isinstance(exc, GatewayError):
+                log.exception("scribe transcription job failed", extra={"job": job.id})
+            await asyncio.to_thread(self.store.fail, tenant, eid, message, code)
+            self._audit(principal, "scribe.transcription.fail", eid, patient_id, job=job.id,
+                        code=code)  # fmt: skip
+            raise PermanentError(message) from None
+        completed = await asyncio.to_thread(self.store.complete, tenant, eid, transcript, note,
+                                            transcript["language"])  # fmt: skip
+        if not completed:
+            return {"encounter": eid, "stopped": "cancelled"}
+        self._audit(principal, "scribe.transcription.complete", eid, patient_id, job=job.id,
+                    chunks=transcript.get("chunks"))  # fmt: skip
+        return {"encounter": eid, "lines": len(transcript["lines"]),
+                "chunks": transcript.get("chunks")}  # fmt: skip
+
+    async def cancel(self, principal: Principal, encounter_id: str) -> EncounterView:
+        """Stop a long recording's transcription: the encounter is ``cancelled`` (409 if it
+        is not transcribing); the job stops at its next chunk (or at once if queued)."""
+        job_id = await asyncio.to_thread(self.store.cancel, principal.tenant, encounter_id)
+        if job_id and self.queue is not None:
+            with contextlib.suppress(JobNotFound):
+                await self.queue.cancel(job_id, tenant=principal.tenant)
+        view = await asyncio.to_thread(self.store.get, principal.tenant, encounter_id)
+        patient_id = view.details.get("patient", {}).get("id")
+        self._audit(principal, "scribe.transcription.cancel", encounter_id, patient_id,
+                    job=job_id)  # fmt: skip
+        return view
+
+
+async def _quiet(done: int, total: int) -> None:
+    """No progress report (the default of an inline chunked transcription)."""
+
+
+def _transcript(done: Transcription) -> dict[str, Any]:
+    result = done.result
+    return {
+        "lines": [line.as_dict() for line in from_result(result)],
+        "language": result.language,
+        "duration_s": round(result.duration_s, 2),
+        "model": done.deployment,
+        "container": done.container,
+        "dropped": result.dropped,
+    }

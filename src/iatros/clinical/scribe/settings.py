@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class ScribeSettings(BaseModel):
@@ -27,3 +27,27 @@ class ScribeSettings(BaseModel):
     fhir_token: SecretStr | None = None
     """Sent as ``Authorization: Bearer`` to the FHIR server."""
     fhir_timeout_s: float = Field(20.0, gt=0)
+    background_after_s: float = Field(300.0, ge=0)
+    """A recording longer than this (or larger than ``transcription.max_file_bytes``, or
+    longer than ``transcription.max_duration_s``) is transcribed in chunks by a background
+    job: ``POST /v1/scribe/encounters`` answers 202 with the encounter ``transcribing`` and
+    its progress. 0: every recording goes through the job."""
+    max_duration_s: float = Field(3 * 3600.0, gt=0)
+    """Longest recording an encounter takes (the chunked path)."""
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    """Largest recording an encounter takes (45 minutes of 16 kHz WAV are 86 MB)."""
+    chunk_s: float = Field(120.0, ge=10.0)
+    """Nominal length of a chunk; cuts move to the longest pause within ``chunk_search_s``."""
+    chunk_overlap_s: float = Field(1.0, ge=0.0, le=5.0)
+    chunk_search_s: float = Field(8.0, ge=0.5)
+    speaker_model: bool = False
+    """Ask the model (``scribe.model``) who said the lines of a recording's transcript that
+    the speaker heuristics leave open (measured in ``bench/results/scribe-speakers.md``)."""
+    speaker_model_max_lines: int = Field(300, ge=0)
+    """At most this many lines are sent to the model (one short request each)."""
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> ScribeSettings:
+        if self.chunk_search_s * 2 >= self.chunk_s:
+            raise ValueError("scribe.chunk_search_s must be less than half of scribe.chunk_s")
+        return self

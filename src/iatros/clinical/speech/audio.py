@@ -11,6 +11,7 @@ hours of audio cannot make the server decode them.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,20 @@ def sniff(data: bytes) -> str | None:
 
 def decode(data: bytes, max_duration_s: float, max_bytes: int) -> DecodedAudio:
     """Decode to 16 kHz mono float32, or raise the error that says what is wrong."""
+    container = check_file(data, max_bytes)
+    chunks = list(stream_pcm(data, container, max_duration_s))
+    total = sum(c.size for c in chunks)
+    if total == 0:
+        raise AudioError(f"The {container} file holds no audio samples.", "corrupt_audio")
+    samples = (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)
+    duration = samples.size / SAMPLE_RATE
+    if duration > max_duration_s:
+        raise _too_long(duration, max_duration_s)
+    return DecodedAudio(samples, duration, container)
+
+
+def check_file(data: bytes, max_bytes: int) -> str:
+    """The container of a non-empty file within ``max_bytes``, or the precise error."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(
             f"The audio file is {len(data)} bytes; the limit is {max_bytes}.",
@@ -72,10 +87,25 @@ def decode(data: bytes, max_duration_s: float, max_bytes: int) -> DecodedAudio:
             f"The file is not in a supported audio format ({FORMATS}).",
             "unsupported_audio_format",
         )
+    return container
+
+
+def stream_pcm(
+    data: bytes,
+    container: str,
+    max_duration_s: float,
+    setting: str = "transcription.max_duration_s",
+) -> Iterator[npt.NDArray[Any]]:
+    """The audio as 16 kHz mono int16 pieces, one decoded frame at a time.
+
+    Nothing but the current frame is held, so a caller that keeps only a window of the
+    pieces (the chunked transcription of long recordings) needs memory for that window,
+    not for the whole recording. Stops with ``audio_too_long`` as soon as the audio
+    passes ``max_duration_s``.
+    """
     import av
 
     max_samples = int(max_duration_s * SAMPLE_RATE)
-    chunks: list[npt.NDArray[Any]] = []
     total = 0
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as box:
@@ -88,19 +118,19 @@ def decode(data: bytes, max_duration_s: float, max_bytes: int) -> DecodedAudio:
                 else None
             )
             if declared is not None and declared > max_duration_s + 1:
-                raise _too_long(declared, max_duration_s)
+                raise _too_long(declared, max_duration_s, setting)
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             for frame in box.decode(stream):
                 for out in resampler.resample(frame):
                     array = out.to_ndarray().reshape(-1)
-                    chunks.append(array)
                     total += array.size
+                    yield array
                 if total > max_samples + SAMPLE_RATE:
-                    raise _too_long(total / SAMPLE_RATE, max_duration_s)
+                    raise _too_long(total / SAMPLE_RATE, max_duration_s, setting)
             for out in resampler.resample(None):
                 array = out.to_ndarray().reshape(-1)
-                chunks.append(array)
                 total += array.size
+                yield array
     except AudioError:
         raise
     except (av.error.FFmpegError, ValueError, IndexError, OSError) as exc:
@@ -108,19 +138,32 @@ def decode(data: bytes, max_duration_s: float, max_bytes: int) -> DecodedAudio:
             f"The {container} file could not be decoded (corrupt or truncated): {exc}",
             "corrupt_audio",
         ) from None
+
+
+def probe(
+    data: bytes, max_duration_s: float, max_bytes: int, setting: str = "scribe.max_duration_s"
+) -> tuple[str, float]:
+    """The container and exact duration, decoding the whole file but keeping nothing.
+
+    What an upload is checked with before it is queued for a background transcription:
+    a corrupt, empty, unsupported or too long file is refused at once (4xx), not when a
+    worker reaches it.
+    """
+    container = check_file(data, max_bytes)
+    total = sum(piece.size for piece in stream_pcm(data, container, max_duration_s, setting))
     if total == 0:
         raise AudioError(f"The {container} file holds no audio samples.", "corrupt_audio")
-    samples = (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)
-    duration = samples.size / SAMPLE_RATE
+    duration = total / SAMPLE_RATE
     if duration > max_duration_s:
-        raise _too_long(duration, max_duration_s)
-    return DecodedAudio(samples, duration, container)
+        raise _too_long(duration, max_duration_s, setting)
+    return container, duration
 
 
-def _too_long(seconds: float, limit: float) -> AudioError:
+def _too_long(
+    seconds: float, limit: float, setting: str = "transcription.max_duration_s"
+) -> AudioError:
     return AudioError(
-        f"The recording lasts {seconds:.0f} s; the limit is {limit:.0f} s "
-        "(transcription.max_duration_s).",
+        f"The recording lasts {seconds:.0f} s; the limit is {limit:.0f} s ({setting}).",
         "audio_too_long",
     )
 

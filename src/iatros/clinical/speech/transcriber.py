@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
+import wave
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from iatros.clinical.speech.audio import AudioError, decode, speech_seconds
 from iatros.clinical.speech.hallucinations import filter_segments
@@ -27,6 +32,7 @@ from iatros.gateway.context import RequestContext
 from iatros.gateway.pipeline import Gateway
 from iatros.providers.openai_compat import OpenAICompatProvider
 from iatros.providers.transcription import (
+    SAMPLE_RATE,
     TranscribeCall,
     TranscriptionProvider,
     TranscriptResult,
@@ -168,6 +174,39 @@ class Transcriber:
         ctx.deployment = plan[0].name
         call, container = await asyncio.to_thread(self.check, data, filename)
         call.language, call.prompt, call.word_timestamps = language, prompt, word_timestamps
+        result, name = await self._run(ctx, plan, decision, call)
+        ctx.usage.completion_tokens = len(result.text.split())
+        return Transcription(result, name, container)
+
+    async def transcribe_samples(
+        self,
+        ctx: RequestContext,
+        samples: npt.NDArray[np.float32],
+        *,
+        language: str | None = None,
+        filename: str = "chunk.wav",
+    ) -> tuple[TranscriptResult, str]:
+        """One chunk of a long recording, already decoded and checked (16 kHz mono).
+
+        Routed, fallen back and filtered like :meth:`transcribe`; an upstream API gets the
+        chunk as a WAV file. Adds the words to ``ctx``'s usage (the caller finishes it).
+        """
+        ctx.model = ctx.model or "whisper-1"
+        plan, decision = self.plan(None, language)
+        ctx.route = decision
+        ctx.deployment = ctx.deployment or plan[0].name
+        call = TranscribeCall(
+            audio=wav_bytes(samples), filename=filename, samples=samples,
+            duration_s=samples.size / SAMPLE_RATE, language=language,
+        )  # fmt: skip
+        result, name = await self._run(ctx, plan, decision, call)
+        ctx.usage.completion_tokens += len(result.text.split())
+        return result, name
+
+    async def _run(
+        self, ctx: RequestContext, plan: list[Deployment], decision: str, call: TranscribeCall
+    ) -> tuple[TranscriptResult, str]:
+        """Try the deployments in order; the first answer, filtered, and who gave it."""
         tried: list[str] = []
         last: GatewayError | None = None
         for deployment in plan:
@@ -190,7 +229,17 @@ class Transcriber:
             if len(tried) > 1:
                 ctx.route = f"{decision}; tried={'>'.join(tried)}"
             filter_segments(result, self.settings.low_confidence_logprob)
-            ctx.usage.completion_tokens = len(result.text.split())
-            return Transcription(result, deployment.name, container)
+            return result, deployment.name
         assert last is not None
         raise last
+
+
+def wav_bytes(samples: npt.NDArray[np.float32]) -> bytes:
+    """16 kHz mono 16-bit WAV of ``samples`` (what an upstream API is sent for a chunk)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
