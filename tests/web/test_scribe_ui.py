@@ -166,3 +166,45 @@ def test_upload_a_recording_and_a_bad_file(
     page.locator("#scribe-file").set_input_files(str(m4a))
     page.locator("#scribe-result").wait_for(state="visible", timeout=120_000)
     assert "ibuprofen" in page.locator("#scribe-transcript").inner_text().lower()
+
+
+@pytest.fixture(scope="module")
+def chunked_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Every recording goes through the background job, in 10-second chunks."""
+    config = speech_config(tmp_path_factory.mktemp("scribe-chunked"))
+    config["providers"]["t"]["reply"] = REPLY
+    config["scribe"] = {"background_after_s": 0, "chunk_s": 10, "chunk_search_s": 2}
+    settings = load_settings(overrides=config)
+    server = RunningServer(settings, create_app(settings))
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def test_a_long_recording_shows_its_progress(
+    chunked_web: RunningServer, mic_page: Any, tmp_path: Path
+) -> None:
+    from tests.clinical.speech import dialogue_wav
+
+    page = mic_page
+    open_scribe(page, chunked_web)
+    audio, _ = dialogue_wav([
+        ("patient", "My lower left tooth hurts when I drink something cold."),
+        ("doctor", "How long has this been going on, and does it wake you at night?"),
+        ("patient", "About a week now, and yes, sometimes it wakes me up."),
+        ("doctor", "Take ibuprofen four hundred milligrams three times a day."),
+        ("doctor", "We will look at it with an x-ray and probably do a filling next week."),
+    ])  # fmt: skip
+    path = tmp_path / "long-visit.wav"
+    path.write_bytes(audio)
+    page.locator("#scribe-file").set_input_files(str(path))
+    bar = page.locator("#scribe-progress[aria-valuenow]")
+    bar.wait_for(state="visible", timeout=30_000)
+    assert bar.get_attribute("aria-valuemin") == "0" and bar.get_attribute("aria-valuemax") == "100"
+    assert "chunk" in (bar.get_attribute("aria-valuetext") or "")
+    assert "chunk" in page.locator("#scribe-status").inner_text()
+    shot(page, "scribe-transcribing")
+    page.locator("#scribe-result").wait_for(state="visible", timeout=120_000)
+    assert page.locator("#scribe-progress").is_hidden()
+    assert "ibuprofen" in page.locator("#scribe-transcript").inner_text().lower()
+    assert "draft" in page.locator("#scribe-state").inner_text().lower()

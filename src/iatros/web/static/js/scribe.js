@@ -10,7 +10,7 @@ import { t } from "./i18n.js";
 
 const state = {
   bound: false, encounter: null, editing: false, recorder: null, stream: null, chunks: [],
-  started: 0, timer: null, meterFrame: null, audioContext: null, busy: false,
+  started: 0, timer: null, meterFrame: null, audioContext: null, busy: false, polling: null,
 };
 
 function setStatus(text, kind = "") {
@@ -133,6 +133,7 @@ function submitAudio(blob, name) {
     let body = null;
     try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
     if (xhr.status >= 400) fail(new ApiError(xhr.status, body));
+    else if (xhr.status === 202) poll(body);  // a long recording: transcribed by a background job
     else display(body, t("scribe.drafted"));
   };
   xhr.onerror = () => fail(new Error(t("scribe.network")));
@@ -142,6 +143,42 @@ function submitAudio(blob, name) {
   $("#scribe-progress").value = 0;
   setStatus(t("scribe.uploading", { pct: 0 }), "busy");
   xhr.send(form);
+}
+
+// A long recording is transcribed in chunks by a background job: the encounter is polled
+// and its progress (chunks done / in all) shown on the progress bar until the draft is ready.
+function showProgress(enc) {
+  const bar = $("#scribe-progress");
+  const job = enc.job || {};
+  const pct = Math.round(100 * (enc.progress || 0));
+  const text = t("scribe.chunks", { done: job.chunks_done ?? 0, total: job.chunks_total ?? "?", pct });
+  bar.hidden = false;
+  bar.value = enc.progress || 0;
+  bar.setAttribute("aria-label", t("scribe.transcribing"));
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "100");
+  bar.setAttribute("aria-valuenow", String(pct));
+  bar.setAttribute("aria-valuetext", text);
+  setStatus(text, "busy");
+}
+
+async function poll(enc) {
+  const id = enc.id;
+  state.polling = id;
+  state.busy = true;
+  updateButtons();
+  showProgress(enc);
+  while (state.polling === id) {
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    if (state.polling !== id) return;
+    let now;
+    try { now = await api(`/v1/scribe/encounters/${id}`); } catch (err) { state.polling = null; fail(err); return; }
+    if (now.status === "transcribing") { showProgress(now); continue; }
+    state.polling = null;
+    if (now.status === "draft") { display(now, t("scribe.drafted")); return; }
+    $("#scribe-progress").hidden = true;
+    fail(new Error(now.job?.error?.message || t(`scribe.state_${now.status}`)));
+  }
 }
 
 async function submitText() {
@@ -329,6 +366,7 @@ export function show() {}
 export function reset() {
   if (state.recorder && state.recorder.state === "recording") stopRecording();
   state.recorder = null;
+  state.polling = null;
   state.encounter = null;
   state.editing = false;
   if ($("#scribe-result")) $("#scribe-result").hidden = true;
