@@ -1,4 +1,5 @@
-"""The agents' tables (migration 0009): templates (versioned) and workflow runs.
+"""The agents' tables: templates (versioned) and workflow runs (migration 0009), and the
+conversation memory of agents (migration 0011).
 
 A template row is immutable: applying a changed document adds version n + 1, applying the
 same document again adds nothing (``digest``), so ``iatros agents apply`` is idempotent
@@ -56,3 +57,23 @@ class AgentRun(TenantScoped, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AgentMemory(TenantScoped, Base):
+    """What one agent remembers of one conversation: the last turns, and a summary of the
+    turns before them (``memory: summary``). One row per (tenant, agent, conversation)."""
+
+    __tablename__ = "agent_memory"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "agent", "conversation_id", name="uq_agent_memory"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(64))
+    conversation_id: Mapped[str] = mapped_column(String(128))
+    turns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """``{"role", "content"}`` messages, oldest first."""
+    summary: Mapped[str | None] = mapped_column(Text)
+    summarised_turns: Mapped[int] = mapped_column(Integer)
+    """How many turns the summary covers (for the record; they are no longer kept)."""
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
