@@ -12,7 +12,7 @@ import * as scribe from "./scribe.js";
 import * as radiographs from "./radiographs.js";
 import * as experiments from "./experiments.js";
 import * as agents from "./agents.js";
-import { $, $$, announce } from "./dom.js";
+import { $, $$, announce, clearAnnouncements } from "./dom.js";
 import { errorMessage } from "./errors.js";
 import { applyTranslations, language, loadLanguages, onLanguageChange, setLanguage, t } from "./i18n.js";
 
@@ -47,6 +47,7 @@ function showOnly(id) {
 }
 
 function route() {
+  clearAnnouncements();
   if (!state.me) {
     showOnly("view-signin");
     $("#signin-key").focus();

@@ -1,5 +1,7 @@
 // Building DOM safely: text always goes in as text nodes, never through innerHTML.
 
+import { t } from "./i18n.js";
+
 /**
  * Create an element. `attrs`: `class`, `text`, `on<Event>` handlers (functions),
  * `dataset` (object), booleans (set when true), anything else via setAttribute.
@@ -38,14 +40,41 @@ export function clear(el) {
 export const $ = (selector, root = document) => root.querySelector(selector);
 export const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
 
-/** A small, polite status message for screen readers (and a visible toast). */
+/**
+ * A small status message for screen readers and a visible toast. It can be closed (its ×
+ * button, or Escape), pauses while pointed at or focused, and belongs to the view it was
+ * shown on: `clearAnnouncements` (called on navigation) removes it, so it never covers
+ * another page's controls.
+ */
 export function announce(message, kind = "info") {
   const region = document.getElementById("toasts");
   if (!region) return;
-  const toast = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status" }, message);
+  const close = h("button", { type: "button", class: "toast-close", "aria-label": t("common.dismiss") }, "×");
+  const toast = h("div", { class: `toast toast-${kind}`, role: kind === "error" ? "alert" : "status" },
+    h("span", { class: "toast-text" }, message), close);
+  const remove = () => toast.remove();
+  close.addEventListener("click", remove);
+  let timer = setTimeout(remove, kind === "error" ? 6000 : 3000);
+  const pause = () => clearTimeout(timer);
+  const resume = () => { clearTimeout(timer); timer = setTimeout(remove, 2000); };
+  toast.addEventListener("pointerenter", pause);
+  toast.addEventListener("pointerleave", resume);
+  toast.addEventListener("focusin", pause);
+  toast.addEventListener("focusout", resume);
   region.append(toast);
-  setTimeout(() => toast.remove(), kind === "error" ? 8000 : 3500);
 }
+
+/** Remove every toast: a message about one view does not follow the user to the next. */
+export function clearAnnouncements() {
+  const region = document.getElementById("toasts");
+  if (region) clear(region);
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  const last = document.querySelector("#toasts .toast:last-child");
+  if (last) last.remove();
+});
 
 export function uid() {
   const bytes = new Uint8Array(8);
