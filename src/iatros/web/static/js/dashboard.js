@@ -5,7 +5,7 @@ import { api } from "./api.js";
 import { barChart, hbarChart, legend, lineChart } from "./charts.js";
 import { $, clear, h } from "./dom.js";
 import { errorMessage } from "./errors.js";
-import { formatDate, formatMoney, formatMs, formatNumber, formatPercent, language, t } from "./i18n.js";
+import { formatDate, formatMoney, formatMs, formatNumber, formatPercent, language, t, tn } from "./i18n.js";
 
 const PERIODS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
 const REFRESH_MS = 30_000;
@@ -76,7 +76,7 @@ function renderKpis(data) {
   clear(box);
   box.append(
     kpi("requests", t("dash.requests"), formatNumber(totals.requests),
-      totals.cancelled ? t("dash.cancelled_n", { n: formatNumber(totals.cancelled) }) : ""),
+      totals.cancelled ? tn("dash.cancelled", totals.cancelled) : ""),
     kpi("errors", t("dash.errors"), formatNumber(totals.errors), t("dash.rate", { value: formatPercent(totals.error_rate) })),
     kpi("latency", t("dash.latency"), formatMs(totals.latency_p50_ms), t("dash.p95", { value: formatMs(totals.latency_p95_ms) })),
     kpi("ttft", t("dash.ttft"), formatMs(ttft.p50_ms), `${t("dash.p95", { value: formatMs(ttft.p95_ms) })} *`),
@@ -140,7 +140,7 @@ function renderCharts(data) {
   const cards = [
     chartCard("requests", t("dash.c_requests"), (w) => barChart({
       width: w, labels, series: requests, yFormat: int, xFormat,
-      summary: t("dash.s_requests", { requests: formatNumber(data.totals.requests), errors: formatNumber(data.totals.errors) }),
+      summary: t("dash.s_requests", { requests: tn("dash.requests_n", data.totals.requests), errors: tn("dash.errors_n", data.totals.errors) }),
     }), requests),
     chartCard("latency", t("dash.c_latency"), (w) => lineChart({
       width: w, labels, series: latency, yFormat: formatMs, xFormat,

@@ -40,10 +40,19 @@ export function t(key, vars = {}) {
   return text.replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m));
 }
 
-/** Plural-aware: uses `key.one` or `key.other` (French counts 0 and 1 as singular). */
+const pluralRules = {};
+
+/**
+ * Plural-aware: `key.<category>` for the language's CLDR plural category of `n`
+ * (`Intl.PluralRules`: French counts 0 and 1 as "one", English only 1; other languages
+ * have "few", "many"…), falling back to `key.other`.
+ */
 export function tn(key, n, vars = {}) {
-  const one = current === "fr" ? n < 2 : n === 1;
-  return t(`${key}.${one ? "one" : "other"}`, { n: formatNumber(n), ...vars });
+  const rules = (pluralRules[current] ??= new Intl.PluralRules(locale()));
+  const specific = `${key}.${rules.select(n)}`;
+  const known = (dictionaries[current]?.[specific] ?? dictionaries.en?.[specific]) !== undefined;
+  const chosen = known ? specific : `${key}.other`;
+  return t(chosen, { n: formatNumber(n), ...vars });
 }
 
 export function formatNumber(n, options = {}) {
