@@ -231,6 +231,7 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                     param="request_id",
                     code="request_not_found",
                 )
+            gateway.metrics.count_feedback(str(saved["model"]), body.rating)
             return _json({"object": "feedback", **saved}, 201)
 
         return await handle(request, "web", "feedback", work)
@@ -295,6 +296,14 @@ def mount_web(app: FastAPI, gateway: Gateway, governance: Governance, handle: Ha
                 offset=offset,
             )
             ttft = stats.histogram_quantiles(gateway.metrics.registry)
+            if body["keys"]:
+                # Keys by the name their owner gave them: ids mean nothing to a practice.
+                known = await asyncio.to_thread(
+                    governance.keys.list, scope, None if principal.platform else scope
+                )
+                names = {k.id: k.name for k in known}
+                for row in body["keys"]:
+                    row["name"] = names.get(row["key_id"]) or None
             return _json(
                 {
                     "object": "stats",

@@ -249,8 +249,12 @@ function render() {
   renderHealth(state.health);
   const scopeCol = (key, label) => ({ label, value: (r) => r[key] });
   table($("#tenant-table"), groupColumns(scopeCol("tenant", t("dash.tenant")), data.currency), data.tenants);
-  table($("#key-table"), groupColumns(scopeCol("key_id", t("dash.key")), data.currency), data.keys);
-  if (!$("#dash-key").value) fillFilter($("#dash-key"), data.keys.map((k) => k.key_id));
+  const keyName = (r) => (r.name ? h("span", { title: r.key_id }, r.name) : r.key_id);
+  table($("#key-table"), groupColumns({ label: t("dash.key"), value: keyName }, data.currency), data.keys);
+  const names = new Map(data.keys.map((k) => [k.key_id, k.name]));
+  if (!$("#dash-key").value) {
+    fillFilter($("#dash-key"), data.keys.map((k) => k.key_id), (id) => (names.get(id) ? `${names.get(id)} (${id.slice(0, 8)}…)` : id));
+  }
   if (state.me.platform && !$("#dash-tenant").value) fillFilter($("#dash-tenant"), data.tenants.map((r) => r.tenant));
   const notes = [t("dash.note_ttft"), t("dash.note_percentiles", { limit: formatNumber(data.row_limit) })];
   if (data.truncated) notes.push(t("dash.note_truncated", { limit: formatNumber(data.row_limit) }));
