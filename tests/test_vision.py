@@ -20,7 +20,7 @@ from iatros.api.app import create_app
 from iatros.auth import ANONYMOUS
 from iatros.cache.keys import KeyMaker
 from iatros.cache.model import CacheRequest
-from iatros.config import load_settings
+from iatros.config import ConfigError, load_settings
 from iatros.errors import InvalidRequest
 from iatros.gateway.chat import ChatRequest
 from iatros.gateway.context import RequestContext
@@ -291,6 +291,20 @@ def test_an_oversized_image_is_refused(http: httpx.Client, vision_a: FakeVision)
     assert error["param"] == "messages.0.content.1.image_url.url"
     assert str(MAX_IMAGE_BYTES) in error["message"]
     assert vision_a.served == 0
+
+
+def test_vision_is_refused_on_the_local_text_model_and_on_embeddings() -> None:
+    for deployment in (
+        {"provider": "local", "model": "gemma-3-270m", "vision": True},
+        {"provider": "minilm", "model": "all-MiniLM-L6-v2", "kind": "embedding", "vision": True},
+    ):
+        with pytest.raises(ConfigError, match=r"deployments\.d\.vision: only a chat model"):
+            load_settings(
+                overrides={
+                    "deployments": {"d": deployment},
+                    "models": {"assistant": {"deployments": ["gemma-3-270m"]}},
+                }
+            )
 
 
 def test_too_many_images() -> None:

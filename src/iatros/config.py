@@ -309,6 +309,11 @@ class Settings(BaseSettings):
                     f"deployments.{name}.provider: unknown provider {dep.provider!r} "
                     f"(configured: {', '.join(sorted(self.providers)) or 'none'})"
                 )
+            if dep.vision and (dep.kind != "chat" or self.providers[dep.provider].type == "local"):
+                raise ValueError(
+                    f"deployments.{name}.vision: only a chat model that reads images can "
+                    "declare vision (the local llama.cpp provider reads text only)"
+                )
         for name, route in self.models.items():
             if name in self.deployments:
                 raise ValueError(f"models.{name}: name is already used by a deployment")
