@@ -165,19 +165,24 @@ async def test_no_vision_model_is_a_400_that_says_how_to_configure_one(
             await image.analyse(ANONYMOUS, b"png", width=10, height=10, patient_id=None)
         assert caught.value.code == "no_vision_model" and caught.value.status == 400
         assert "vision: true" in caught.value.message
-        # A text-only model named explicitly: the gateway says it cannot read images.
-        with pytest.raises(GatewayError) as named:
+        with pytest.raises(InvalidRequest) as named:  # naming a model changes nothing
             await image.analyse(
-                ANONYMOUS,
-                marked_png(16, 16, []),
-                width=16,
-                height=16,
-                patient_id=None,
-                model="assistant",
+                ANONYMOUS, b"png", width=10, height=10, patient_id=None, model="assistant"
             )
-        assert named.value.code == "model_not_vision_capable"
+        assert named.value.code == "no_vision_model"
     finally:
         await services.close()
+    assert upstream.served == 0
+
+
+async def test_a_text_only_model_named_explicitly_is_refused_by_the_gateway(
+    analyst: tuple[ImageAnalyst, Services], upstream: FakeUpstream
+) -> None:
+    image, _ = analyst
+    png = marked_png(16, 16, [])
+    with pytest.raises(GatewayError) as caught:
+        await image.analyse(ANONYMOUS, png, width=16, height=16, patient_id=None, model="assistant")
+    assert caught.value.code == "model_not_vision_capable" and caught.value.status == 400
     assert upstream.served == 0
 
 

@@ -201,9 +201,9 @@ class ImageAnalyst:
         return names
 
     def _model(self, model: str | None) -> str:
-        if model is not None:
-            return model  # the gateway refuses it if it cannot take images
         names = self.available()
+        if model is not None and names:
+            return model  # the gateway refuses it if it cannot take images
         configured = self.settings.radiograph_analysis.model
         if configured is not None and (not names or names[0] != configured):
             raise InvalidRequest(
