@@ -45,7 +45,7 @@ def _run(*args: str, cwd: Path = PROMETHEUS) -> str:
 
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = _tool("promtool")
-    assert "SUCCESS: 12 rules found" in _run(promtool, "check", "rules", "iatros-rules.yml")
+    assert "SUCCESS: 13 rules found" in _run(promtool, "check", "rules", "iatros-rules.yml")
     assert "SUCCESS" in _run(promtool, "test", "rules", "iatros-rules.test.yml")
     _run(promtool, "check", "config", "prometheus.yml")
     assert "SUCCESS" in _run(_tool("amtool"), "check-config", "alertmanager.yml")
@@ -152,7 +152,7 @@ def test_a_real_prometheus_scrapes_iatros_and_evaluates_the_rules(
             if value is not None and rules and all(r["health"] != "unknown" for r in rules):
                 break
         assert value is not None and value >= 5, value
-        assert len(rules) == 12
+        assert len(rules) == 13
         assert [r["name"] for r in rules if r["health"] != "ok"] == []
         targets = httpx.get(f"{api}/targets").json()["data"]["activeTargets"]
         assert [t["health"] for t in targets] == ["up"]
@@ -163,3 +163,29 @@ def test_a_real_prometheus_scrapes_iatros_and_evaluates_the_rules(
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_feedback_is_counted_by_route_and_rating(
+    server_factory: Callable[..., RunningServer], upstream: FakeUpstream
+) -> None:
+    """The clinical-safety dashboard's and IatrosThumbsDownRateHigh's metric."""
+    server = server_factory(upstream_config(upstream))
+    with server.http() as client:
+        answer = client.post(
+            "/v1/chat/completions",
+            json={"model": "assistant", "messages": [{"role": "user", "content": "rate me"}]},
+        )
+        request_id = answer.headers["x-iatros-request-id"]
+        for rating in ("up", "down"):  # a changed rating counts again
+            rated = client.post("/v1/feedback", json={"request_id": request_id, "rating": rating})
+            assert rated.status_code == 201, rated.text
+        unknown = client.post("/v1/feedback", json={"request_id": "req_nope", "rating": "up"})
+        assert unknown.status_code == 404
+        text = client.get("/metrics").text
+    assert 'iatros_feedback_total{rating="up",route="assistant"} 1.0' in text or (
+        'iatros_feedback_total{route="assistant",rating="up"} 1.0' in text
+    )
+    assert 'iatros_feedback_total{route="assistant",rating="down"} 1.0' in text or (
+        'iatros_feedback_total{rating="down",route="assistant"} 1.0' in text
+    )
+    assert text.count("iatros_feedback_total{") == 2  # nothing for the unknown request

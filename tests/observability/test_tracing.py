@@ -229,6 +229,7 @@ class _Receiver(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _ReceiverHandler)
         self.requests: list[ExportTraceServiceRequest] = []
         self.paths: list[str] = []
+        self.encodings: list[str] = []
         self.received = threading.Event()
 
 
@@ -238,6 +239,7 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         encoding = self.headers.get("content-encoding", "")
+        self.server.encodings.append(encoding)
         if encoding == "gzip":
             body = gzip.decompress(body)
         elif encoding == "deflate":
@@ -333,6 +335,36 @@ def test_the_otel_variables_configure_tracing() -> None:
         resolve(TracingSettings(enabled=True), {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     with pytest.raises(ValueError, match="sampler"):
         resolve(off, {"OTEL_TRACES_SAMPLER": "jaeger_remote"})
+    parented = resolve(
+        off, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    )
+    assert parented.parent_based and parented.bound == round(0.1 * (1 << 64))
+    assert resolve(off, {}).compression == "none"  # the specification's default
+    assert resolve(off, {"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}).compression == "gzip"
+    both = {
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "none",
+    }
+    assert resolve(TracingSettings(compression="gzip"), both).compression == "none"
+    with pytest.raises(ValueError, match="gzip"):
+        resolve(off, {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"})
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_exports_are_gzipped_only_when_asked(receiver: _Receiver, compression: str) -> None:
+    from iatros.observability.otlp import Encoder, OtlpExporter
+    from iatros.observability.spans import RequestTrace
+
+    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
+    encoder = Encoder({"service.name": "t"}, "iatros", "0", "https://x/1.37.0")
+    exporter = OtlpExporter(endpoint, {}, encoder, compression)
+    trace = RequestTrace(7, None, 1, None)  # type: ignore[arg-type]
+    trace.root.end_ns = 2
+    exporter.add(trace)
+    exporter.close()
+    assert receiver.received.wait(10)
+    assert receiver.encodings == ["gzip" if compression == "gzip" else ""]
+    assert receiver.requests[0].resource_spans[0].scope_spans[0].spans[0].trace_id[-1] == 7
 
 
 def test_semconv_opt_in_picks_the_latest_genai_names() -> None:

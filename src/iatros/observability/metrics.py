@@ -168,6 +168,13 @@ class Metrics:
             ("route", "outcome"),
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "iatros_feedback",
+            "Ratings of answers by the logical model (route) that gave them: up or down (a "
+            "changed rating counts again); the clinical-safety dashboard's thumbs-up rate",
+            ("route", "rating"),
+            registry=self.registry,
+        )
         self.tokens = Counter(
             "iatros_tokens", "Tokens processed", ("model", "direction"), registry=self.registry
         )
@@ -263,6 +270,10 @@ class Metrics:
 
     def grounded_answer(self, route: str, outcome: str) -> None:
         self.tally.inc(self._child(self.grounded, route, outcome))
+
+    def count_feedback(self, route: str, rating: str) -> None:
+        """A thumbs up or down given on an answer of ``route``."""
+        self._child(self.feedback, route or "-", rating).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

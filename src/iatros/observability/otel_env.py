@@ -30,6 +30,8 @@ class Resolved:
     """Sampling: a new trace is recorded when its id's low 64 bits are under this."""
     parent_based: bool = True
     semconv: str = "latest"
+    compression: str = "none"
+    """Of the OTLP exports: ``none`` or ``gzip``."""
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -101,6 +103,16 @@ def resolve(settings: TracingSettings, env: Mapping[str, str] | None = None) -> 
                 ratio = 1.0
         else:
             raise ValueError(f"OTEL_TRACES_SAMPLER={sampler!r} is not a sampler Iatros knows")
+    compression = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+        or env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
+        or settings.compression
+    ).strip().lower()
+    if compression not in ("none", "gzip"):
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_COMPRESSION={compression!r}: Iatros compresses OTLP exports "
+            "with gzip or not at all (none)"
+        )
     semconv = settings.semconv
     if "gen_ai_latest_experimental" in env.get("OTEL_SEMCONV_STABILITY_OPT_IN", ""):
         semconv = "latest"
@@ -112,4 +124,5 @@ def resolve(settings: TracingSettings, env: Mapping[str, str] | None = None) -> 
         bound=round(ratio * LIMIT),
         parent_based=parent_based,
         semconv=semconv,
+        compression=compression,
     )

@@ -34,6 +34,7 @@ from iatros.observability.spans import RequestTrace, SpanRecord
 log = logging.getLogger("iatros.tracing")
 _KINDS = {"internal": 1, "server": 2, "client": 3}
 _RETRYABLE = frozenset({429, 502, 503, 504})
+_UNIQUE = frozenset({"iatros.request_id", "iatros.run_id", "gen_ai.tool.call.id"})
 
 
 _SMALL = [bytes((i,)) for i in range(128)]
@@ -53,6 +54,8 @@ def _varint(value: int) -> bytes:
 
 
 _TAGS = [_varint(n << 3 | 2) for n in range(16)]
+_LOCAL = b"\x85\x01" + struct.pack("<I", 0x101)
+_REMOTE = b"\x85\x01" + struct.pack("<I", 0x301)
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -83,6 +86,7 @@ class Encoder:
 
     def __init__(self, resource: Mapping[str, Any], scope: str, version: str, schema: str):
         self._memo: dict[tuple[str, Any], bytes] = {}
+        self._names: dict[tuple[str, str], bytes] = {}
         attributes = b"".join(_field(1, self._key_value(k, v)) for k, v in resource.items())
         self._resource = _field(1, attributes)
         scope_msg = _string(1, scope) + _string(2, version)
@@ -96,7 +100,7 @@ class Encoder:
         if isinstance(value, list | tuple):
             return _field(9, self._key_value(key, value))
         encoded = _field(9, self._key_value(key, value))
-        if len(self._memo) < 4096 and not key.endswith("_id"):  # ids never repeat
+        if len(self._memo) < 4096 and key not in _UNIQUE:  # a request id never repeats
             self._memo[(key, value)] = encoded
         return encoded
 
@@ -112,10 +116,14 @@ class Encoder:
             parts.append(b"\x22\x08" + record.parent_id.to_bytes(8, "big"))
         elif parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts.append(_string(5, record.name))
-        parts.append(b"\x30" + _varint(_KINDS.get(record.kind, 1)))
-        parts.append(b"\x39" + _PACK_Q(record.start_ns))
-        parts.append(b"\x41" + _PACK_Q(record.end_ns or record.start_ns))
+        named = self._names.get((record.name, record.kind))
+        if named is None:  # span names and kinds repeat: their bytes are written once
+            named = _string(5, record.name) + b"\x30" + _varint(_KINDS.get(record.kind, 1))
+            if len(self._names) < 1024:
+                self._names[(record.name, record.kind)] = named
+        parts.append(named)
+        end_ns = record.end_ns or record.start_ns
+        parts.append(b"\x39" + _PACK_Q(record.start_ns) + b"\x41" + _PACK_Q(end_ns))
         memo = self._memo
         for item in record.attributes.items():
             try:
@@ -128,8 +136,7 @@ class Encoder:
             parts.append(_field(15, _string(2, record.error) + b"\x18\x02"))
         # flags: W3C trace flags (sampled) and "the parent's remoteness is known" (bit 8),
         # remote (bit 9) for a root whose parent came from the client
-        flags = 0x101 | (0x200 if not record.parent_id and parent is not None else 0)
-        parts.append(b"\x85\x01" + struct.pack("<I", flags))
+        parts.append(_REMOTE if not record.parent_id and parent is not None else _LOCAL)
         return _field(2, b"".join(parts))
 
     def request(self, traces: Iterable[RequestTrace]) -> bytes:
@@ -153,13 +160,18 @@ def _env_number(name: str, default: float) -> float:
 class OtlpExporter:
     """A background thread that encodes and POSTs queued traces in batches."""
 
-    def __init__(self, endpoint: str, headers: Mapping[str, str], encoder: Encoder) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str],
+        encoder: Encoder,
+        compression: str = "none",
+    ) -> None:
         self.endpoint = endpoint
-        self.headers = {
-            "content-type": "application/x-protobuf",
-            "content-encoding": "gzip",
-            **headers,
-        }
+        self.gzip = compression == "gzip"
+        self.headers = {"content-type": "application/x-protobuf", **headers}
+        if self.gzip:
+            self.headers["content-encoding"] = "gzip"
         self.encoder = encoder
         self.delay_s = _env_number("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self.batch = int(_env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
@@ -205,7 +217,7 @@ class OtlpExporter:
                 )
 
     def _send(self, body: bytes) -> None:
-        data = gzip.compress(body, compresslevel=1)
+        data = gzip.compress(body, compresslevel=1) if self.gzip else body
         deadline = time.monotonic() + self.timeout_s
         pause = 0.5
         while True:

@@ -226,7 +226,9 @@ class Tracing:
         self._scope = InstrumentationScope("iatros", __version__, SCHEMA_URL)
         if self.config.endpoint is not None:
             encoder = Encoder(dict(self._resource.attributes), "iatros", __version__, SCHEMA_URL)
-            self.exporter = OtlpExporter(self.config.endpoint, self.config.headers, encoder)
+            self.exporter = OtlpExporter(
+                self.config.endpoint, self.config.headers, encoder, self.config.compression
+            )
             log.info("tracing on", extra={"endpoint": self.config.endpoint})
         else:
             log.info("tracing on, kept locally (no OTLP endpoint)")

@@ -68,6 +68,7 @@ def save_feedback(
             "request_id": request_id,
             "rating": rating,
             "comment": comment,
+            "model": row.model,
             "deployment": row.deployment,
             "created_at": row.ts.isoformat(),
         }
