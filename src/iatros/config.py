@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from iatros.agents.settings import AgentSettings
 from iatros.cache import CacheSettings
+from iatros.clinical.imaging.settings import ImagingSettings
 from iatros.clinical.imaging.vision_settings import RadiographAnalysisSettings
 from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.speech.settings import TranscriptionSettings
@@ -271,6 +272,8 @@ class Settings(BaseSettings):
         default_factory=RadiographAnalysisSettings
     )
     """Which vision model gives the AI second opinion on radiographs."""
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    """Radiograph uploads: size limits, what counts as a radiograph, burned-in text masking."""
     agents: AgentSettings = Field(default_factory=AgentSettings)
     """Agents and workflows: enabled tools per tenant, the HTTP tool's allow-list, runs."""
 

@@ -47,6 +47,7 @@ from iatros.api.models import add_model_routes
 from iatros.api.openapi import build_openapi
 from iatros.api.ops import add_ops_routes
 from iatros.api.origin_guard import OriginGuard
+from iatros.api.radiographs import add_radiograph_routes
 from iatros.api.reviews import add_review_routes
 from iatros.api.scribe import add_scribe_routes
 from iatros.api.shedding import LoadShedder
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     add_review_routes(app, services.reviews, gov, handle)
     add_audio_routes(app, services.transcriber, gov, handle)
     add_scribe_routes(app, services.scribe, handle)
+    add_radiograph_routes(app, services.radiographs, handle)
     mount_web(app, gw, gov, handle)
     add_ops_routes(app, gw, gov, settled)
     add_docs_routes(app)

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate
 from PIL import Image
+from pydicom.encaps import encapsulate
 
 from iatros.clinical.imaging import burnedin, pixels
 from iatros.clinical.imaging.deid import deidentify, header_json
@@ -160,7 +160,7 @@ def test_voi_lut_sequence_is_the_default_rendition() -> None:
     lut.LUTData = [min(65535, i * 40) for i in range(4096)]  # saturates at 1638
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes(values, window=None)))
     ds.VOILUTSequence = [lut]
-    array, display, voi = pixels.from_dicom(ds)
+    _, display, voi = pixels.from_dicom(ds)
     assert voi is not None and display.voi_lut
     assert voi[values >= 1700].min() == 255
 

@@ -99,7 +99,7 @@ def deidentify(ds: Dataset, secret: bytes) -> dict[str, Any]:
     ds.DeidentificationMethod = METHOD
     return {
         "profile": PROFILE,
-        "removed": sorted(set(removed)),
+        "removed": sorted(set(removed) - set(uids)),
         "retained": sorted(e.keyword for e in ds if e.keyword and e.keyword != "PixelData"),
         "uids_remapped": sorted(uids),
         "identifier_hashes": hashes,
