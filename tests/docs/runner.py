@@ -12,14 +12,16 @@ a new block runs unless someone wrote down why it cannot.
 - Blocks of a page run in order in one working directory, like a terminal session:
   shell variables carry over from one ``bash`` block to the next (``allexport``) and
   into ``python`` blocks' environment, ``.venv`` points at this interpreter's
-  environment, ``IATROS_CONFIG`` names a file with the server's settings and
+  environment, ``deploy`` the checkout's deployment files (read-only by convention),
+  ``IATROS_CONFIG`` names a file with the server's settings and
   ``IATROS_DATA_DIR`` its data directory, so ``iatros keys create`` and friends act on
   the server's own database.
 - ``bash`` runs with ``set -euo pipefail``: a failing command fails the example
   (``curl --fail-with-body`` makes an HTTP error one). ``<!-- expect: text -->`` before
   a block also requires ``text`` in what it prints.
 - A ``yaml`` block with ``title="name"`` is written to that file (for the next blocks);
-  every ``yaml`` block must load as a configuration (``iatros.config.load_settings``).
+  every ``yaml`` block must load as a configuration (``iatros.config.load_settings``), or
+  as an agent template when it says ``kind: agent`` or ``kind: workflow``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+)(?P<info>[^`\n]*)$")
 COMMENT = re.compile(r"^\s*<!--\s*(?P<kind>skip|expect|docs-server)\s*:\s*(?P<arg>.*?)\s*-->\s*$")
 TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 BLOCK_TIMEOUT_S = 120
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 class ExampleFailed(AssertionError):
@@ -217,7 +220,20 @@ def run_block(block: Block, workdir: Path, port: int, sessions: list[int]) -> st
 
 
 def _check_config(block: Block, code: str, env: dict[str, str]) -> str:
-    """A configuration example must load; ``${NAME}`` references get a placeholder value."""
+    """A configuration example must load; ``${NAME}`` references get a placeholder value.
+
+    An agent or workflow template (``kind: agent`` or ``workflow`` at the top) is checked
+    against the template models instead; the page's ``iatros agents apply`` checks the rest
+    (tools, references) against its server."""
+    loaded = yaml.safe_load(code)
+    if isinstance(loaded, dict) and loaded.get("kind") in ("agent", "workflow"):
+        from iatros.agents.loader import TemplateError, parse
+
+        try:
+            parse(code, block.title or block.where)
+        except TemplateError as exc:
+            raise ExampleFailed(f"{block.where}: the template does not load: {exc}") from exc
+        return ""
     names = set(re.findall(r"\$\{(\w+)\}", code))
     saved = {name: os.environ.get(name) for name in names}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
@@ -254,6 +270,9 @@ def page_session(markdown: str, page: str, workdir: Path) -> Iterator[tuple[Runn
     venv = workdir / ".venv"
     if not venv.exists():
         venv.symlink_to(Path(sys.prefix), target_is_directory=True)
+    shipped = workdir / "deploy"  # the checkout's deployment files, read by the examples
+    if not shipped.exists():
+        shipped.symlink_to(CHECKOUT / "deploy", target_is_directory=True)
     sessions: list[int] = []
     try:
         with live_server(workdir, extra) as server:
