@@ -60,6 +60,7 @@ class Services:
         self.gateway.router.releases = self.experiments.selector
         if self.settings.alerts.enabled:
             self.monitor = Monitor(self.settings, self.gateway)
+            self.experiments.rollouts.alerts = self.monitor  # a rollback is an alert
         if self.knowledge is not None:
             self.knowledge.attach_queue(self.jobs)
         self.scribe.attach_queue(self.jobs)  # long recordings: scribe.transcribe jobs

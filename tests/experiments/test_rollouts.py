@@ -48,6 +48,7 @@ def server(server_factory: Any, upstream: FakeUpstream,
         "embeddings": {"default_model": None},
         "cache": {"enabled": False},
         "experiments": {"refresh_s": 0.2},
+        "alerts": {"enabled": True, "interval_s": 0.5, "group_wait_s": 0},
     })  # fmt: skip
 
 
@@ -95,6 +96,15 @@ def wait_for(http: httpx.Client, rollout_id: str, statuses: set[str],
             return state  # type: ignore[no-any-return]
         time.sleep(0.1)
     raise AssertionError(f"rollout still {state['status']}: {state['history'][-3:]}")
+
+
+def poll_alerts(http: httpx.Client, done: Any, timeout_s: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alerts = http.get("/admin/alerts").json()
+        if done(alerts) or time.monotonic() > deadline:
+            return alerts  # type: ignore[no-any-return]
+        time.sleep(0.1)
 
 
 def start(http: httpx.Client, candidate: str, **extra: Any) -> dict[str, Any]:
@@ -157,13 +167,30 @@ def test_failing_canary_rolls_back_within_an_interval(
             assert states[blue] == "active"
             audit = [a["action"] for a in http.get("/admin/audit").json()["data"]]
             assert "rollout.rollback" in audit
+            # The rollback is an alert of the alert pipeline: critical, grouped by route,
+            # notified once; the route's next rollout resolves it.
+            alerts = poll_alerts(http, lambda a: any(
+                x["name"] == "canary_rolled_back" for x in a["active"]))  # fmt: skip
+            alert = next(x for x in alerts["active"] if x["name"] == "canary_rolled_back")
+            assert alert["severity"] == "critical" and alert["group"] == "route:assistant"
+            assert rollout["id"] in alert["summary"]
+            firing = [n for n in alerts["notifications"] if n["group"] == "route:assistant"
+                      and n["status"] == "firing"]  # fmt: skip
+            assert len(firing) == 1 and firing[0]["severity"] == "critical"
+            green_upstream.reset(delay_ms=0)
+            again_at = time.monotonic()
+            again = start(http, green)
+            http.post(f"/admin/rollouts/{again['id']}/abort")
+            alerts = poll_alerts(http, lambda a: any(
+                x["name"] == "canary_rolled_back" for x in a["resolved"]))  # fmt: skip
+            assert not [x for x in alerts["active"] if x["name"] == "canary_rolled_back"]
     finally:
         traffic.stop()
     # The check runs once the interval that saw the failure ends: at most two intervals
     # (the one in progress, then a full one), plus the refresh period and the journal.
     assert rolled_back_after < 2 * INTERVAL_S + 1.5
     assert {status for _, status, _, _ in traffic.seen} == {200}  # fallback hid the failure
-    after = [s for s in traffic.seen if s[0] > back_at]
+    after = [s for s in traffic.seen if back_at < s[0] < again_at]
     assert after and all(model == "blue" and "rollout=" not in route
                          for _, _, model, route in after)
 

@@ -8,7 +8,9 @@ requests of that interval are compared with the baseline's on error rate, fallba
 clients), latency p99 and verification failures. A failing check counts; ``max_failures``
 of them roll the route back to the baseline at once (the candidate's share drops to 0 on
 the next request of this instance, within ``experiments.refresh_s`` on the others) and
-the rollback is audited and logged as a warning for the alerting pipeline. Passing the
+the rollback is audited, logged, and raised as a critical alert through the alert
+pipeline (``observability/alerts.py``: grouped with the route's alerts, routed by
+severity) when alerting is on. Passing the
 step before 100 % promotes the candidate through the registry (the baseline stays the
 rollback target). Too little traffic in an interval decides nothing: the step waits.
 
@@ -22,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import or_, select, update
@@ -30,6 +32,7 @@ from sqlalchemy import or_, select, update
 from iatros.errors import Conflict, InvalidRequest, NotFound
 from iatros.experiments.models import Experiment, Release, ReleasePointer, Rollout
 from iatros.experiments.registry import Audit, ReleaseRegistry, new_id
+from iatros.observability.alerts import Finding
 from iatros.store.db import PLATFORM, Database
 from iatros.store.models import UsageRecord
 
@@ -47,6 +50,19 @@ MAX_ROWS = 50_000
 """Usage rows read per arm and interval (the newest); enough for a p99."""
 
 
+class RolloutAlerts(Protocol):
+    """Where a rollback is raised as an alert (``observability.monitor.Monitor`` when
+    ``alerts.enabled``): critical, grouped with the route's other alerts, routed and
+    deduplicated like every other alert, not only a log line."""
+
+    def report(self, finding: Finding) -> None: ...
+
+    def clear(self, name: str, labels: dict[str, str]) -> None: ...
+
+
+ROLLBACK_ALERT = "canary_rolled_back"
+
+
 class RolloutManager:
     def __init__(
         self, db: Database, registry: ReleaseRegistry, audit: Audit, instance: str,
@@ -57,6 +73,13 @@ class RolloutManager:
         self._audit = audit
         self.instance = instance
         self._on_change = on_change
+        self.alerts: RolloutAlerts | None = None
+        """Set by the services when alerting is on. The alert fires until the route's next
+        rollout starts (the operator's answer to the incident) or is silenced."""
+
+    @staticmethod
+    def _alert_labels(route: str) -> dict[str, str]:
+        return {"scope_kind": "route", "scope": route, "signal": ROLLBACK_ALERT}
 
     # -- commands -----------------------------------------------------------------
 
@@ -108,6 +131,8 @@ class RolloutManager:
             out = describe(row)
         self._audit(tenant=PLATFORM, actor=actor, action="rollout.start", target=out["id"],
                     details={"route": route, "candidate": candidate.id})  # fmt: skip
+        if self.alerts is not None:  # a new rollout answers the last rollback's alert
+            self.alerts.clear(ROLLBACK_ALERT, self._alert_labels(route))
         self._on_change()
         return out
 
@@ -212,6 +237,13 @@ class RolloutManager:
         if action == "rollback":
             log.warning("rollout rolled back", extra={"rollout": rollout_id, "route": route,
                                                       "reasons": check["reasons"]})  # fmt: skip
+            if self.alerts is not None:
+                self.alerts.report(Finding(
+                    ROLLBACK_ALERT, "critical", self._alert_labels(route),
+                    f"Canary {rollout_id} on {route} rolled back to the baseline: "
+                    + "; ".join(str(r) for r in check["reasons"]),
+                    float(len(check["reasons"])),
+                ))  # fmt: skip
             self._audit(tenant=PLATFORM, actor="rollout", action="rollout.rollback",
                         target=rollout_id, outcome="rolled_back", details=check)  # fmt: skip
         elif action == "promote":

@@ -23,13 +23,14 @@ import contextlib
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from iatros.observability.alerts import Alerting, Finding, Notifier, Severity
+from iatros.observability.alerts import Alerting, Finding, Notifier, Severity, fingerprint
 from iatros.observability.anomaly import Detector, DetectorSettings, Verdict
 
 log = logging.getLogger("iatros.alerts")
@@ -128,6 +129,9 @@ class Monitor:
         self._windows: dict[tuple[str, str], deque[tuple[float, ...]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.evaluations = 0
+        self._reported: dict[str, Finding] = {}
+        self._unreported: list[tuple[str, dict[str, str]]] = []
+        self._lock = threading.Lock()  # report/clear come from worker threads
 
     # -- the request path (a gateway sink) -------------------------------------
 
@@ -167,6 +171,20 @@ class Monitor:
             tenant.cost += (
                 usage.prompt_tokens * price_in + usage.completion_tokens * price_out
             ) / 1000
+
+    # -- events from elsewhere --------------------------------------------------
+
+    def report(self, finding: Finding) -> None:
+        """An incident another part raises (a canary rolled back): it fires from the next
+        evaluation on, like a detector's finding, until :meth:`clear`. Thread-safe."""
+        with self._lock:
+            self._reported[fingerprint(finding.name, finding.labels)] = finding
+
+    def clear(self, name: str, labels: dict[str, str]) -> None:
+        """The reported incident is over: resolved at the next evaluation."""
+        with self._lock:
+            if self._reported.pop(fingerprint(name, labels), None) is not None:
+                self._unreported.append((name, dict(labels)))
 
     # -- evaluation -------------------------------------------------------------
 
@@ -259,6 +277,10 @@ class Monitor:
             elif verdict.changed:
                 cleared.append((signal, labels))
         self._hard_rules(attempts, firing, cleared)
+        with self._lock:
+            firing.extend(self._reported.values())
+            cleared.extend(self._unreported)
+            self._unreported = []
         self.alerting.evaluate(firing, cleared)
 
     def _windowed(self, key: tuple[str, str], counts: tuple[float, ...]) -> tuple[float, ...]:
