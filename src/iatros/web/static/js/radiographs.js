@@ -31,18 +31,23 @@ const state = {
   bound: false, me: null, patient: "", studies: [], study: null, image: null, annotations: [],
   selected: null, editing: null, pending: null, redraw: null, viewer: null, poll: null,
   window: null, invert: false, renderSeq: 0, renderTimer: null, renderAbort: null,
-  thumbs: [], status: null, busy: false, confirmDelete: null, analysis: null, windowStart: null,
+  status: null, busy: false, confirmDelete: null, analysis: null, windowStart: null,
 };
 
 const base = "/v1/radiographs";
 
 // -- small helpers ----------------------------------------------------------------------------
 
-/** A server error in the interface's language: known codes are translated (naming the field or file). */
-function problem(err) {
+/**
+ * A server error in the interface's language: known codes are translated, naming the file
+ * (the server's `files.N` parameter is the Nth file sent) or the field.
+ */
+function problem(err, files = []) {
   if (err instanceof ApiError && err.code) {
     const key = `rad.err_${err.code}`;
-    const text = t(key, { param: err.param || t("rad.file") });
+    const index = /^files[.[](\d+)/.exec(err.param || "");
+    const param = index && files[Number(index[1])] ? files[Number(index[1])].name : err.param || t("rad.file");
+    const text = t(key, { param });
     if (text !== key) return text;
   }
   return errorMessage(err);
@@ -64,6 +69,15 @@ async function fetchBlob(path, signal) {
   const resp = await fetch(path, { headers: authHeaders(), signal });
   if (!resp.ok) throw new ApiError(resp.status, await resp.json().catch(() => null));
   return resp.blob();
+}
+
+function dataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
 }
 
 function debounceRender() {
@@ -303,11 +317,7 @@ function stopPolling() {
 
 function renderThumbs(changed) {
   const list = $("#rad-thumbs");
-  if (changed) {
-    for (const url of state.thumbs) URL.revokeObjectURL(url);
-    state.thumbs = [];
-    clear(list);
-  }
+  if (changed) clear(list);
   const study = state.study;
   study.images.forEach((image, i) => {
     let li = list.querySelector(`li[data-image="${image.id}"]`);
@@ -336,9 +346,8 @@ function renderThumbs(changed) {
       text.textContent = label;
       if (!pic.querySelector("img")) {
         clear(pic);
-        fetchBlob(`${base}/images/${image.id}/thumbnail.png`).then((blob) => {
-          const url = URL.createObjectURL(blob);
-          state.thumbs.push(url);
+        // A data: URL: the app's Content-Security-Policy allows no blob: images.
+        fetchBlob(`${base}/images/${image.id}/thumbnail.png`).then(dataUrl).then((url) => {
           clear(pic).append(h("img", { src: url, alt: "" }));
         }).catch(() => {});
       }
@@ -348,11 +357,16 @@ function renderThumbs(changed) {
 
 // -- one image in the viewer -----------------------------------------------------------------
 
+/**
+ * The slider range for window/level. The image object does not give the data's range, so
+ * it is the default window's extent rounded up to a whole bit depth (a 12-bit radiograph
+ * whose default window is 2048/4096 gets 0–4095).
+ */
 function windowRange(image) {
   if (image.kind !== "dicom" || !image.window) return { min: 0, max: 255 };
-  if (image.bits_stored) return { min: 0, max: 2 ** image.bits_stored - 1 };
   const { center, width } = image.window;
-  return { min: Math.floor(Math.min(0, center - 2 * width)), max: Math.ceil(center + 2 * width) };
+  const top = Math.max(255, center + width / 2);
+  return { min: Math.floor(Math.min(0, center - width / 2)), max: 2 ** Math.ceil(Math.log2(top)) - 1 };
 }
 
 function defaultWindow(image) {
@@ -445,7 +459,9 @@ function renderDeid() {
   const removed = (d.removed?.length || 0) + (d.uids_remapped?.length || 0);
   const masked = d.burned_in_text?.regions_masked?.length || 0;
   const el = $("#rad-deid");
-  el.textContent = d.profile ? t("rad.deid", { profile: d.profile, removed: formatNumber(removed), masked: formatNumber(masked) }) : "";
+  el.textContent = d.profile
+    ? t("rad.deid", { profile: d.profile, removed: tn("rad.deid_removed", removed), masked: tn("rad.deid_masked", masked) })
+    : "";
   el.dataset.masked = String(masked);
 }
 
@@ -690,7 +706,6 @@ async function submitForm(event) {
       const { shape, points } = state.pending;
       const created = await api(`${base}/images/${state.image.id}/annotations`, { method: "POST", body: { shape, points, ...body } });
       state.annotations = [...state.annotations, created];
-      state.selected = created.id;
       announce(t("rad.created", { what: annotationTitle(created) }));
     }
   } catch (e) {
@@ -829,7 +844,7 @@ async function uploadFiles(files) {
       onProgress: (ratio) => { for (const r of rows) r.bar.value = ratio * 0.3; },
     });
   } catch (e) {
-    const text = problem(e);
+    const text = problem(e, files);
     setText("#rad-upload-status", text, "error");
     for (const r of rows) { r.note.textContent = t("rad.refused"); r.li.dataset.status = "failed"; r.bar.value = 0; }
     if (e instanceof ApiError && e.message && !text.includes(e.message)) {
@@ -965,7 +980,12 @@ function bindViewer() {
     badgeOf: (a) => `${t("rad.ai_badge")}${a.confidence != null ? ` ${Math.round(a.confidence * 100)} %` : ""}`,
     labelOf: (a) => [a.tooth, findingLabel(a.finding)].filter(Boolean).join(" "),
     status: (key, vars) => { const text = t(key, vars); setText("#rad-hint", text); live(text); },
-    view: () => { $("#rad-zoom-level").textContent = `${state.viewer.zoomPercent()} %`; },
+    view: () => {
+      const v = state.viewer;
+      $("#rad-zoom-level").textContent = `${v.zoomPercent()} %`;
+      // The view transform, for tests and tools that need to aim at image points.
+      canvas.dataset.view = [v.scale, v.tx, v.ty].map((n) => n.toFixed(4)).join(" ");
+    },
     windowStart: () => { state.windowStart = { ...state.window }; },
     windowDrag: (dx, dy, size) => {
       const range = windowRange(state.image);
@@ -1019,8 +1039,7 @@ export function relabel() {
 export function reset() {
   stopPolling();
   clearTimeout(state.renderTimer);
-  for (const url of state.thumbs) URL.revokeObjectURL(url);
-  Object.assign(state, { patient: "", studies: [], study: null, image: null, annotations: [], selected: null, thumbs: [], status: null, redraw: null, pending: null, editing: null });
+  Object.assign(state, { patient: "", studies: [], study: null, image: null, annotations: [], selected: null, status: null, redraw: null, pending: null, editing: null });
   if (!state.bound) return;
   state.viewer.clearImage();
   $("#rad-patient").value = "";

@@ -427,7 +427,7 @@ export class Viewer {
   pointerDown(e) {
     if (!this.image) return;
     this.canvas.focus({ preventScroll: true });
-    this.canvas.setPointerCapture?.(e.pointerId);
+    try { this.canvas.setPointerCapture(e.pointerId); } catch { /* a pointer already gone */ }
     const at = this.local(e);
     this.pointers.set(e.pointerId, at);
     if (this.pointers.size === 2) {
