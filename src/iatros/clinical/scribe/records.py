@@ -136,7 +136,7 @@ class EncounterView:
         }
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -160,7 +160,7 @@ class EncounterStore:
         self.db = db
         self.sealer = sealer
 
-    def _aad(self, tenant: str, encounter_id: str, field: str) -> str:
+    def aad(self, tenant: str, encounter_id: str, field: str) -> str:
         return f"{tenant}|{encounter_id}|{field}"
 
     def create(
@@ -181,7 +181,7 @@ class EncounterStore:
     ) -> str:
         """A new encounter (``status``: ``draft``, or ``transcribing`` for a queued job)."""
         eid = "enc_" + secrets.token_hex(12)
-        now = _now()
+        now = utc_now()
         seal = self.sealer.seal_json
         with self.db.session(tenant) as session:
             session.add(
@@ -197,10 +197,10 @@ class EncounterStore:
                     source=source,
                     status=status,
                     version=1,
-                    transcript=seal(transcript, self._aad(tenant, eid, "transcript")),
-                    details=seal(details, self._aad(tenant, eid, "details")),
+                    transcript=seal(transcript, self.aad(tenant, eid, "transcript")),
+                    details=seal(details, self.aad(tenant, eid, "details")),
                     audio=(
-                        self.sealer.seal(audio, self._aad(tenant, eid, "audio")) if audio else None
+                        self.sealer.seal(audio, self.aad(tenant, eid, "audio")) if audio else None
                     ),
                     audio_type=audio_type,
                 )
@@ -212,7 +212,7 @@ class EncounterStore:
                     encounter_id=eid,
                     version=1,
                     status=status,
-                    content=seal(note, self._aad(tenant, eid, "note:1")),
+                    content=seal(note, self.aad(tenant, eid, "note:1")),
                     created_at=now,
                     created_by=actor[:32],
                     updated_at=now,
@@ -220,7 +220,7 @@ class EncounterStore:
             )
         return eid
 
-    def _row(self, session: Any, encounter_id: str) -> Encounter:
+    def row(self, session: Any, encounter_id: str) -> Encounter:
         row = session.get(Encounter, encounter_id)
         tenant = session.info["tenant"]
         # session.get reads the identity map first: check the tenant here as well.
@@ -241,7 +241,7 @@ class EncounterStore:
 
     def get(self, tenant: str, encounter_id: str, version: int | None = None) -> EncounterView:
         with self.db.session(tenant) as session:
-            row = self._row(session, encounter_id)
+            row = self.row(session, encounter_id)
             versions = self._versions(session, encounter_id)
             wanted = version or row.version
             current = next((v for v in versions if v.version == wanted), None)
@@ -260,16 +260,16 @@ class EncounterStore:
                 version=current.version,
                 transcript=cast(
                     dict[str, Any],
-                    self.sealer.open_json(row.transcript, self._aad(t, row.id, "transcript")),
+                    self.sealer.open_json(row.transcript, self.aad(t, row.id, "transcript")),
                 ),
                 details=cast(
                     dict[str, Any],
-                    self.sealer.open_json(row.details, self._aad(t, row.id, "details")),
+                    self.sealer.open_json(row.details, self.aad(t, row.id, "details")),
                 ),
                 note=cast(
                     dict[str, Any],
                     self.sealer.open_json(
-                        current.content, self._aad(t, row.id, f"note:{current.version}")
+                        current.content, self.aad(t, row.id, f"note:{current.version}")
                     ),
                 ),
                 versions=[
@@ -305,7 +305,7 @@ class EncounterStore:
                 for r in rows
             ]
 
-    def _current(self, session: Any, row: Encounter) -> NoteVersion:
+    def current(self, session: Any, row: Encounter) -> NoteVersion:
         found = session.scalars(
             select(NoteVersion).where(
                 NoteVersion.encounter_id == row.id, NoteVersion.version == row.version
@@ -319,14 +319,14 @@ class EncounterStore:
     ) -> int:
         """Replace the current draft's content; a signed note cannot be edited (409)."""
         with self.db.session(tenant) as session:
-            row = self._row(session, encounter_id)
+            row = self.row(session, encounter_id)
             if base_version is not None and base_version != row.version:
                 raise Conflict(
                     f"The note is at version {row.version}, not {base_version}; reload it.",
                     param="version",
                     code="version_mismatch",
                 )
-            current = self._current(session, row)
+            current = self.current(session, row)
             if current.status == "signed":
                 raise Conflict(
                     "The note is signed and cannot be edited; amend it to make a new version.",
@@ -334,24 +334,24 @@ class EncounterStore:
                 )
             _ready(current.status)
             current.content = self.sealer.seal_json(
-                note, self._aad(row.tenant_id, row.id, f"note:{current.version}")
+                note, self.aad(row.tenant_id, row.id, f"note:{current.version}")
             )
-            current.updated_at = row.updated_at = _now()
+            current.updated_at = row.updated_at = utc_now()
             return current.version
 
     def sign(self, tenant: str, encounter_id: str, actor: str, signer: dict[str, Any]) -> int:
         with self.db.session(tenant) as session:
-            row = self._row(session, encounter_id)
-            current = self._current(session, row)
+            row = self.row(session, encounter_id)
+            current = self.current(session, row)
             if current.status == "signed":
                 raise Conflict(
                     f"Version {current.version} of this note is already signed.",
                     code="already_signed",
                 )
             _ready(current.status)
-            aad = self._aad(row.tenant_id, row.id, f"note:{current.version}")
+            aad = self.aad(row.tenant_id, row.id, f"note:{current.version}")
             note = cast(dict[str, Any], self.sealer.open_json(current.content, aad))
-            now = _now()
+            now = utc_now()
             note["signature"] = {**signer, "signed_at": now.isoformat(), "key_id": actor}
             current.content = self.sealer.seal_json(note, aad)
             current.status = "signed"
@@ -365,19 +365,19 @@ class EncounterStore:
     def amend(self, tenant: str, encounter_id: str, actor: str) -> int:
         """A new draft version, copied from the signed one (which stays as it was)."""
         with self.db.session(tenant) as session:
-            row = self._row(session, encounter_id)
-            current = self._current(session, row)
+            row = self.row(session, encounter_id)
+            current = self.current(session, row)
             _ready(current.status)
             if current.status != "signed":
                 raise Conflict(
                     f"Version {current.version} is still a draft: edit it instead.",
                     code="note_not_signed",
                 )
-            aad = self._aad(row.tenant_id, row.id, f"note:{current.version}")
+            aad = self.aad(row.tenant_id, row.id, f"note:{current.version}")
             note = cast(dict[str, Any], self.sealer.open_json(current.content, aad))
             note.pop("signature", None)
             note["amends"] = current.version
-            now = _now()
+            now = utc_now()
             version = current.version + 1
             session.add(
                 NoteVersion(
@@ -386,7 +386,7 @@ class EncounterStore:
                     version=version,
                     status="draft",
                     content=self.sealer.seal_json(
-                        note, self._aad(row.tenant_id, row.id, f"note:{version}")
+                        note, self.aad(row.tenant_id, row.id, f"note:{version}")
                     ),
                     created_at=now,
                     created_by=actor[:32],
@@ -400,115 +400,21 @@ class EncounterStore:
 
     def audio(self, tenant: str, encounter_id: str) -> tuple[bytes, str] | None:
         with self.db.session(tenant) as session:
-            row = self._row(session, encounter_id)
+            row = self.row(session, encounter_id)
             if row.audio is None:
                 return None
-            aad = self._aad(row.tenant_id, row.id, "audio")
+            aad = self.aad(row.tenant_id, row.id, "audio")
             return self.sealer.open(row.audio, aad), row.audio_type or "audio"
 
     def drop_audio(self, tenant: str, encounter_id: str) -> bool:
         """Delete the recording (retention); the transcript and note stay."""
         with self.db.session(tenant) as session:
-            row = self._row(session, encounter_id)
+            row = self.row(session, encounter_id)
             if row.audio is None:
                 return False
             row.audio = None
-            row.audio_deleted_at = _now()
+            row.audio_deleted_at = utc_now()
             return True
-
-    # --- the background transcription of a long recording ---------------------------
-
-    def _pending(self, session: Any, encounter_id: str) -> tuple[Encounter, NoteVersion]:
-        row = self._row(session, encounter_id)
-        return row, self._current(session, row)
-
-    def _transcript(self, row: Encounter) -> dict[str, Any]:
-        aad = self._aad(row.tenant_id, row.id, "transcript")
-        return cast(dict[str, Any], self.sealer.open_json(row.transcript, aad))
-
-    def _set_transcript(self, row: Encounter, transcript: dict[str, Any]) -> None:
-        aad = self._aad(row.tenant_id, row.id, "transcript")
-        row.transcript = self.sealer.seal_json(transcript, aad)
-
-    def _set_state(self, row: Encounter, current: NoteVersion, status: str) -> None:
-        row.status = current.status = status
-        row.updated_at = current.updated_at = _now()
-
-    def job_update(self, tenant: str, encounter_id: str, **job: Any) -> str:
-        """Merge ``job`` into the transcript's job record; returns the encounter's state.
-
-        Written only while the encounter is ``transcribing`` (a cancelled one is left as
-        it is, and the job sees the state it returns and stops).
-        """
-        with self.db.session(tenant) as session:
-            row, current = self._pending(session, encounter_id)
-            if current.status == "transcribing":
-                transcript = self._transcript(row)
-                transcript["job"] = {**(transcript.get("job") or {}), **job}
-                self._set_transcript(row, transcript)
-                row.updated_at = _now()
-            return current.status
-
-    def restart(self, tenant: str, encounter_id: str) -> str:
-        """A failed transcription run again (its dead job retried): back to transcribing."""
-        with self.db.session(tenant) as session:
-            row, current = self._pending(session, encounter_id)
-            if current.status == "failed":
-                transcript = self._transcript(row)
-                transcript["job"] = {**(transcript.get("job") or {}), "error": None,
-                                     "chunks_done": 0}  # fmt: skip
-                self._set_transcript(row, transcript)
-                self._set_state(row, current, "transcribing")
-            return current.status
-
-    def complete(
-        self,
-        tenant: str,
-        encounter_id: str,
-        transcript: dict[str, Any],
-        note: dict[str, Any],
-        language: str,
-    ) -> bool:
-        """The transcript and the draft note in one step; False if no longer transcribing."""
-        with self.db.session(tenant) as session:
-            row, current = self._pending(session, encounter_id)
-            if current.status != "transcribing":
-                return False
-            job = self._transcript(row).get("job") or {}
-            total = job.get("chunks_total", 0)
-            self._set_transcript(row, {**transcript, "job": {**job, "chunks_done": total}})
-            current.content = self.sealer.seal_json(
-                note, self._aad(row.tenant_id, row.id, f"note:{current.version}")
-            )
-            row.language = language[:8]
-            self._set_state(row, current, "draft")
-            return True
-
-    def fail(self, tenant: str, encounter_id: str, message: str, code: str | None) -> bool:
-        """The job failed: the encounter says why (no half transcript is kept)."""
-        with self.db.session(tenant) as session:
-            row, current = self._pending(session, encounter_id)
-            if current.status != "transcribing":
-                return False
-            transcript = self._transcript(row)
-            transcript["job"] = {**(transcript.get("job") or {}),
-                                 "error": {"message": message, "code": code}}  # fmt: skip
-            self._set_transcript(row, transcript)
-            self._set_state(row, current, "failed")
-            return True
-
-    def cancel(self, tenant: str, encounter_id: str) -> str | None:
-        """Stop waiting for the transcript; returns the job id to cancel (409 if not running)."""
-        with self.db.session(tenant) as session:
-            row, current = self._pending(session, encounter_id)
-            if current.status != "transcribing":
-                raise Conflict(
-                    f"The encounter is {current.status}, not transcribing: nothing to cancel.",
-                    code="not_transcribing",
-                )
-            self._set_state(row, current, "cancelled")
-            job = self._transcript(row).get("job") or {}
-            return cast(str | None, job.get("id"))
 
 
 def _ready(status: str) -> None:

@@ -25,6 +25,7 @@ from iatros.clinical.scribe.crypto import Sealer
 from iatros.clinical.scribe.drafting import DraftContext, NoteDrafter
 from iatros.clinical.scribe.extraction import extract
 from iatros.clinical.scribe.linking import link
+from iatros.clinical.scribe.pending import PendingEncounters
 from iatros.clinical.scribe.records import EncounterStore, EncounterView
 from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.scribe.speakers import SpeakerModel
@@ -74,6 +75,7 @@ class ScribeService:
         self.settings = settings
         self.drafter = NoteDrafter(chat, settings)
         self.store = EncounterStore(governance.db, Sealer(governance.chain.keyring))
+        self.pending = PendingEncounters(self.store)
         self.speakers = SpeakerModel(chat, settings.model, settings.speaker_model_max_lines)
         self.queue: JobQueue | None = None
         self.plan = ChunkPlan(settings.chunk_s, settings.chunk_overlap_s, settings.chunk_search_s)
@@ -396,9 +398,11 @@ class ScribeService:
             )
         except Exception as exc:
             message = "The transcription could not be queued."
-            await asyncio.to_thread(self.store.fail, principal.tenant, eid, message, "queue_error")
+            await asyncio.to_thread(
+                self.pending.fail, principal.tenant, eid, message, "queue_error"
+            )
             raise GatewayError(f"The transcription could not be queued: {exc}") from None
-        await asyncio.to_thread(self.store.job_update, principal.tenant, eid, id=job_id)
+        await asyncio.to_thread(self.pending.job_update, principal.tenant, eid, id=job_id)
         self._audit(principal, "scribe.encounter.create", eid, patient_id, source="audio",
                     background=True, job=job_id, chunks=total)  # fmt: skip
         return await asyncio.to_thread(self.store.get, principal.tenant, eid)
@@ -409,7 +413,7 @@ class ScribeService:
         eid = str(p["encounter"])
         principal = Principal(tenant=tenant, key_id=str(p["key_id"]), role=str(p["role"]),
                               capabilities=tuple(p.get("capabilities") or ()))  # fmt: skip
-        status = await asyncio.to_thread(self.store.restart, tenant, eid)
+        status = await asyncio.to_thread(self.pending.restart, tenant, eid)
         if status != "transcribing":
             return {"encounter": eid, "skipped": status}
         view = await asyncio.to_thread(self.store.get, tenant, eid)
@@ -417,7 +421,7 @@ class ScribeService:
 
         async def progress(done: int, total: int) -> None:
             state = await asyncio.to_thread(
-                self.store.job_update, tenant, eid, chunks_done=done, chunks_total=total
+                self.pending.job_update, tenant, eid, chunks_done=done, chunks_total=total
             )
             await job.progress({"encounter": eid, "chunks_done": done, "chunks_total": total})
             if state != "transcribing":
@@ -449,11 +453,11 @@ class ScribeService:
             code = exc.code if isinstance(exc, GatewayError) else "internal_error"
             if not isinstance(exc, GatewayError):
                 log.exception("scribe transcription job failed", extra={"job": job.id})
-            await asyncio.to_thread(self.store.fail, tenant, eid, message, code)
+            await asyncio.to_thread(self.pending.fail, tenant, eid, message, code)
             self._audit(principal, "scribe.transcription.fail", eid, patient_id, job=job.id,
                         code=code)  # fmt: skip
             raise PermanentError(message) from None
-        completed = await asyncio.to_thread(self.store.complete, tenant, eid, transcript, note,
+        completed = await asyncio.to_thread(self.pending.complete, tenant, eid, transcript, note,
                                             transcript["language"])  # fmt: skip
         if not completed:
             return {"encounter": eid, "stopped": "cancelled"}
@@ -465,7 +469,7 @@ class ScribeService:
     async def cancel(self, principal: Principal, encounter_id: str) -> EncounterView:
         """Stop a long recording's transcription: the encounter is ``cancelled`` (409 if it
         is not transcribing); the job stops at its next chunk (or at once if queued)."""
-        job_id = await asyncio.to_thread(self.store.cancel, principal.tenant, encounter_id)
+        job_id = await asyncio.to_thread(self.pending.cancel, principal.tenant, encounter_id)
         if job_id and self.queue is not None:
             with contextlib.suppress(JobNotFound):
                 await self.queue.cancel(job_id, tenant=principal.tenant)
