@@ -252,7 +252,7 @@ PNG = small_png(10)
         ({"url": "data:image/png," + "x" * 10}, ".image_url.url", "invalid_image"),
         ({"url": "data:image/png;base64"}, ".image_url.url", "invalid_image"),
         ({"url": "ftp://example.org/x.png"}, ".image_url.url", "invalid_image_url"),
-        ({"url": "iatros://radiographs/images/abc"}, ".image_url.url", "invalid_image_url"),
+        ({"url": "iatros://elsewhere/images/abc"}, ".image_url.url", "invalid_image_url"),
         ({"url": "http://169.254.169.254/latest"}, ".image_url.url", "remote_image_refused"),
         ({"url": "https://example.org/x.png"}, ".image_url.url", "remote_image_refused"),
         ({"url": data_url(PNG), "detail": "ultra"}, ".image_url.detail", "invalid_image"),

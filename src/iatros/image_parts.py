@@ -7,7 +7,9 @@ rather than an upstream's vague error: data URLs only by default (an allowed ima
 valid base64, within the size limit, bytes that are what the type says); remote
 ``http(s)`` URLs only when ``images.allow_remote_urls`` is on, because an upstream that
 fetches them can be pointed at internal addresses (SSRF). The gateway itself never
-fetches a URL.
+fetches a URL. ``iatros://<source>/<path>`` references an image stored by this server
+(``iatros://radiographs/images/<id>``): accepted only for a source the chat service knows,
+which reads it for the asking tenant (``gateway/image_refs.py``).
 
 A leaf module (errors and pydantic only): the settings, the router, the cache keys and
 the gateway all use it without importing each other.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,12 +63,12 @@ class ImageRef:
 
     where: str
     """``messages.i.content.j``"""
-    kind: Literal["data", "remote"]
+    kind: Literal["data", "remote", "reference"]
     mime: str | None
     size: int
     """Decoded bytes (0 for a remote URL)."""
     digest: str | None
-    """SHA-256 of the decoded bytes (None for a remote URL)."""
+    """SHA-256 of the decoded bytes (None for a remote URL or a reference)."""
     detail: str
 
 
@@ -99,8 +101,25 @@ def _sniff(mime: str, data: bytes) -> bool:
     return any(data.startswith(magic) for magic in _MAGIC.get(mime, ()))
 
 
-def check_images(messages: list[dict[str, Any]], settings: ImageInputSettings) -> list[ImageRef]:
+REFERENCE_SCHEME = "iatros://"
+
+
+def reference(url: str) -> tuple[str, str] | None:
+    """(source, path) of an ``iatros://<source>/<path>`` URL, else None."""
+    if not url.startswith(REFERENCE_SCHEME):
+        return None
+    source, _, path = url[len(REFERENCE_SCHEME) :].partition("/")
+    return source, path
+
+
+def check_images(
+    messages: list[dict[str, Any]],
+    settings: ImageInputSettings,
+    sources: Collection[str] = (),
+) -> list[ImageRef]:
     """Check every image part (see the module docstring); the refs, in order.
+
+    ``sources``: the stores ``iatros://`` references may name (none: references refused).
 
     Raises :class:`InvalidRequest` naming the part (``messages.i.content.j...``).
     """
@@ -119,11 +138,13 @@ def check_images(messages: list[dict[str, Any]], settings: ImageInputSettings) -
                 param=where,
                 code="too_many_images",
             )
-        refs.append(_check_part(part, where, settings))
+        refs.append(_check_part(part, where, settings, sources))
     return refs
 
 
-def _check_part(part: dict[str, Any], where: str, settings: ImageInputSettings) -> ImageRef:
+def _check_part(
+    part: dict[str, Any], where: str, settings: ImageInputSettings, sources: Collection[str]
+) -> ImageRef:
     image = part.get("image_url")
     if not isinstance(image, dict) or not isinstance(image.get("url"), str):
         raise InvalidRequest(
@@ -159,6 +180,18 @@ def _check_part(part: dict[str, Any], where: str, settings: ImageInputSettings) 
                 code="remote_image_refused",
             )
         return ImageRef(where, "remote", None, 0, None, detail)
+    named = reference(url)
+    if named is not None and named[0] in sources and named[1]:
+        return ImageRef(where, "reference", None, 0, None, detail)
+    if named is not None:
+        known = ", ".join(f"iatros://{name}/..." for name in sorted(sources)) or "none"
+        what = "no path" if named[0] in sources else f"no stored image source {named[0][:40]!r}"
+        raise InvalidRequest(
+            f"Invalid '{param}': {what} (known: {known}); or send the image as a data URL "
+            "(data:image/png;base64,...).",
+            param=param,
+            code="invalid_image_url",
+        )
     if not scheme.startswith("data:"):
         shown = url.split(":", 1)[0][:20] + ":" if ":" in url[:21] else "(none)"
         raise InvalidRequest(

@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from iatros.agents.service import AgentService
+from iatros.clinical.imaging.findings import radiograph_images
 from iatros.clinical.imaging.service import RadiographService
 from iatros.clinical.scribe.service import ScribeService
 from iatros.clinical.speech.transcriber import Transcriber
@@ -67,6 +68,7 @@ class Services:
         self.radiographs = RadiographService(
             self.chat, self.governance, self.jobs, self.settings
         )
+        self.chat.image_sources["radiographs"] = radiograph_images(self.radiographs)
         self.agents = AgentService(
             self.settings, self.chat, self.governance, self.reviews.queue, self.knowledge,
             scribe=self.scribe,

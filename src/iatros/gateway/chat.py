@@ -31,6 +31,7 @@ from iatros.experiments.assignment import bind_units
 from iatros.gateway.caching import CacheMode, replay
 from iatros.gateway.context import RequestContext
 from iatros.gateway.grounding import Grounder, Grounding
+from iatros.gateway.image_refs import ImageSource, resolve_references
 from iatros.gateway.pipeline import Gateway
 from iatros.gateway.safety import Escalations, SafetyStep
 from iatros.gateway.verification import Policy
@@ -120,6 +121,9 @@ class ChatService:
         self.grounder = grounder
         self.settings = gateway.settings
         self.safety = SafetyStep(escalations, self.settings.knowledge.verification)
+        self.image_sources: dict[str, ImageSource] = {}
+        """Readers of stored images that requests may name (``iatros://<source>/...``),
+        registered by the composition root (``gateway/image_refs.py``)."""
 
     async def ask(
         self, principal: Principal, request: ChatRequest, *, endpoint: str = "chat"
@@ -157,11 +161,15 @@ class ChatService:
         gw = self.gateway
         call = request.call
         ctx.model = request.model
-        check_images(call.messages, self.settings.images)  # a precise 400 before anything
+        images = check_images(call.messages, self.settings.images, self.image_sources)
         if request.patient_id is not None:
             ctx.patient_id = request.patient_id
         with span(ctx.trace, "admission"):
             await self.governance.admit(ctx, estimate_prompt_tokens(call.messages))
+        if images and any(image.kind == "reference" for image in images):
+            call.messages = await resolve_references(  # stored images, read for the asker
+                ctx.principal, call.messages, self.image_sources, self.settings.images
+            )
         if self.settings.log_content:
             ctx.content = {"messages": redacted(call.messages)}  # digests, never image bytes
         route = self.settings.models.get(request.model)

@@ -14,7 +14,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -22,6 +22,7 @@ from iatros.auth import Principal
 from iatros.config import Settings
 from iatros.errors import InvalidRequest
 from iatros.gateway.chat import ChatRequest, ChatService
+from iatros.gateway.image_refs import ImageSource
 from iatros.providers.base import ChatCall
 
 FINDING_TYPES = (
@@ -272,3 +273,31 @@ class ImageAnalyst:
                     },
                 ]
         return Analysis([], False, raw, deployment, request_id)
+
+
+class _Renders(Protocol):
+    async def render(
+        self,
+        principal: Principal,
+        image_id: str,
+        center: float | None,
+        width: float | None,
+        invert: bool,
+    ) -> bytes: ...
+
+
+def radiograph_images(radiographs: _Renders) -> ImageSource:
+    """The reader of ``iatros://radiographs/images/<id>`` for chat requests: the image's
+    default rendition (de-identified, 8-bit PNG), read by the radiograph service for the
+    asker, so another tenant's image is a 404 and the read is audited."""
+
+    async def read(principal: Principal, path: str) -> tuple[bytes, str]:
+        kind, _, image_id = path.partition("/")
+        if kind != "images" or not image_id or "/" in image_id:
+            raise InvalidRequest(
+                "A radiograph reference is iatros://radiographs/images/<image id>.",
+                code="invalid_image_url",
+            )
+        return await radiographs.render(principal, image_id, None, None, False), "image/png"
+
+    return read
