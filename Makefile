@@ -32,7 +32,9 @@ $(STAMP): pyproject.toml scripts/install-llama.sh
 	bash scripts/install-prometheus.sh
 	touch $(STAMP)
 
-run: install
+# The site is built first (about 5 s), so /help always matches this checkout; building it
+# inside `iatros serve` instead would make the server depend on MkDocs, a dev tool.
+run: docs
 	$(BIN)/iatros serve
 
 lint: install

@@ -219,3 +219,37 @@ def test_the_site_works_in_a_browser_under_its_csp(
             browser.close()
     assert outside == []
     assert problems == []
+
+
+def test_the_web_app_links_to_the_help(help_server: RunningServer) -> None:
+    """The app's header has a Help link, before and after sign-in, to the site in the
+    interface's language (French readers land on the French *Get started*)."""
+    from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh (apt: chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(service_workers="block")
+            context.set_default_timeout(20_000)
+            app = context.new_page()
+            app.goto(help_server.url + "/")
+            link = app.locator("#help-link")
+            link.wait_for(state="visible")
+            assert link.inner_text() == "Help" and link.get_attribute("href") == "/help/"
+            with context.expect_page() as opened:
+                link.click()
+            site = opened.value
+            site.wait_for_selector("h1#iatros")
+            assert site.url == help_server.url + "/help/"
+            app.locator("#lang-select").select_option("fr")
+            assert link.inner_text() == "Aide"
+            with context.expect_page() as opened:
+                link.click()
+            opened.value.wait_for_selector("h1#demarrer")
+            assert opened.value.url.endswith("/help/fr/get-started/")
+        finally:
+            browser.close()
