@@ -12,6 +12,7 @@ the view without a vision model, and axe-core.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -134,6 +135,26 @@ def study_via_api(
     return dict(study)
 
 
+def drop_files(page: Any, selector: str, files: list[tuple[str, bytes]]) -> None:
+    """Drag and drop files onto ``selector`` (a DataTransfer built in the page)."""
+    payload = [{"name": n, "b64": base64.b64encode(d).decode()} for n, d in files]
+    page.evaluate(
+        """([selector, files]) => {
+          const dt = new DataTransfer();
+          for (const f of files) {
+            const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+            dt.items.add(new File([bytes], f.name));
+          }
+          const zone = document.querySelector(selector);
+          for (const type of ["dragenter", "dragover", "drop"]) {
+            const init = { dataTransfer: dt, bubbles: true, cancelable: true };
+            zone.dispatchEvent(new DragEvent(type, init));
+          }
+        }""",
+        [selector, payload],
+    )
+
+
 def canvas_colour_pixels(page: Any, rgb_test: str) -> int:
     """How many canvas pixels pass a colour test (a JS expression over r, g, b)."""
     return int(
@@ -182,12 +203,14 @@ def no_horizontal_scroll(page: Any) -> bool:
 def axe_serious(page: Any, axe_source: str, name: str) -> list[Any]:
     page.add_script_tag(content=axe_source)
     result = page.evaluate(
-        """() => axe.run(document, {
+        # The view only: the header and navigation are test_app_ui's axe test.
+        """() => axe.run('#view-radiographs', {
              runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
              resultTypes: ['violations'],
            })"""
     )
     (ARTIFACTS / f"axe-{name}.json").write_text(json.dumps(result["violations"], indent=1))
+    assert len(result["passes"]) > 10  # the view was really examined
     return [
         (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:5])
         for v in result["violations"]
@@ -235,7 +258,9 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
     image = study["images"][0]
     deid = image["deidentified"]
     assert int(page.locator("#rad-deid").get_attribute("data-masked")) >= 1
-    assert re.search(r"\d+ regions? of burned-in text masked", page.locator("#rad-deid").inner_text())
+    assert re.search(
+        r"\d+ regions? of burned-in text masked", page.locator("#rad-deid").inner_text()
+    )
     assert deid["burned_in_text"]["regions_masked"]
     header_text = json.dumps(deid) + json.dumps(study)
     assert "DOE" not in header_text and "MRN-778899" not in header_text
@@ -259,6 +284,20 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
     with page.expect_request(re.compile(r"render\.png\?.*invert=1")):
         page.locator("#rad-invert").click()
     assert page.locator("#rad-invert").get_attribute("aria-pressed") == "true"
+    page.locator("#rad-reset").click()
+    page.locator("#rad-canvas[data-rendered$='render.png']").wait_for()
+    assert page.locator("#rad-ww").input_value() == "4096"
+    # Shift + drag in the Move tool: window/level by the mouse (the server renders it)
+    x0, y0 = canvas_point(page, 600, 400)
+    with page.expect_request(re.compile(r"render\.png\?center=\d+&width=\d+")):
+        page.keyboard.down("Shift")
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x0 - 120, y0 + 60, steps=6)
+        page.mouse.up()
+        page.keyboard.up("Shift")
+    assert int(page.locator("#rad-ww").input_value()) < 4096
+    assert int(page.locator("#rad-wc").input_value()) > 2048
     page.locator("#rad-reset").click()
     page.locator("#rad-canvas[data-rendered$='render.png']").wait_for()
     page.locator("#rad-tool-measure").click()
@@ -336,9 +375,16 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
 
     first.locator("[data-action=accept]").focus()
     page.keyboard.press("Enter")  # by keyboard too
-    page.locator(
+    accepted = page.locator(
         f"#rad-ann-list li.rad-ann-ai[data-tooth='{AI_ACCEPTED}'][data-status=accepted]"
-    ).wait_for()
+    )
+    accepted.wait_for()
+    accepted.locator("[data-action=edit]").click()  # the clinician's words on an AI finding
+    assert "Edit the AI finding" in page.locator("#rad-form-title").inner_text()
+    assert page.locator("#rad-tooth").input_value() == str(AI_ACCEPTED)
+    page.locator("#rad-note").fill("Confirmed clinically")
+    page.locator("#rad-form-save").click()
+    accepted.locator(".rad-note", has_text="Confirmed clinically").wait_for()
     page.locator(
         f"#rad-ann-list li.rad-ann-ai[data-tooth='{AI_REJECTED}'] [data-action=reject]"
     ).click()
@@ -358,6 +404,7 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
     # -- sign: the study becomes read only ------------------------------------------------
     page.locator("#rad-sign-btn").click()
     assert page.locator("#rad-sign-error").inner_text() == "Write the conclusion before signing."
+    page.locator("#rad-signer").fill("Dr Ada Molar")
     page.locator("#rad-conclusion").fill("Caries 46 and 16 to treat; restoration 21 sound.")
     page.locator("#rad-sign-btn").click()
     page.locator("#rad-study-state[data-status=signed]").wait_for()
@@ -393,6 +440,7 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
         for tooth in ("46", "21", str(AI_ACCEPTED)):
             assert re.search(rf"\b{tooth}\b", text), tooth
         assert "periapical" not in text  # the rejected AI finding stays out
+        assert "dr ada molar" in text and "confirmed clinically" in text
 
     # -- the FHIR Bundle: an Observation for each accepted finding, bodySite = the tooth ---
     with page.expect_download() as fhir_download:
@@ -456,8 +504,25 @@ def test_phone_width_touch_tap_and_pinch(
     assert no_horizontal_scroll(page)
     page.locator("#rad-tooth").fill("85")
     page.locator("#rad-form-save").tap()
-    page.locator("#rad-ann-list li[data-tooth='85']").wait_for()
+    item = page.locator("#rad-ann-list li[data-tooth='85']")
+    item.wait_for()
     assert no_horizontal_scroll(page)
+    (point,) = api_annotations(rad_server, study["images"][0]["id"])
+    assert point["shape"] == "point" and abs(point["points"][0][0] - 600) < 6
+
+    # redraw it elsewhere (Edit, then Redraw), then delete it (a second tap confirms)
+    item.locator("[data-action=edit]").tap()
+    page.locator("#rad-form-redraw").tap()
+    page.touchscreen.tap(*canvas_point(page, 300, 200))
+    wait_until(
+        lambda: (
+            abs(api_annotations(rad_server, study["images"][0]["id"])[0]["points"][0][0] - 300) < 6
+        )
+    )
+    item.locator("[data-action=delete]").tap()
+    item.locator("[data-action=confirm_delete]").tap()
+    page.locator("#rad-ann-list .rad-ann-empty").wait_for()
+    assert api_annotations(rad_server, study["images"][0]["id"]) == []
     assert axe_serious(page, axe_source, "radiographs-phone") == []
 
 
@@ -481,14 +546,20 @@ def test_without_a_vision_model_the_view_says_how_to_configure_one_in_french(
         listed = http.get("/v1/radiographs/studies", params={"patient_id": "pat-fr"}).json()
     assert listed["data"] == []
 
-    # a PNG (no pixel spacing): no vision model, so no button but the way to configure one
+    # a batch dropped on the drop zone: a PNG (no pixel spacing) and a DICOM, one study
     from iatros.testing.radiographs import picture_bytes
 
     synthetic = radiograph(WIDTH, HEIGHT, texts=0, seed=8)
-    study_via_api(plain_server, "pat-fr", picture_bytes(synthetic.values), name="pano.png")
-    page.locator("#rad-patient-form button[type=submit]").click()
-    page.locator("#rad-studies li button").first.click()
+    drop_files(page, "#rad-drop", [("pano.png", picture_bytes(synthetic.values)), ("b.dcm", good)])
+    page.locator("#rad-uploads li[data-status=ready]").nth(1).wait_for(timeout=60_000)
+    assert page.locator("#rad-uploads li[data-status=ready]").count() == 2
+    assert "Déposé et anonymisé" in page.locator("#rad-upload-status").inner_text()
     page.locator("#rad-canvas[data-rendered]").wait_for()
+    assert page.locator("#rad-thumbs li").count() == 2
+    assert (
+        page.locator("#rad-thumbs li img").first.get_attribute("src").startswith("data:image/png")
+    )
+    # no vision model, so no button but the way to configure one
     notice = page.locator("#rad-ai-none")
     notice.wait_for()
     assert "Aucun modèle de vision" in notice.inner_text()

@@ -59,7 +59,14 @@ function setText(selector, text, kind = "") {
   el.dataset.kind = kind;
 }
 
+/** Said to screen readers only: routine confirmations would pile up as pop-ups. */
 function live(text) { $("#rad-live").textContent = text; }
+
+/** A confirmation shown beside the image and said to screen readers. */
+function confirm(text) {
+  setText("#rad-hint", text, "ok");
+  live(text);
+}
 
 function findingLabel(finding) { return t(`rad.finding_${FINDINGS.includes(finding) ? finding : "other"}`); }
 
@@ -195,6 +202,8 @@ function skeleton() {
         h("section", { id: "rad-sign", class: "rad-sign", "aria-labelledby": "rad-sign-title" },
           h("h3", { id: "rad-sign-title", "data-i18n": "rad.report" }),
           h("div", { id: "rad-sign-form" },
+            h("label", { for: "rad-signer", "data-i18n": "rad.signer" }),
+            h("input", { id: "rad-signer", autocomplete: "name", maxlength: 200 }),
             h("label", { for: "rad-conclusion", "data-i18n": "rad.conclusion" }),
             h("textarea", { id: "rad-conclusion", rows: 3, maxlength: 8000, "aria-describedby": "rad-sign-error" }),
             h("p", { id: "rad-sign-error", class: "error-text", role: "alert", hidden: true }),
@@ -440,6 +449,7 @@ async function openImage(image) {
   state.analysis = null;
   closeForm();
   $("#rad-workspace").hidden = false;
+  $(".rad-stage").style.aspectRatio = `${image.width} / ${image.height}`; // no wasted black bands
   $("#rad-invert").setAttribute("aria-pressed", "false");
   $("#rad-ai-raw").hidden = true;
   setText("#rad-ai-status", "");
@@ -596,7 +606,7 @@ async function patch(a, body, okKey) {
     state.annotations = state.annotations.map((x) => (x.id === a.id ? updated : x));
     state.viewer.setAnnotations(state.annotations);
     renderAnnotations();
-    if (okKey) announce(t(okKey));
+    if (okKey) confirm(t(okKey));
     $(`#rad-ann-${CSS.escape(a.id)}-title`)?.focus();
     return updated;
   } catch (e) {
@@ -626,7 +636,7 @@ async function remove(a) {
     if (state.selected === a.id) state.selected = null;
     state.viewer.setAnnotations(state.annotations);
     renderAnnotations();
-    announce(t("rad.deleted"));
+    confirm(t("rad.deleted"));
     $("#rad-canvas").focus();
   } catch (e) {
     announce(problem(e), "error");
@@ -701,12 +711,12 @@ async function submitForm(event) {
       const extra = editing.source === "ai" && editing.status !== "accepted" ? { status: "accepted" } : {};
       const updated = await api(`${base}/annotations/${editing.id}`, { method: "PATCH", body: { version: editing.version, ...body, ...extra } });
       state.annotations = state.annotations.map((x) => (x.id === editing.id ? updated : x));
-      announce(t("rad.saved"));
+      confirm(t("rad.saved"));
     } else {
       const { shape, points } = state.pending;
       const created = await api(`${base}/images/${state.image.id}/annotations`, { method: "POST", body: { shape, points, ...body } });
       state.annotations = [...state.annotations, created];
-      announce(t("rad.created", { what: annotationTitle(created) }));
+      confirm(t("rad.created", { what: annotationTitle(created) }));
     }
   } catch (e) {
     formError(e);
@@ -799,7 +809,7 @@ async function analyse() {
     } else {
       const text = `${tn("rad.ai_found", found.length)}${analysis.model ? ` · ${t("rad.ai_model", { model: analysis.model })}` : ""}`;
       setText("#rad-ai-status", text, "ok");
-      announce(text);
+      live(text);
     }
   } catch (e) {
     setText("#rad-ai-status", problem(e), "error");
@@ -882,7 +892,8 @@ async function followUpload(id, rows) {
       const failed = study.images.filter((i) => i.status === "failed").length;
       const text = failed ? tn("rad.upload_failed_n", failed) : t("rad.upload_done");
       setText("#rad-upload-status", text, failed ? "error" : "ok");
-      announce(text, failed ? "error" : "info");
+      if (failed) announce(text, "error");
+      else live(text);
       await loadStudies(false);
       showStudy(study, false);
       return;
@@ -899,7 +910,10 @@ function renderSign() {
   $("#rad-sign-form").hidden = done;
   $("#rad-signed").hidden = !done;
   if (done) {
-    $("#rad-signed-text").textContent = t("rad.signed_by", { who: study.signed_by || "–", when: formatDate(study.signed_at) });
+    const who = study.signer?.name || study.signed_by;
+    $("#rad-signed-text").textContent = who
+      ? t("rad.signed_by", { who, when: formatDate(study.signed_at) })
+      : t("rad.signed_on", { when: formatDate(study.signed_at) });
     $("#rad-signed-conclusion").textContent = study.conclusion || "";
   }
   applyReadOnly();
@@ -919,7 +933,9 @@ async function sign() {
   }
   const proposed = state.annotations.filter((a) => a.source === "ai" && a.status === "proposed").length;
   try {
-    const study = await api(`${base}/studies/${state.study.id}/sign`, { method: "POST", body: { conclusion } });
+    const name = $("#rad-signer").value.trim();
+    const body = name ? { conclusion, name } : { conclusion };
+    const study = await api(`${base}/studies/${state.study.id}/sign`, { method: "POST", body });
     showStudy(study.images ? study : await api(`${base}/studies/${state.study.id}`), true);
     renderAnnotations();
     const text = proposed ? `${t("rad.signed_ok")} ${tn("rad.signed_left_out", proposed)}` : t("rad.signed_ok");
