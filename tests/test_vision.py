@@ -7,6 +7,7 @@ stand behind vision deployments; the shared fake upstream is a text-only model.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from iatros.config import ConfigError, load_settings
 from iatros.errors import InvalidRequest
 from iatros.gateway.chat import ChatRequest
 from iatros.gateway.context import RequestContext
-from iatros.image_parts import ImageInputSettings, check_images
+from iatros.image_parts import ImageInputSettings, check_images, part_digest
 from iatros.providers.base import ChatCall
 from iatros.routing.router import estimate_prompt_tokens
 from iatros.services import Services
@@ -320,6 +321,18 @@ def test_remote_urls_when_allowed_pass_but_are_never_cached() -> None:
     assert [(r.kind, r.digest) for r in refs] == [("remote", None)]
     req = CacheRequest("t", "radiology", "", [message], {})
     assert KeyMaker(b"secret").exact_key(req) is None
+
+
+def test_the_digest_checked_once_is_the_one_the_cache_keys_by() -> None:
+    message = image_message(data_url(PNG))
+    (ref,) = check_images([message], ImageInputSettings())
+    part = message["content"][1]
+    assert ref.digest == hashlib.sha256(PNG).hexdigest()
+    assert part_digest(part) == f"sha256:{ref.digest}"  # remembered for this request
+    assert contextvars.Context().run(part_digest, part) == f"sha256:{ref.digest}"  # decoded
+    assert (
+        part_digest({"type": "image_url", "image_url": {"url": "data:image/png;base64,@"}}) is None
+    )
 
 
 def test_token_estimates_count_images_and_never_fail() -> None:

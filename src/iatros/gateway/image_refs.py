@@ -14,12 +14,13 @@ image is a 404 and the access is audited by the feature as any other read of it.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from iatros.auth import Principal
 from iatros.errors import GatewayError, InvalidRequest
-from iatros.image_parts import ImageInputSettings, image_parts, reference
+from iatros.image_parts import ImageInputSettings, image_parts, reference, remember
 
 
 class ImageSource(Protocol):
@@ -59,6 +60,7 @@ async def resolve_references(
                 code="image_too_large" if mime in settings.mime_types else "invalid_image",
             )
         url = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+        remember(url, hashlib.sha256(data).hexdigest())  # the cache keys it without decoding
         message = out[i] = dict(out[i])
         content = message["content"] = list(message["content"])
         content[j] = {**part, "image_url": {**image, "url": url}}
