@@ -77,7 +77,8 @@ _digests: ContextVar[dict[int, tuple[str, str]] | None] = ContextVar(
 )
 """The digests computed while checking this request's images, by the identity of their
 URL string (held, so the id cannot be reused meanwhile): the cache keys the same images
-at lookup and at store without decoding them again (about 10 ms a megabyte each time).
+at lookup and at store without decoding them again (the decoding of a large image
+blocks the event loop for a noticeable time).
 One request's worth: :func:`check_images` starts a new one for each request."""
 
 
