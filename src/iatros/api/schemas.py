@@ -31,9 +31,10 @@ class _Open(BaseModel):
 class TextPart(BaseModel):
     """A content part: ``{"type": "text", "text": "..."}``, or an image for a model with
     vision, ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,...",
-    "detail": "auto"|"low"|"high"}}`` (PNG, JPEG or WebP as a base64 data URL, in user
-    messages; remote URLs only where ``images.allow_remote_urls`` is on). Image parts are
-    checked by the chat service, which names the part in a 400 (``iatros/image_parts.py``).
+    "detail": "auto"|"low"|"high"}}`` (PNG, JPEG or WebP as a base64 data URL, or a stored
+    radiograph as ``iatros://radiographs/images/<id>``, in user messages; remote URLs only
+    where ``images.allow_remote_urls`` is on). Image parts are checked by the chat service,
+    which names the part in a 400 (``iatros/image_parts.py``).
     """
 
     model_config = ConfigDict(extra="allow")
