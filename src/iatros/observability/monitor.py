@@ -120,6 +120,7 @@ class Monitor:
             return [] if config is None else [*config.deployments, *config.fallbacks]
 
         self.alerting = Alerting(self.settings, Notifier(self.settings), clock, serves)
+        self.clock = clock
         self.detectors: dict[tuple[str, str], Detector] = {}
         self._hard: dict[tuple[str, str], int] = {}
         self._deployments: dict[str, _Deployment] = {}
@@ -269,8 +270,9 @@ class Monitor:
         self._deployments, self._routes, self._tenants = {}, {}, {}
         firing: list[Finding] = []
         cleared: list[tuple[str, dict[str, str]]] = []
+        now = self.clock()
         for signal, scope, value, count in values:
-            verdict = self._series(signal, scope).update(value, count)
+            verdict = self._series(signal, scope).update(value, count, now)
             labels = self._labels(signal, scope)
             if verdict.firing:
                 firing.append(self._anomaly(signal, scope, labels, verdict))
