@@ -147,7 +147,9 @@ def check_zip(data: bytes, limits: ArchiveLimits | None = None, kind: str = "zip
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-        raise IngestError(f"could not read the {kind} file (corrupt?): {exc}") from None
+        raise IngestError(
+            f"could not read the {kind} file (corrupt?): {exc}", code="corrupt_file", kind=kind
+        ) from None
     with archive:
         members = archive.infolist()
         _check_declared(members, limits, kind)
@@ -163,11 +165,17 @@ def _check_declared(members: list[zipfile.ZipInfo], limits: ArchiveLimits, kind:
     total = markup = 0
     for info in members:
         if info.flag_bits & 0x1:
-            raise IngestError(f"encrypted {kind} file: cannot read it without its password")
+            raise IngestError(
+                f"encrypted {kind} file: cannot read it without its password",
+                code="encrypted_file",
+                kind=kind,
+            )
         if info.compress_type not in _ALLOWED_METHODS:
             raise IngestError(
                 f"{kind} member {info.filename!r} uses compression method "
-                f"{info.compress_type}; only stored and deflate are allowed"
+                f"{info.compress_type}; only stored and deflate are allowed",
+                code="corrupt_file",
+                kind=kind,
             )
         total += info.file_size
         if info.filename.lower().endswith(_MARKUP_SUFFIXES):
@@ -196,9 +204,13 @@ def _check_real(
         except ArchiveTooLarge:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError) as exc:
-            raise IngestError(f"could not read the {kind} file (corrupt?): {exc}") from None
+            raise IngestError(
+            f"could not read the {kind} file (corrupt?): {exc}", code="corrupt_file", kind=kind
+        ) from None
         except NotImplementedError as exc:
-            raise IngestError(f"could not read the {kind} file: {exc}") from None
+            raise IngestError(
+                f"could not read the {kind} file: {exc}", code="corrupt_file", kind=kind
+            ) from None
         _check_ratio(info.filename, size, info.compress_size, limits, kind)
         total += size
         markup += size if is_markup else 0

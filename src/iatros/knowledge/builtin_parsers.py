@@ -34,12 +34,19 @@ class PdfParser:
 
     def check(self, head: bytes) -> None:
         if b"%PDF-" not in head[:1024]:
-            raise IngestError("not a PDF file (no %PDF header): corrupt or misnamed")
+            raise IngestError(
+                "not a PDF file (no %PDF header): corrupt or misnamed",
+                code="corrupt_file",
+                kind="PDF",
+            )
 
     def parse(self, data: bytes) -> ParsedDocument:
         doc = parse_pdf(data)
         if not any(b.text.strip() for b in doc.blocks):
-            raise IngestError("no extractable text: a scanned PDF needs OCR, which is not done")
+            raise IngestError(
+                "no extractable text: a scanned PDF needs OCR, which is not done",
+                code="scanned_pdf",
+            )
         return doc
 
 
@@ -49,7 +56,11 @@ class DocxParser:
 
     def check(self, head: bytes) -> None:
         if not head.startswith(b"PK"):
-            raise IngestError("not a DOCX file (not a zip archive): corrupt or misnamed")
+            raise IngestError(
+                "not a DOCX file (not a zip archive): corrupt or misnamed",
+                code="corrupt_file",
+                kind="DOCX",
+            )
 
     def parse(self, data: bytes) -> ParsedDocument:
         return parse_docx(data)

@@ -227,13 +227,13 @@ class Ingestor:
                 parsed = parse_document(item.name, data)
             chunks = self.ctx.chunker.chunk(parsed)
             if not chunks:
-                raise IngestError("no text found in the file")
+                raise IngestError("no text found in the file", code="no_text")
             report.content_type, report.pages = parsed.content_type, parsed.pages
             report.warnings.extend(parsed.warnings)
             prepared.chunks = chunks
             report.status = "indexed"
         except IngestError as exc:
-            report.error = str(exc)
+            report.error, report.code, report.params = str(exc), exc.code, exc.params
         except Exception as exc:
             log.exception("unexpected error while reading a file")
             report.error = f"could not process the file: {type(exc).__name__}: {exc}"
@@ -259,7 +259,9 @@ class Ingestor:
             if len(item.data) > limit:
                 raise IngestError(
                     f"file too large: {mib(len(item.data))}, over the {mib(limit)} limit "
-                    "(knowledge.max_file_bytes)"
+                    "(knowledge.max_file_bytes)",
+                    code="file_too_large",
+                    limit=mib(limit),
                 )
             return item.data
         assert item.path is not None
@@ -282,7 +284,11 @@ class Ingestor:
         except OSError as exc:
             raise IngestError(f"cannot read {item.path}: {exc.strerror}") from None
         if len(data) > limit:  # grew since stat()
-            raise IngestError(f"file too large: over the {mib(limit)} limit")
+            raise IngestError(
+                f"file too large: over the {mib(limit)} limit",
+                code="file_too_large",
+                limit=mib(limit),
+            )
         return data
 
     async def _embed_group(self, group: list[_Prepared]) -> None:
@@ -313,6 +319,7 @@ class Ingestor:
             result = await self.ctx.run(self._write_sync, tenant, collection, item, metadata)
         except IngestError as exc:
             report.status, report.error = "error", str(exc)
+            report.code, report.params = exc.code, exc.params
             return report
         except Exception as exc:
             log.exception("could not store a document")

@@ -115,7 +115,12 @@ class ParserRegistry:
         if entry is None:
             supported = ", ".join(sorted(self._table()))
             shown = suffix or "(no extension)"
-            raise IngestError(f"unsupported file type {shown!r} (supported: {supported})")
+            raise IngestError(
+                f"unsupported file type {shown!r} (supported: {supported})",
+                code="unsupported_type",
+                type=shown,
+                supported=supported,
+            )
         entry.parser.check(head)
         return entry.parser
 
@@ -134,12 +139,12 @@ def parse_document(
 ) -> ParsedDocument:
     """Parse ``data`` by its extension; raises :class:`IngestError` with a readable message."""
     if not data:
-        raise IngestError("empty file")
+        raise IngestError("empty file", code="empty_file")
     parser = (parsers or registry).parser_for(filename, data[:1024])
     doc = parser.parse(data)
     doc.blocks = [b for b in doc.blocks if b.text.strip()]
     if not doc.blocks:
-        raise IngestError("no text found in the file")
+        raise IngestError("no text found in the file", code="no_text")
     return doc
 
 

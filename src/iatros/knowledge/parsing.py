@@ -84,13 +84,15 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
         try:
             return data.decode("utf-16"), None
         except UnicodeDecodeError as exc:
-            raise IngestError(f"invalid UTF-16 text: {exc}") from None
+            raise IngestError(
+                f"invalid UTF-16 text: {exc}", code="corrupt_file", kind="UTF-16"
+            ) from None
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError:
         pass
     if b"\x00" in data[:8192]:
-        raise IngestError("binary content in a text file (NUL bytes)")
+        raise IngestError("binary content in a text file (NUL bytes)", code="binary_text")
     from charset_normalizer import from_bytes
 
     best = from_bytes(data[: 1024 * 1024]).best()
@@ -292,16 +294,26 @@ def _parse_pdf(data: bytes, budget: ExpansionBudget) -> ParsedDocument:
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted and not reader.decrypt(""):
-            raise IngestError("encrypted PDF: cannot read it without its password")
+            raise IngestError(
+                "encrypted PDF: cannot read it without its password",
+                code="encrypted_file",
+                kind="PDF",
+            )
         pages = list(reader.pages)
     except IngestError:
         raise
     except LimitReachedError as exc:
         raise pdf_limit_reached(exc, "its structure") from None
     except (PdfReadError, ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
-        raise IngestError(f"could not read the PDF (corrupt?): {exc}") from None
+        raise IngestError(
+            f"could not read the PDF (corrupt?): {exc}", code="corrupt_file", kind="PDF"
+        ) from None
     except Exception as exc:  # pypdf raises many types on damaged files
-        raise IngestError(f"could not read the PDF (corrupt?): {type(exc).__name__}") from None
+        raise IngestError(
+            f"could not read the PDF (corrupt?): {type(exc).__name__}",
+            code="corrupt_file",
+            kind="PDF",
+        ) from None
     doc = ParsedDocument("pdf", [], pages=len(pages))
     failed = 0
     for number, page in enumerate(pages, 1):
@@ -320,7 +332,11 @@ def _parse_pdf(data: bytes, budget: ExpansionBudget) -> ParsedDocument:
         doc.blocks.extend(_pdf_page_blocks(text, number))
     if failed:
         if failed == len(pages):
-            raise IngestError("could not extract text from any page of the PDF (corrupt?)")
+            raise IngestError(
+            "could not extract text from any page of the PDF (corrupt?)",
+            code="corrupt_file",
+            kind="PDF",
+        )
         doc.warnings.append(f"{failed} of {len(pages)} pages could not be read and were skipped")
     meta_title = None
     try:
@@ -349,7 +365,9 @@ def parse_docx(data: bytes) -> ParsedDocument:
     try:
         document = docx.Document(io.BytesIO(data))
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise IngestError(f"could not read the DOCX file (corrupt?): {exc}") from None
+        raise IngestError(
+            f"could not read the DOCX file (corrupt?): {exc}", code="corrupt_file", kind="DOCX"
+        ) from None
     except Exception as exc:
         message = f"could not read the DOCX file (corrupt?): {type(exc).__name__}"
         raise IngestError(message) from None

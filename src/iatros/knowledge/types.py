@@ -27,7 +27,20 @@ class NotFound(KnowledgeError, LookupError):
 
 
 class IngestError(KnowledgeError):
-    """One file could not be ingested; the message is meant for the user."""
+    """One file could not be ingested; the message is meant for the user.
+
+    ``code`` names the kind of failure so that an interface can say it in the user's
+    language (the web app's ``ingest.<code>`` texts); ``params`` fill its placeholders.
+    The English message stays the reference and is what the API and logs carry.
+    """
+
+    code = "unreadable_file"
+
+    def __init__(self, message: str, *, code: str | None = None, **params: str) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.params = params
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,9 @@ class FileReport:
     content_type: str | None = None
     reason: str | None = None
     error: str | None = None
+    code: str | None = None
+    """With ``error``: its kind (``empty_file``, ``unsupported_type``, …), see IngestError."""
+    params: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property

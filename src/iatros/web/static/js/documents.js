@@ -5,7 +5,7 @@
 
 import { api, upload } from "./api.js";
 import { $, announce, clear, h, icon, uid } from "./dom.js";
-import { errorMessage } from "./errors.js";
+import { errorMessage, ingestMessage } from "./errors.js";
 import { formatDate, formatNumber, t, tn } from "./i18n.js";
 
 const EXTENSIONS = [".pdf", ".md", ".markdown", ".html", ".htm", ".xhtml", ".txt", ".text", ".docx"];
@@ -228,12 +228,12 @@ async function follow(item) {
     const fileState = report?.state ?? report?.status;
     if (report && (fileState === "error" || fileState === "failed" || report.error)) {
       item.state = "error";
-      item.error = report.error || t("docs.failed");
+      item.error = ingestMessage(report);
       return;
     }
     if (job.state === "failed") {
       item.state = "error";
-      item.error = job.error || report?.error || t("docs.failed");
+      item.error = report?.error ? ingestMessage(report) : job.error || t("docs.failed");
       return;
     }
     if (job.state === "done") {

@@ -13,3 +13,16 @@ export function errorMessage(err) {
   }
   return err?.message || String(err);
 }
+
+/**
+ * Why the knowledge base could not take a file, in the user's language: the server names
+ * the kind (`code`, with `params` such as the file type or the size limit) beside its
+ * English `error`, which stays the fallback for a kind this interface does not know.
+ */
+export function ingestMessage(report) {
+  const code = report?.code;
+  if (!code) return report?.error || t("docs.failed");
+  const key = `ingest.${code}`;
+  const text = t(key, { ...(report.params || {}), detail: report.error || "" });
+  return text === key ? report.error || t("docs.failed") : text;
+}
