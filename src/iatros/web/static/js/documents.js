@@ -135,9 +135,10 @@ function renderDocuments() {
     }
     body.append(h("tr", { dataset: { id: doc.id } },
       h("th", { scope: "row" }, h("span", { class: "doc-name" }, icon("file"), h("span", {}, String(doc.name ?? doc.id)))),
-      h("td", {}, doc.pages === null || doc.pages === undefined ? "–" : formatNumber(doc.pages)),
-      h("td", {}, formatNumber(doc.chunks ?? 0)),
-      h("td", {}, formatDate(doc.updated_at)),
+      // data-label: on a phone each row is a card and its figures say what they are.
+      h("td", { "data-label": t("docs.col_pages") }, doc.pages === null || doc.pages === undefined ? "–" : formatNumber(doc.pages)),
+      h("td", { "data-label": t("docs.col_chunks") }, formatNumber(doc.chunks ?? 0)),
+      h("td", { "data-label": t("docs.col_updated") }, formatDate(doc.updated_at)),
       actions));
   }
 }
