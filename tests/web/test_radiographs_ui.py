@@ -575,3 +575,11 @@ def test_without_a_vision_model_the_view_says_how_to_configure_one_in_french(
     page.keyboard.press("Space")
     assert re.search(r"Longueur : \d+ px \(pixels", page.locator("#rad-measure").inner_text())
     shot(page, "radiographs-no-vision-fr")
+
+    # switching the language relabels what the view built (list, notices, measurements)
+    page.locator("#lang-select").select_option("en")
+    assert "No vision model is configured" in notice.inner_text()
+    assert "To review" in page.locator("#rad-studies").inner_text()
+    assert "2 images" in page.locator("#rad-studies").inner_text()
+    assert "not millimetres" in page.locator("#rad-scale").inner_text()
+    assert page.locator("#rad-tool-measure").inner_text() == "Measure"

@@ -4,18 +4,15 @@
 // findings as a separate layer the clinician accepts, edits or rejects one by one, and signing
 // (then the PDF report and the FHIR Bundle, with only the accepted findings).
 
-import { ApiError, api, authHeaders, upload } from "./api.js";
+import { ApiError, api } from "./api.js";
 import { $, $$, announce, clear, h } from "./dom.js";
-import { errorMessage } from "./errors.js";
-import { applyTranslations, formatDate, formatNumber, t, tn } from "./i18n.js";
+import { formatDate, formatNumber, t, tn } from "./i18n.js";
+import { POLL_MS, bindUpload, dataUrl, fetchBlob, live, problem, setText } from "./radiographs-io.js";
 import { Viewer } from "./viewer.js";
+import { FINDINGS, TOOL_KEYS, buildLayout } from "./viewer-layout.js";
 
-export const FINDINGS = ["caries", "deep_caries", "periapical_lesion", "impacted_tooth", "restoration", "bone_loss", "other"];
-const TOOLS = ["pan", "measure", "box", "polygon", "point"];
-const TOOL_KEYS = { v: "pan", m: "measure", b: "box", g: "polygon", t: "point" };
-const POLL_MS = 700;
 const RENDER_DEBOUNCE_MS = 180;
-const ACCEPT = ".dcm,.dicom,application/dicom,image/png,image/jpeg,.png,.jpg,.jpeg";
+const base = "/v1/radiographs";
 
 /** FDI two-digit notation: quadrants 1–4 teeth 1–8 (permanent), quadrants 5–8 teeth 1–5 (primary). */
 export function validTooth(n) {
@@ -34,34 +31,6 @@ const state = {
   status: null, busy: false, confirmDelete: null, analysis: null, windowStart: null,
 };
 
-const base = "/v1/radiographs";
-
-// -- small helpers ----------------------------------------------------------------------------
-
-/**
- * A server error in the interface's language: known codes are translated, naming the file
- * (the server's `files.N` parameter is the Nth file sent) or the field.
- */
-function problem(err, files = []) {
-  if (err instanceof ApiError && err.code) {
-    const key = `rad.err_${err.code}`;
-    const index = /^files[.[](\d+)/.exec(err.param || "");
-    const param = index && files[Number(index[1])] ? files[Number(index[1])].name : err.param || t("rad.file");
-    const text = t(key, { param });
-    if (text !== key) return text;
-  }
-  return errorMessage(err);
-}
-
-function setText(selector, text, kind = "") {
-  const el = $(selector);
-  el.textContent = text;
-  el.dataset.kind = kind;
-}
-
-/** Said to screen readers only: routine confirmations would pile up as pop-ups. */
-function live(text) { $("#rad-live").textContent = text; }
-
 /** A confirmation shown beside the image and said to screen readers. */
 function confirm(text) {
   setText("#rad-hint", text, "ok");
@@ -72,151 +41,9 @@ function findingLabel(finding) { return t(`rad.finding_${FINDINGS.includes(findi
 
 function signed(study) { return Boolean(study && (study.signed || study.status === "signed" || study.signed_at)); }
 
-async function fetchBlob(path, signal) {
-  const resp = await fetch(path, { headers: authHeaders(), signal });
-  if (!resp.ok) throw new ApiError(resp.status, await resp.json().catch(() => null));
-  return resp.blob();
-}
-
-function dataUrl(blob) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(blob);
-  });
-}
-
 function debounceRender() {
   clearTimeout(state.renderTimer);
   state.renderTimer = setTimeout(render, RENDER_DEBOUNCE_MS);
-}
-
-// -- the skeleton (built once; data-i18n texts follow the language) -----------------------------
-
-function toolButton(tool) {
-  return h("button", {
-    type: "button", class: "btn btn-small rad-tool", id: `rad-tool-${tool}`, dataset: { tool },
-    "aria-pressed": tool === "pan" ? "true" : "false", "data-i18n": `rad.tool_${tool}`,
-    "aria-keyshortcuts": Object.keys(TOOL_KEYS).find((k) => TOOL_KEYS[k] === tool),
-    onclick: () => chooseTool(tool),
-  });
-}
-
-function skeleton() {
-  const view = $("#view-radiographs");
-  clear(view);
-  const findingOptions = FINDINGS.map((f) => h("option", { value: f, "data-i18n": `rad.finding_${f}` }));
-  view.append(
-    h("div", { class: "view-head" }, h("h1", { id: "rad-title", "data-i18n": "rad.title" })),
-    h("div", { class: "rad-grid" },
-      h("aside", { class: "card rad-side", "aria-labelledby": "rad-patient-title" },
-        h("h2", { id: "rad-patient-title", "data-i18n": "rad.patient_title" }),
-        h("form", { id: "rad-patient-form", class: "rad-patient", novalidate: true },
-          h("label", { for: "rad-patient", "data-i18n": "rad.patient_id" }),
-          h("div", { class: "row" },
-            h("input", { id: "rad-patient", autocomplete: "off", maxlength: 128, required: true, "aria-describedby": "rad-patient-error" }),
-            h("button", { type: "submit", class: "btn", "data-i18n": "rad.show_studies" })),
-          h("p", { id: "rad-patient-error", class: "error-text", hidden: true })),
-        h("p", { id: "rad-studies-status", class: "hint", "aria-live": "polite" }),
-        h("ul", { id: "rad-studies", class: "rad-studies", "data-i18n-attr": "aria-label:rad.studies" }),
-        h("section", { class: "rad-upload", "aria-labelledby": "rad-upload-title" },
-          h("h3", { id: "rad-upload-title", "data-i18n": "rad.upload_title" }),
-          h("label", { for: "rad-description", "data-i18n": "rad.description" }),
-          h("input", { id: "rad-description", autocomplete: "off", maxlength: 200 }),
-          h("div", { id: "rad-drop", class: "dropzone rad-drop" },
-            h("p", { "data-i18n": "rad.drop" }),
-            h("input", { id: "rad-files", class: "file-input", type: "file", multiple: true, accept: ACCEPT }),
-            h("label", { for: "rad-files", class: "btn", "data-i18n": "rad.choose" }),
-            h("p", { class: "hint", "data-i18n": "rad.formats" })),
-          h("p", { id: "rad-upload-status", class: "hint", role: "status" }),
-          h("ul", { id: "rad-uploads", class: "upload-list rad-uploads" }))),
-      h("section", { id: "rad-study", class: "card rad-main", hidden: true, "aria-labelledby": "rad-study-title" },
-        h("div", { class: "rad-study-head" },
-          h("h2", { id: "rad-study-title" }),
-          h("span", { id: "rad-study-state", class: "pill badge" })),
-        h("p", { id: "rad-study-meta", class: "hint" }),
-        h("ul", { id: "rad-thumbs", class: "rad-thumbs", "data-i18n-attr": "aria-label:rad.images_label" }),
-        h("div", { id: "rad-workspace", hidden: true },
-          h("div", { class: "rad-toolbar", role: "toolbar", id: "rad-toolbar", "data-i18n-attr": "aria-label:rad.tools" },
-            h("div", { class: "rad-tools", role: "group", "data-i18n-attr": "aria-label:rad.tools_draw" }, TOOLS.map(toolButton)),
-            h("div", { class: "rad-zoom", role: "group", "data-i18n-attr": "aria-label:rad.zoom" },
-              h("button", { type: "button", class: "btn btn-small", id: "rad-zoom-out", "data-i18n-attr": "aria-label:rad.zoom_out", "aria-keyshortcuts": "-", onclick: () => state.viewer.zoomBy(0.8) }, "−"),
-              h("output", { id: "rad-zoom-level", class: "rad-zoom-level", "aria-live": "off" }, "100 %"),
-              h("button", { type: "button", class: "btn btn-small", id: "rad-zoom-in", "data-i18n-attr": "aria-label:rad.zoom_in", "aria-keyshortcuts": "+", onclick: () => state.viewer.zoomBy(1.25) }, "+"),
-              h("button", { type: "button", class: "btn btn-small", id: "rad-fit", "data-i18n": "rad.fit", "aria-keyshortcuts": "0", onclick: () => state.viewer.fit() })),
-            h("div", { class: "rad-view-btns", role: "group", "data-i18n-attr": "aria-label:rad.display" },
-              h("button", { type: "button", class: "btn btn-small", id: "rad-invert", "aria-pressed": "false", "data-i18n": "rad.invert", "aria-keyshortcuts": "i", onclick: toggleInvert }),
-              h("button", { type: "button", class: "btn btn-small", id: "rad-reset", "data-i18n": "rad.reset", onclick: resetView }))),
-          h("div", { class: "rad-wl" },
-            h("div", { class: "field" },
-              h("label", { for: "rad-wc", "data-i18n": "rad.level" }),
-              h("div", { class: "row" }, h("input", { id: "rad-wc", type: "range", step: 1 }), h("output", { id: "rad-wc-value", for: "rad-wc" }))),
-            h("div", { class: "field" },
-              h("label", { for: "rad-ww", "data-i18n": "rad.width" }),
-              h("div", { class: "row" }, h("input", { id: "rad-ww", type: "range", step: 1 }), h("output", { id: "rad-ww-value", for: "rad-ww" }))),
-            h("p", { class: "hint", "data-i18n": "rad.wl_hint" })),
-          h("div", { class: "rad-viewer" },
-            h("div", { class: "rad-stage" },
-              h("canvas", { id: "rad-canvas", tabindex: "0", role: "application", "data-i18n-attr": "aria-label:rad.canvas_label", "aria-describedby": "rad-kb-help rad-scale" }),
-              h("p", { id: "rad-loading", class: "rad-loading", hidden: true, "data-i18n": "rad.rendering" })),
-            h("div", { class: "rad-panel" },
-              h("p", { id: "rad-scale", class: "hint" }),
-              h("p", { id: "rad-deid", class: "hint rad-deid" }),
-              h("p", { id: "rad-measure", class: "rad-measure", "aria-live": "polite" }),
-              h("p", { id: "rad-hint", class: "hint rad-hint", "aria-live": "polite" }),
-              h("form", { id: "rad-ann-form", class: "rad-form", hidden: true, novalidate: true, "aria-labelledby": "rad-form-title" },
-                h("h3", { id: "rad-form-title" }),
-                h("label", { for: "rad-finding", "data-i18n": "rad.finding" }),
-                h("select", { id: "rad-finding" }, findingOptions),
-                h("label", { for: "rad-tooth", "data-i18n": "rad.tooth" }),
-                h("input", { id: "rad-tooth", inputmode: "numeric", autocomplete: "off", maxlength: 2, "aria-describedby": "rad-tooth-hint rad-tooth-error" }),
-                h("p", { id: "rad-tooth-hint", class: "hint", "data-i18n": "rad.tooth_hint" }),
-                h("p", { id: "rad-tooth-error", class: "error-text", hidden: true }),
-                h("label", { for: "rad-note", "data-i18n": "rad.note" }),
-                h("textarea", { id: "rad-note", rows: 2, maxlength: 2000 }),
-                h("p", { id: "rad-form-error", class: "error-text", role: "alert", hidden: true }),
-                h("div", { class: "row" },
-                  h("button", { type: "submit", class: "btn btn-primary", id: "rad-form-save" }),
-                  h("button", { type: "button", class: "btn", id: "rad-form-redraw", "data-i18n": "rad.redraw", onclick: startRedraw }),
-                  h("button", { type: "button", class: "btn btn-ghost", id: "rad-form-cancel", "data-i18n": "rad.cancel", onclick: closeForm }))),
-              h("section", { class: "rad-ai", "aria-labelledby": "rad-ai-title" },
-                h("h3", { id: "rad-ai-title", "data-i18n": "rad.ai_title" }),
-                h("div", { id: "rad-ai-none", class: "notice", hidden: true },
-                  h("p", { "data-i18n": "rad.ai_none" }),
-                  h("p", { class: "hint", "data-i18n": "rad.ai_configure" }),
-                  h("code", { id: "rad-ai-how", class: "rad-ai-how" })),
-                h("button", { type: "button", class: "btn btn-primary", id: "rad-analyse", hidden: true, "data-i18n": "rad.analyse", onclick: analyse }),
-                h("p", { id: "rad-ai-status", class: "hint", role: "status" }),
-                h("details", { id: "rad-ai-raw", class: "rad-ai-raw", hidden: true },
-                  h("summary", { "data-i18n": "rad.ai_unparsed" }),
-                  h("pre", { id: "rad-ai-raw-text" }))),
-              h("section", { class: "rad-anns", "aria-labelledby": "rad-anns-title" },
-                h("div", { class: "rad-anns-head" },
-                  h("h3", { id: "rad-anns-title", "data-i18n": "rad.annotations" }),
-                  h("label", { class: "check" },
-                    h("input", { type: "checkbox", id: "rad-show-ai", checked: true, onchange: (e) => state.viewer.setShowAi(e.target.checked) }),
-                    h("span", { "data-i18n": "rad.show_ai" }))),
-                h("ul", { id: "rad-ann-list", class: "rad-ann-list", "aria-labelledby": "rad-anns-title" })))),
-          h("p", { id: "rad-kb-help", class: "hint rad-kb-help", "data-i18n": "rad.kb_help" })),
-        h("section", { id: "rad-sign", class: "rad-sign", "aria-labelledby": "rad-sign-title" },
-          h("h3", { id: "rad-sign-title", "data-i18n": "rad.report" }),
-          h("div", { id: "rad-sign-form" },
-            h("label", { for: "rad-signer", "data-i18n": "rad.signer" }),
-            h("input", { id: "rad-signer", autocomplete: "name", maxlength: 200 }),
-            h("label", { for: "rad-conclusion", "data-i18n": "rad.conclusion" }),
-            h("textarea", { id: "rad-conclusion", rows: 3, maxlength: 8000, "aria-describedby": "rad-sign-error" }),
-            h("p", { id: "rad-sign-error", class: "error-text", role: "alert", hidden: true }),
-            h("button", { type: "button", class: "btn btn-primary", id: "rad-sign-btn", "data-i18n": "rad.sign", onclick: sign })),
-          h("div", { id: "rad-signed", hidden: true },
-            h("p", { id: "rad-signed-text", class: "rad-signed-text" }),
-            h("blockquote", { id: "rad-signed-conclusion", class: "rad-conclusion" }),
-            h("div", { class: "row" },
-              h("button", { type: "button", class: "btn", id: "rad-pdf", "data-i18n": "rad.pdf", onclick: () => download("report.pdf") }),
-              h("button", { type: "button", class: "btn", id: "rad-fhir", "data-i18n": "rad.fhir", onclick: () => download("fhir") })))))),
-    h("p", { id: "rad-live", class: "visually-hidden", "aria-live": "polite" }),
-  );
-  applyTranslations(view);
 }
 
 // -- patient and studies ------------------------------------------------------------------------
@@ -287,6 +114,7 @@ function closeStudy() {
 function showStudy(study, keepImage) {
   const changed = state.study?.id !== study.id;
   state.study = study;
+  state.studies = state.studies.map((s) => (s.id === study.id ? study : s));
   const panel = $("#rad-study");
   panel.hidden = false;
   $("#rad-study-title").textContent = study.description || t("rad.untitled");
@@ -821,87 +649,6 @@ async function analyse() {
   }
 }
 
-// -- upload -------------------------------------------------------------------------------------
-
-async function uploadFiles(files) {
-  if (!files.length) return;
-  const patient = $("#rad-patient").value.trim();
-  if (!patient) {
-    const err = $("#rad-patient-error");
-    err.textContent = t("rad.need_patient_upload");
-    err.hidden = false;
-    $("#rad-patient").setAttribute("aria-invalid", "true");
-    $("#rad-patient").focus();
-    return;
-  }
-  const list = clear($("#rad-uploads"));
-  const rows = files.map((file) => {
-    const bar = h("progress", { max: 1, value: 0, "aria-label": file.name });
-    const note = h("span", { class: "hint" }, t("rad.uploading"));
-    const li = h("li", { class: "upload-item", dataset: { name: file.name } }, h("span", { class: "rad-up-name" }, file.name), bar, note);
-    list.append(li);
-    return { li, bar, note };
-  });
-  const form = new FormData();
-  for (const file of files) form.append("files", file, file.name);
-  form.append("patient_id", patient);
-  const description = $("#rad-description").value.trim();
-  if (description) form.append("description", description);
-  setText("#rad-upload-status", tn("rad.uploading_n", files.length), "busy");
-  let study;
-  try {
-    study = await upload(`${base}/studies`, form, {
-      onProgress: (ratio) => { for (const r of rows) r.bar.value = ratio * 0.3; },
-    });
-  } catch (e) {
-    const text = problem(e, files);
-    setText("#rad-upload-status", text, "error");
-    for (const r of rows) { r.note.textContent = t("rad.refused"); r.li.dataset.status = "failed"; r.bar.value = 0; }
-    if (e instanceof ApiError && e.message && !text.includes(e.message)) {
-      list.append(h("li", { class: "hint rad-error-detail" }, t("rad.error_detail", { detail: e.message })));
-    }
-    announce(text, "error");
-    return;
-  }
-  $("#rad-description").value = "";
-  state.patient = patient;
-  await followUpload(study.id, rows);
-}
-
-/** Poll the new study and show each image's processing progress until all are done. */
-async function followUpload(id, rows) {
-  for (;;) {
-    let study;
-    try {
-      study = await api(`${base}/studies/${id}`);
-    } catch (e) {
-      setText("#rad-upload-status", problem(e), "error");
-      return;
-    }
-    study.images.forEach((image, i) => {
-      const row = rows[i];
-      if (!row) return;
-      row.li.dataset.status = image.status;
-      row.bar.value = image.status === "ready" ? 1 : 0.3 + 0.7 * (image.progress || 0);
-      row.note.textContent = image.status === "ready" ? t("rad.image_ready")
-        : image.status === "failed" ? (image.error || t("rad.image_failed"))
-          : t("rad.processing_pct", { pct: Math.round((image.progress || 0) * 100) });
-    });
-    const pending = study.images.some((i) => i.status === "processing");
-    if (!pending) {
-      const failed = study.images.filter((i) => i.status === "failed").length;
-      const text = failed ? tn("rad.upload_failed_n", failed) : t("rad.upload_done");
-      setText("#rad-upload-status", text, failed ? "error" : "ok");
-      if (failed) announce(text, "error");
-      else live(text);
-      await loadStudies(false);
-      showStudy(study, false);
-      return;
-    }
-    await new Promise((r) => setTimeout(r, POLL_MS));
-  }
-}
-
 // -- signing and the report ---------------------------------------------------------------------
 
 function renderSign() {
@@ -966,22 +713,6 @@ async function download(kind) {
 
 // -- wiring ---------------------------------------------------------------------------------------
 
-function bindDrop() {
-  const zone = $("#rad-drop");
-  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
-  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
-  zone.addEventListener("drop", (e) => {
-    e.preventDefault();
-    zone.classList.remove("dragging");
-    uploadFiles([...(e.dataTransfer?.files || [])]);
-  });
-  $("#rad-files").addEventListener("change", (e) => {
-    const files = [...e.target.files];
-    e.target.value = "";
-    uploadFiles(files);
-  });
-}
-
 function bindViewer() {
   const canvas = $("#rad-canvas");
   state.viewer = new Viewer(canvas, {
@@ -1026,9 +757,18 @@ export async function init(me) {
   state.me = me;
   if (state.bound) return;
   state.bound = true;
-  skeleton();
+  buildLayout($("#view-radiographs"), {
+    chooseTool, toggleInvert, resetView, startRedraw, closeForm, analyse, sign, download,
+    zoomBy: (f) => state.viewer.zoomBy(f),
+    fit: () => state.viewer.fit(),
+    showAi: (show) => state.viewer.setShowAi(show),
+  });
   bindViewer();
-  bindDrop();
+  bindUpload(async (study) => {
+    state.patient = $("#rad-patient").value.trim();
+    await loadStudies(false);
+    showStudy(study, false);
+  });
   $("#rad-patient-form").addEventListener("submit", (e) => { e.preventDefault(); loadStudies(); });
   $("#rad-ann-form").addEventListener("submit", submitForm);
   $("#rad-tooth").addEventListener("input", () => toothError(""));

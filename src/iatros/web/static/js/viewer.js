@@ -94,6 +94,7 @@ export class Viewer {
 
   setImage(bitmap, image, { keepView = false } = {}) {
     const same = keepView && this.image && this.image.id === image.id;
+    if (this.bitmap && this.bitmap !== bitmap) this.bitmap.close?.(); // a panoramic is ~18 MB
     this.bitmap = bitmap;
     this.image = image;
     if (!same) {
@@ -105,6 +106,7 @@ export class Viewer {
   }
 
   clearImage() {
+    this.bitmap?.close?.();
     this.bitmap = null;
     this.image = null;
     this.annotations = [];
