@@ -73,6 +73,7 @@ class Services:
             self.settings, self.chat, self.governance, self.reviews.queue, self.knowledge,
             scribe=self.scribe,
         )
+        self.agents.store.pinned = self.experiments.registry.pinned_agent_version
 
     @classmethod
     def build(

@@ -75,6 +75,9 @@ class Applied:
 class AgentStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.pinned: Callable[[str, str], int | None] | None = None
+        """The version a promoted agent release pins (``experiments.registry``), asked
+        when no version is named: a pinned template runs that version, not the newest."""
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(fn)
@@ -109,10 +112,13 @@ class AgentStore:
 
     async def template(self, tenant: str, name: str, version: int | None = None) -> dict[str, Any]:
         def read() -> dict[str, Any]:
+            wanted = version
+            if wanted is None and self.pinned is not None:
+                wanted = self.pinned(tenant, name)
             with self.db.session(tenant) as session:
                 query = select(AgentTemplate).where(AgentTemplate.name == name)
-                if version is not None:
-                    query = query.where(AgentTemplate.version == version)
+                if wanted is not None:
+                    query = query.where(AgentTemplate.version == wanted)
                 row = session.scalars(
                     query.order_by(AgentTemplate.version.desc()).limit(1)
                 ).first()

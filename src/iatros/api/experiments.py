@@ -38,6 +38,17 @@ Id = Annotated[str, identifier_path(64)]
 RouteName = Annotated[str, identifier_path(128)]
 
 
+class AgentReleaseCreate(BaseModel):
+    """Promote it (``/admin/releases/{id}/promote``) to make that version the one that
+    runs; ``/admin/routes/agent:<tenant>:<template>/rollback`` undoes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tenant: Identifier = Field(max_length=64)
+    template: Identifier = Field(max_length=64, description="An agent or workflow's name.")
+    version: int = Field(ge=1, le=2**31 - 1)
+    note: FreeText = Field("", max_length=2000)
+
+
 class ReleaseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     route: Identifier = Field(max_length=128, description="A logical model of the config.")
@@ -119,6 +130,23 @@ def add_experiment_routes(app: FastAPI, svc: ExperimentService, handle: Handler)
             body = await body_of(request, ReleaseCreate)
             out = await asyncio.to_thread(
                 reg.create, body.route, body.spec.model_dump(), body.note, actor
+            )
+            return json_response(out, 201)
+
+        return await handle(request, "admin", "deployments:read", work)
+
+    @app.post(
+        "/admin/agent-releases", tags=["Experiments"],
+        summary="Write a release pinning a version of a tenant's agent template",
+        status_code=201, openapi_extra=openapi_body(AgentReleaseCreate),
+        responses=error_responses(400, 403, 404),
+    )  # fmt: skip
+    async def create_agent_release(request: Request) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            actor = _platform(ctx)
+            body = await body_of(request, AgentReleaseCreate)
+            out = await asyncio.to_thread(
+                reg.create_agent, body.tenant, body.template, body.version, body.note, actor
             )
             return json_response(out, 201)
 

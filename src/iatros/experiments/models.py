@@ -19,10 +19,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from iatros.store.models import Base
 
-RELEASE_KINDS = ("route",)
-"""What a release changes: a route's policy (deployments, strategy, weights) and the model
-parameters of its requests (system prompt, temperature, max tokens). Agent templates are
-versioned by the agents package, not here."""
+RELEASE_KINDS = ("route", "agent")
+"""What a release changes: ``route``, a route's policy (deployments, strategy, weights) and
+the model parameters of its requests (system prompt, temperature, max tokens); ``agent``,
+which version of a tenant's agent or workflow template runs (the agents package keeps
+the versions; a release pins one, ``route`` being ``agent:<tenant>:<template>``)."""
 
 EXPERIMENT_STATUSES = ("draft", "running", "stopped", "promoted")
 UNITS = ("key", "user", "conversation")

@@ -1,4 +1,5 @@
-"""The registry: immutable, versioned releases of a route, promoted and rolled back by pointer.
+"""The registry: immutable, versioned releases of a route (or of a tenant's agent template,
+``kind: agent``), promoted and rolled back by pointer.
 
 Blue-green by construction: a release is written once and never changed; which release
 serves a route is one row (:class:`ReleasePointer`) holding the active release and the
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 
+from iatros.agents.models import AgentTemplate
 from iatros.config import ModelRouteConfig, Settings
 from iatros.errors import Conflict, InvalidRequest, NotFound
 from iatros.experiments.models import Release, ReleasePointer
@@ -47,6 +49,14 @@ class RouteSpec(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=131072)
 
 
+AGENT_PREFIX = "agent:"
+
+
+def agent_route(tenant: str, template: str) -> str:
+    """The pointer key of a tenant's agent template (agent releases are not routes)."""
+    return f"{AGENT_PREFIX}{tenant}:{template}"
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
@@ -64,7 +74,38 @@ class ReleaseRegistry:
 
     def create(self, route: str, spec: dict[str, Any], note: str, author: str) -> dict[str, Any]:
         base = self._route(route)
-        checked = self.check_spec(spec, base)
+        return self._insert(route, "route", self.check_spec(spec, base), note, author)
+
+    def create_agent(
+        self, tenant: str, template: str, version: int, note: str, author: str
+    ) -> dict[str, Any]:
+        """A release pinning version ``version`` of a tenant's agent or workflow template:
+        once promoted, runs that name no version use it (not the newest applied); a
+        rollback returns to the previous pin, or to the newest version."""
+        with self.db.session(tenant) as s:
+            found = s.execute(
+                select(AgentTemplate.version).where(
+                    AgentTemplate.name == template, AgentTemplate.version == version
+                )
+            ).first()
+        if found is None:
+            raise NotFound(
+                f"Tenant {tenant!r} has no version {version} of agent template {template!r}.",
+                param="version", code="template_version_not_found",
+            )  # fmt: skip
+        spec = {"tenant": tenant, "template": template, "version": version}
+        return self._insert(agent_route(tenant, template), "agent", spec, note, author)
+
+    def pinned_agent_version(self, tenant: str, template: str) -> int | None:
+        """The version the promoted agent release pins, or None (the newest serves)."""
+        with self.db.session(PLATFORM) as s:
+            pointer = s.get(ReleasePointer, agent_route(tenant, template))
+            release = s.get(Release, pointer.active_id) if pointer is not None else None
+            return int(release.spec["version"]) if release is not None else None
+
+    def _insert(
+        self, route: str, kind: str, checked: dict[str, Any], note: str, author: str
+    ) -> dict[str, Any]:
         with self.db.session(PLATFORM) as s:
             last = s.execute(
                 select(Release).where(Release.route == route).order_by(Release.version.desc())
@@ -72,7 +113,7 @@ class ReleaseRegistry:
             row = Release(
                 id=new_id("rel"),
                 route=route,
-                kind="route",
+                kind=kind,
                 version=(last.version + 1) if last else 1,
                 spec=checked,
                 note=note,
@@ -86,7 +127,7 @@ class ReleaseRegistry:
             out = self._describe(s, row)
         self._audit(
             tenant=PLATFORM, actor=author, action="release.create", target=row.id,
-            details={"route": route, "version": row.version},
+            details={"route": route, "version": row.version, "kind": kind},
         )
         return out
 
@@ -127,7 +168,8 @@ class ReleaseRegistry:
     def rollback(self, route: str, actor: str, *, reason: str = "") -> dict[str, Any]:
         """Switch the route back to the release active before the current one (or, when
         the first release is active, back to the configuration file's policy)."""
-        self._route(route)
+        if not route.startswith(AGENT_PREFIX):
+            self._route(route)
         with self.db.session(PLATFORM) as s:
             pointer = s.get(ReleasePointer, route)
             if pointer is None:
