@@ -1,22 +1,24 @@
 """Burned-in text: find text drawn into the pixels (names, dates, ids) and black it out.
 
 No OCR model: a measured image-processing method (``bench/burnedin_eval.py`` writes its
-detection rate to ``bench/results/burnedin.json``). Burned-in annotations are drawn at
-(or near) the brightest display value with sharp edges, as rows of small, similar-sized
-strokes. So, on the 8-bit default rendition:
+detection rate to ``bench/results/burnedin.{json,md}``). Burned-in annotations are drawn
+bright, with sharp edges, as rows of small strokes of one height. So, on the 8-bit
+default rendition:
 
-1. candidate pixels: at least :data:`BRIGHT` and clearly brighter than their
-   neighbourhood (a 31-pixel box mean) — the inside of a large bright restoration is not
-   brighter than its neighbourhood, so it drops out;
-2. connected components of those pixels that are glyph-sized (height 5-120 px, not
-   filled like a solid blob, not wider than a word);
-3. glyphs grouped into lines: vertically overlapping, horizontally close (a gap under
-   1.5x the glyph height); a line of at least three glyphs, or two covering twice their
-   height in width, is text.
+1. candidate pixels: bright (at least :data:`BRIGHT`) and brighter than their 31-pixel
+   neighbourhood, or - for thin antialiased strokes that never reach that - far brighter
+   than it (text on a dark border);
+2. candidates joined across one-pixel gaps into components, kept when glyph-sized
+   (height 5-120 px, not wider than a word) and thin: the bright area within the
+   component's box is no deeper than a stroke (a restoration is bright all through, and
+   only its rim is brighter than its surroundings - the box test sees the whole blob);
+3. glyphs grouped into lines: vertically overlapping, of similar height, horizontally
+   close (a gap under 1.5x the height); three glyphs, or two spanning twice their
+   height, make a text line.
 
-Each text line's box, padded, is masked with the darkest display value. What it misses:
-text drawn in mid-grey on bright anatomy, text smaller than 5 px, single characters
-(a lone "L"/"R" marker is left, which is also not identifying).
+Each line's box, padded, is masked with the darkest value. What it misses (measured):
+grey text on grey or bright anatomy, text across a bright tooth, single characters
+(a lone "L"/"R" side marker, which identifies no one).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ Box = tuple[int, int, int, int]
 
 BRIGHT = 225
 CONTRAST = 35
+THIN_BRIGHT = 150
+THIN_CONTRAST = 80
+STROKE = 0.2
+"""A glyph's stroke half-width is at most this share of its height (plus two pixels:
+the joining dilation adds one)."""
 MIN_H, MAX_H = 5, 120
 
 
@@ -53,23 +60,32 @@ def _glyphs(u8: Array) -> list[_Glyph]:
 
     img = u8.astype(np.float32)
     local = ndimage.uniform_filter(img, size=31, mode="nearest")
-    mask = (u8 >= BRIGHT) & (img - local >= CONTRAST)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    contrast = img - local
+    # bright strokes; or, for thin antialiased strokes that never reach BRIGHT, strokes
+    # that stand far above their surroundings (text on the dark border of an image)
+    mask = ((u8 >= BRIGHT) & (contrast >= CONTRAST)) | ((u8 >= THIN_BRIGHT) & (
+        contrast >= THIN_CONTRAST))  # fmt: skip
+    # antialiased small glyphs fall apart into fragments: join what one pixel separates
+    joined = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+    labels, count = ndimage.label(joined, structure=np.ones((3, 3), bool))
     if count == 0:
         return []
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    areas = np.bincount(labels[mask], minlength=count + 1)
+    # stroke half-width: how deep the bright area goes within a component's box (thin for
+    # text; deep for a restoration, whose inside is bright though not brighter than its
+    # surroundings, so that only its rim is a candidate)
+    depth = ndimage.distance_transform_cdt(u8 >= BRIGHT, metric="chessboard")
     found: list[_Glyph] = []
-    for index, sl in enumerate(ndimage.find_objects(labels), start=1):
+    for n, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
-        h = sl[0].stop - sl[0].start
-        w = sl[1].stop - sl[1].start
-        area = int(areas[index])
-        if not (MIN_H <= h <= MAX_H) or w > 8 * h or area < 6:
+        h = sl[0].stop - sl[0].start - 2
+        w = sl[1].stop - sl[1].start - 2
+        if not (MIN_H <= h <= MAX_H) or w > 8 * max(h, 1) or int(areas[n]) < 6:
             continue
-        if area > 0.9 * h * w and min(h, w) > 4:  # a solid blob, not a stroke
+        if float(depth[sl].max()) > 2 + STROKE * h:  # within its box: a rim's blob counts
             continue
-        found.append(_Glyph(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+        found.append(_Glyph(sl[1].start + 1, sl[0].start + 1, sl[1].stop - 1, sl[0].stop - 1))
     return found
 
 
