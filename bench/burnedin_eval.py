@@ -152,7 +152,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "note": "shared machine (2 CPUs, other work running)",
-        },  # fmt: skip
+        },
         "method": "bright glyph lines (clinical/imaging/burnedin.py)",
         "criterion": ">= 98 % of a text line's ink pixels inside masked regions",
         "sets": sets,
