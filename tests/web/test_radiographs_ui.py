@@ -583,3 +583,26 @@ def test_without_a_vision_model_the_view_says_how_to_configure_one_in_french(
     assert "2 images" in page.locator("#rad-studies").inner_text()
     assert "not millimetres" in page.locator("#rad-scale").inner_text()
     assert page.locator("#rad-tool-measure").inner_text() == "Measure"
+
+
+def test_an_unreadable_ai_answer_is_shown_as_raw_text_and_adds_nothing(
+    rad_server: RunningServer, fake_vision: FakeVision, new_page: Callable[..., Any]
+) -> None:
+    study = study_via_api(rad_server, "pat-raw", generated_dicom(seed=9))
+    fake_vision.reset(invalid="always")  # prose instead of JSON, also after the retry
+    page = new_page()
+    open_view(page, rad_server)
+    page.locator("#rad-patient").fill("pat-raw")
+    page.keyboard.press("Enter")
+    page.locator(f"#rad-studies li[data-study='{study['id']}'] button").click()
+    page.locator("#rad-canvas[data-rendered]").wait_for()
+    page.locator("#rad-analyse").click()
+    page.locator("#rad-ai-status[data-kind=error]").wait_for(timeout=30_000)
+    assert "could not be read as findings" in page.locator("#rad-ai-status").inner_text()
+    raw = page.locator("#rad-ai-raw")
+    assert raw.is_visible()
+    raw.locator("summary").click()
+    assert "cavity on the upper right first molar" in page.locator("#rad-ai-raw-text").inner_text()
+    assert page.locator("#rad-ann-list li.rad-ann-ai").count() == 0
+    assert api_annotations(rad_server, study["images"][0]["id"]) == []
+    assert fake_vision.served == 2  # asked once more after the first unreadable answer
