@@ -34,7 +34,7 @@ def test_apply_a_directory_twice_changes_nothing_the_second_time(
                         "t-embed": {"provider": "t", "model": "e", "kind": "embedding"}},
         "embeddings": {"default_model": "t-embed"},
         "models": {"assistant": {"deployments": ["t-chat"]}},
-        "agents": {"default_tools": ["review_ask", "dose_by_weight"]},
+        "agents": {"default_tools": ["review_ask", "dose_by_weight", "dental_red_flags"]},
     }))  # fmt: skip
     folder = tmp_path / "templates"
     folder.mkdir()

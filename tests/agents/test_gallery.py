@@ -34,36 +34,59 @@ def _triage(server: RunningServer, complaint: str) -> Any:
         return r.json()
 
 
+TRIAGE_TOOLS = ["review_ask", "dental_red_flags"]
+
+
 def test_triage_escalates_red_flags_to_a_dentist(
     upstream: FakeUpstream, server_factory: Any, tmp_path: Path
 ) -> None:
-    config = agent_config(upstream, tmp_path / "d", default_tools=["review_ask"])
+    config = agent_config(upstream, tmp_path / "d", default_tools=TRIAGE_TOOLS)
     server: RunningServer = server_factory(config)
     upstream.reset(delay_ms=0, scripted=[
         {"match": "cheek", "message": {"content": orjson.dumps(RED).decode()}},
         {"match": "check-up", "message": {"content": orjson.dumps(ROUTINE).decode()}},
+        {"match": "jaw", "message": {"content": orjson.dumps(MODEL_ONLY).decode()}},
     ])  # fmt: skip
     run = _triage(server, "My cheek is swollen up to the eye since this morning")
     assert run["status"] == "succeeded", run
-    assert run["output"] == RED
+    assert run["output"]["urgency"] == "emergency"
+    assert run["output"]["red_flags"] == ["facial swelling spreading to the eye or neck"]
+    assert run["output"]["model_urgency"] == "emergency"
     kinds = [(s["id"], s["kind"], s["status"]) for s in run["steps"]]
-    assert kinds == [("triage", "agent", "succeeded"), ("escalate", "branch", "succeeded"),
-                     ("call_dentist", "tool", "succeeded")]  # fmt: skip
+    assert kinds == [("screen", "tool", "succeeded"), ("escalate", "branch", "succeeded"),
+                     ("call_dentist", "tool", "succeeded"), ("triage", "agent", "succeeded"),
+                     ("assess", "tool", "succeeded"),
+                     ("escalate_model", "branch", "succeeded")]  # fmt: skip
     review_id = run["steps"][2]["output"]["review_id"]
     with server.http() as http:
         item = http.get(f"/v1/reviews/{review_id}").json()
-    assert item["kind"] == "approval" and "swelling spreading to the eye" in item["question"]
+    assert item["kind"] == "approval" and "facial swelling spreading" in item["question"]
     assert item["details"]["urgency"] == "emergency"
-    # No red flag: no escalation.
+    # The model asked for JSON of the output schema (structured output).
+    triage_call = next(r.body for r in upstream.requests if "cheek" in str(r.body))
+    assert triage_call["response_format"]["json_schema"]["schema"]["required"] == [
+        "urgency", "red_flags", "next_step"]
+    # No red flag: no escalation, the model's urgency and next step stand.
     calm = _triage(server, "I would like a check-up, nothing hurts")
-    assert calm["status"] == "succeeded" and calm["output"] == ROUTINE
-    assert [s["id"] for s in calm["steps"]] == ["triage", "escalate"]
+    assert calm["status"] == "succeeded"
+    assert calm["output"] == {**ROUTINE, "model_urgency": "routine"}
+    assert [s["id"] for s in calm["steps"]] == ["screen", "escalate", "triage", "assess",
+                                                "escalate_model"]  # fmt: skip
     assert calm["steps"][1]["output"] == {"taken": "else"}
+    # A flag only the model names is escalated if the rules recognise it in its words.
+    told = _triage(server, "My jaw aches and I feel a bit odd")
+    assert told["output"]["red_flags"] == ["difficulty breathing or swallowing"]
+    assert [s["id"] for s in told["steps"]][-1] == "call_dentist_model"
+
+
+MODEL_ONLY = {"urgency": "urgent", "red_flags": ["says it is hard to swallow"],
+              "next_step": "Call back."}  # fmt: skip
 
 
 def test_triage_runs_on_a_model_without_tool_calling(server_factory: Any, tmp_path: Path) -> None:
     """The local model cannot call tools; the triage workflow's steps are explicit, so it
-    runs (here on the in-process test model, which answers with a fixed reply)."""
+    runs (here on the in-process test model, which answers with a fixed reply; the real
+    local model is in ``test_local_gallery.py``)."""
     server: RunningServer = server_factory({
         "data_dir": str(tmp_path / "d"), "admin_key": "sk-test-admin-0123456789abcdefghij",
         "providers": {"t": {"type": "test", "reply": orjson.dumps(RED).decode()}},
@@ -71,12 +94,12 @@ def test_triage_runs_on_a_model_without_tool_calling(server_factory: Any, tmp_pa
                         "t-embed": {"provider": "t", "model": "e", "kind": "embedding"}},
         "models": {"assistant": {"deployments": ["t-chat"]}},
         "embeddings": {"default_model": "t-embed"},
-        "agents": {"default_tools": ["review_ask"]},
+        "agents": {"default_tools": TRIAGE_TOOLS},
     })  # fmt: skip
     run = _triage(server, "Swollen cheek, hard to swallow")
     assert run["status"] == "succeeded", run
     assert run["output"]["urgency"] == "emergency"
-    assert run["steps"][-1]["id"] == "call_dentist"
+    assert run["steps"][2]["id"] == "call_dentist"
 
 
 def _ingest(server: RunningServer, collection: str = "practice", name: str = "hours.md",

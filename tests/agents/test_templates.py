@@ -87,7 +87,7 @@ def test_unknown_tool_names_file_line_and_field() -> None:
     found = problems(AGENT.replace("[dose_by_weight]", "[dose_by_weight, shell_exec]"))
     assert found == [
         "bad.yaml:6: tools[1]: unknown tool 'shell_exec' (installed: datetime_now, "
-        "dose_by_weight, http_get, knowledge_search, review_ask, scribe_note)"
+        "dental_red_flags, dose_by_weight, http_get, knowledge_search, review_ask, scribe_note)"
     ]
 
 

@@ -43,6 +43,10 @@ def test_gallery_templates_and_a_run_timeline(
     assert "succeeded" in page.locator(f'#agents-runs tr[data-run="{run["id"]}"]').inner_text()
     check = timeline.locator('li[data-step="check"]')
     assert "succeeded" in check.inner_text() and "tokens" in check.inner_text()
+    assert "EUR" in check.locator(".step-cost").inner_text()  # cost per step
+    assert " ms" in check.inner_text()
+    totals = page.locator("#agents-run-totals").inner_text()
+    assert "tokens" in totals and "EUR" in totals and "x LLM" in totals
     check.locator("summary").click()
     assert "dose_by_weight" in check.inner_text()  # the tool call, under input and output
     shot(page, "agents-run")

@@ -16,12 +16,21 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from iatros.agents.runner import AgentFailed, AgentResult, AgentRunner, ToolBox, schema_errors
+from iatros.agents.memory import MemoryStore
+from iatros.agents.runner import (
+    AgentFailed,
+    AgentResult,
+    AgentRunner,
+    Invocation,
+    ToolBox,
+    schema_errors,
+)
 from iatros.agents.settings import AgentSettings
 from iatros.agents.spec import AgentSpec, WorkflowSpec
 from iatros.agents.store import AgentStore
@@ -38,7 +47,10 @@ from iatros.auth import Principal
 from iatros.config import Settings
 from iatros.errors import InvalidRequest, NotFound
 from iatros.gateway.chat import ChatService
+from iatros.gateway.context import RequestContext
 from iatros.governance.service import Governance
+from iatros.observability.spans import RequestTrace
+from iatros.providers.base import Usage
 from iatros.reviews.queue import ReviewQueue
 from iatros.tools import Tool, load_tools
 
@@ -67,7 +79,11 @@ class AgentService:
             "scribe": scribe,
         }  # fmt: skip
         self.templates = Templates(settings, governance, self.store, self.tools)
-        self.runner = AgentRunner(chat, self.templates.tool_calling)
+        prices = {name: (d.price_per_1k_input, d.price_per_1k_output)
+                  for name, d in settings.deployments.items()}  # fmt: skip
+        self.memory = MemoryStore(governance.db)
+        self.runner = AgentRunner(chat, self.templates.tool_calling, prices, self.memory)
+        self.tracing = chat.gateway.tracing
         self.executor = WorkflowExecutor(self.runner, queue, self._stored_agent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -103,9 +119,15 @@ class AgentService:
     # -- agents as models ---------------------------------------------------------------
 
     async def call_agent(
-        self, principal: Principal, name: str, messages: list[dict[str, Any]], request_id: str
+        self, principal: Principal, name: str, messages: list[dict[str, Any]], request_id: str,
+        *, conversation_id: str | None = None, stream: bool = False,
+        trace: RequestTrace | None = None,
     ) -> AgentResult:
-        """Run the stored agent ``name`` on a conversation (``model: "agent:<name>"``)."""
+        """Run the stored agent ``name`` on a conversation (``model: "agent:<name>"``).
+
+        ``conversation_id`` keys the agent's memory; with ``stream`` the final answer's
+        deltas come in the result's ``stream``; ``trace`` is the HTTP request's.
+        """
         try:
             spec = await self._stored_agent(principal.tenant, name)
         except NotFound:
@@ -118,8 +140,11 @@ class AgentService:
             with contextlib.suppress(ValueError):
                 input_ = orjson.loads(text)
         conversation = messages if spec.input_schema is None else None
-        return await self.runner.run(spec, input_, principal, self.toolbox(principal.tenant),
-                                     request_id=request_id, messages=conversation)  # fmt: skip
+        toolbox = self.toolbox(principal.tenant)
+        how = Invocation(principal, toolbox, request_id, conversation, conversation_id, stream,
+                         trace)  # fmt: skip
+        return await self.runner.run(spec, input_, principal, toolbox, request_id=request_id,
+                                     messages=conversation, invocation=how)  # fmt: skip
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -184,24 +209,36 @@ class AgentService:
 
         async def save() -> None:
             steps = list(state.records.values())
-            prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in steps)
-            completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in steps)
+            prompt, completion = _tokens(steps)
             await self.store.save_run(tenant, run_id, steps=steps, prompt_tokens=prompt,
                                       completion_tokens=completion)  # fmt: skip
 
         state.save = save
+        ctx = RequestContext(principal=principal, endpoint="invoke_workflow", request_id=run_id)
+        ctx.model = spec.name
+        self.tracing.begin(ctx)  # this execution's trace: a resumed run adds another
+        if ctx.trace is not None:
+            ctx.trace.root.kind = "internal"
+        state.trace = ctx.trace
         try:
             output = await self.executor.execute(spec, state, self.toolbox(tenant))
         except Waiting as waiting:
             await self.store.save_run(tenant, run_id, status="waiting",
                                       waiting_review_id=waiting.review_id)  # fmt: skip
+            ctx.route = "waiting"
             return
         except Rejected as exc:
             await self._finish(tenant, run_id, "rejected", error=str(exc))
+            ctx.status, ctx.route = 409, "rejected"
             return
         except StepFailed as exc:
             await self._finish(tenant, run_id, "failed", error=str(exc))
+            ctx.status, ctx.route = 422, "failed"
             return
+        finally:
+            if ctx.trace is not None:
+                ctx.usage = Usage(*_tokens(state.records.values()))
+                ctx.trace.finish(ctx)
         await self._finish(tenant, run_id, "succeeded", output=output)
 
     async def _finish(
@@ -282,6 +319,13 @@ class AgentService:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+
+def _tokens(records: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    steps = list(records)
+    prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in steps)
+    completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in steps)
+    return prompt, completion
 
 
 def new_request_id() -> str:

@@ -12,7 +12,9 @@ class AgentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_tools: list[str] = Field(
-        default_factory=lambda: ["knowledge_search", "dose_by_weight", "datetime_now"]
+        default_factory=lambda: [
+            "knowledge_search", "dose_by_weight", "datetime_now", "dental_red_flags"
+        ]
     )
     """Tools every tenant may use unless ``tenant_tools`` names the tenant."""
     tenant_tools: dict[str, list[str]] = Field(default_factory=dict)

@@ -38,11 +38,35 @@ class Limits(_Strict):
     max_steps: int = Field(6, ge=1, le=50, description="Model calls per agent run.")
     max_tool_calls: int = Field(8, ge=0, le=100, description="Tool calls per agent run.")
     timeout_s: float = Field(120.0, gt=0, le=3600, description="Wall time per agent run.")
+    budget_eur: float | None = Field(
+        None, gt=0, le=1000,
+        description="Cost of the run's model calls (EUR at the deployments' prices); a call "
+        "is not started once it is spent.",
+    )  # fmt: skip
+
+
+class Memory(_Strict):
+    """What an agent remembers of a conversation (``iatros.conversation_id``) between calls."""
+
+    kind: Literal["none", "conversation", "summary"] = Field(
+        "none",
+        description="none: every call starts afresh; conversation: the last turns are kept; "
+        "summary: older turns are summarised once the kept ones exceed max_tokens.",
+    )
+    turns: int = Field(10, ge=1, le=100, description="Turns (user + assistant) kept verbatim.")
+    max_tokens: int = Field(
+        1500, ge=100, le=32768, description="summary: kept turns above this are summarised."
+    )
 
 
 class ModelSettings(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1, le=32768)
+    structured_output: bool = Field(
+        True,
+        description="With an output schema, ask the model for JSON of that schema "
+        "(response_format json_schema; the local model enforces it with a grammar).",
+    )
 
 
 class AgentSpec(_Strict):
@@ -67,9 +91,15 @@ class AgentSpec(_Strict):
         None, description="JSON Schema of the answer; checked, retried once with the error."
     )
     limits: Limits = Field(default_factory=Limits)
-    memory: Literal["none"] = Field(
-        "none", description="Only 'none' so far: every call starts afresh."
-    )
+    memory: Memory = Field(default_factory=Memory)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _memory_shorthand(cls, data: Any) -> Any:
+        """``memory: conversation`` is short for ``memory: {kind: conversation}``."""
+        if isinstance(data, dict) and isinstance(data.get("memory"), str):
+            data = {**data, "memory": {"kind": data["memory"]}}
+        return data
 
 
 class Condition(_Strict):

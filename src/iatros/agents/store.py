@@ -54,15 +54,34 @@ def run_payload(row: AgentRun) -> dict[str, Any]:
         "error": row.error,
         "waiting_review_id": row.waiting_review_id,
         "steps": row.steps,
-        "usage": {
-            "prompt_tokens": row.prompt_tokens,
-            "completion_tokens": row.completion_tokens,
-            "total_tokens": row.prompt_tokens + row.completion_tokens,
-        },
+        "usage": run_totals(row),
         "created_at": _iso(row.created_at),
         "updated_at": _iso(row.updated_at),
         "finished_at": _iso(row.finished_at),
     }
+
+
+def run_totals(row: AgentRun) -> dict[str, Any]:
+    """Tokens, cost, model and tool calls of all steps, and the wall time so far."""
+    steps = row.steps or []
+    cost = sum(float(s.get("cost_eur") or 0.0) for s in steps)
+    end = row.finished_at or row.updated_at
+    return {
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "total_tokens": row.prompt_tokens + row.completion_tokens,
+        "cost_eur": round(cost, 8),
+        "model_calls": sum(int(s.get("model_calls") or 0) for s in steps),
+        "tool_calls": sum(
+            len(s.get("tool_calls") or []) + (s.get("kind") == "tool") for s in steps
+        ),
+        "step_latency_ms": round(sum(float(s.get("latency_ms") or 0.0) for s in steps), 1),
+        "wall_ms": round((_aware(end) - _aware(row.created_at)).total_seconds() * 1000, 1),
+    }
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)

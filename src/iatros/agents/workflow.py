@@ -20,10 +20,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from iatros.agents.expr import MissingValue, holds, resolve
-from iatros.agents.runner import AgentFailed, AgentRunner, ToolBox
+from iatros.agents.runner import AgentFailed, AgentRunner, Invocation, ToolBox, tool_span
 from iatros.agents.spec import AgentSpec, Step, WorkflowSpec
 from iatros.auth import Principal
 from iatros.errors import Conflict
+from iatros.observability.spans import RequestTrace
 from iatros.reviews.queue import NewReview, ReviewQueue
 
 TIMED_OUT = "timed out: no decision before the approval's deadline"
@@ -69,6 +70,9 @@ class RunState:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     save: Callable[[], Awaitable[None]] | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    trace: RequestTrace | None = None
+    """This execution's trace (agent steps are ``invoke_agent`` spans in it, tool steps
+    ``execute_tool``); None when tracing is off."""
 
     def data(self, scope: dict[str, Any]) -> dict[str, Any]:
         return {"input": self.input, "steps": self.outputs, "loop": scope}
@@ -172,10 +176,16 @@ class WorkflowExecutor:
         agent = spec.agents.get(step.agent) or await self.lookup(state.tenant, step.agent)
         value = resolve(step.input, data) if step.input is not None else state.input
         rec["input"] = value
-        result = await self.runner.run(agent, value, state.principal, toolbox,
-                                       request_id=state.run_id)  # fmt: skip
+        how = Invocation(state.principal, toolbox, state.run_id, trace=state.trace)
+        try:
+            result = await self.runner.run(agent, value, state.principal, toolbox,
+                                           request_id=state.run_id, invocation=how)  # fmt: skip
+        except AgentFailed as exc:
+            rec["code"] = exc.code
+            raise
         rec.update(output=result.output, deployment=result.deployment,
                    tool_calls=result.tool_calls, model_calls=result.model_calls,
+                   calls=result.calls, cost_eur=round(result.cost_eur, 8),
                    usage={"prompt_tokens": result.prompt_tokens,
                           "completion_tokens": result.completion_tokens})  # fmt: skip
 
@@ -186,7 +196,10 @@ class WorkflowExecutor:
         assert step.tool is not None
         arguments = resolve(step.arguments or {}, data)
         rec["input"] = arguments
-        outcome = await toolbox.call(step.tool, arguments, state.principal, state.run_id)
+        with tool_span(state.trace, None, step.tool) as traced:
+            outcome = await toolbox.call(step.tool, arguments, state.principal, state.run_id)
+            if outcome.is_error:
+                traced.set("error.type", "tool_error")
         if outcome.is_error:
             raise AgentFailed(f"tool {step.tool!r}: {outcome.content}")
         rec["output"] = {"content": outcome.content, **outcome.data}

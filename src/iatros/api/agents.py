@@ -7,8 +7,10 @@ does not load is a 400 whose message names the file, line and field of each prob
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ from starlette.responses import Response
 
 from iatros.agents.loader import TemplateError
 from iatros.agents.marketplace import gallery, plugin_list
+from iatros.agents.runner import AgentResult
 from iatros.agents.service import AgentService
 from iatros.agents.spec import json_schema
 from iatros.api import schemas
@@ -30,10 +33,11 @@ from iatros.api.http import (
     parse_body,
     read_body,
 )
-from iatros.api.sse import DONE, event
+from iatros.api.sse import DONE, EventStreamResponse, error_event, event
 from iatros.api.validation import Identifier, ModelInput, check_json, identifier_path
-from iatros.errors import InvalidRequest
+from iatros.errors import GatewayError, InvalidRequest
 from iatros.gateway import RequestContext
+from iatros.gateway.chat import ChatService
 from iatros.store.db import PLATFORM
 
 AgentModel = Callable[[RequestContext, schemas.ChatCompletionRequest, str], Awaitable[Response]]
@@ -196,20 +200,22 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
         name = req.model.removeprefix("agent:")
         ctx.model = req.model
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        result = await agents.call_agent(ctx.principal, name, messages, ctx.request_id)
+        conversation_id = req.iatros.conversation_id if req.iatros is not None else None
+        result = await agents.call_agent(
+            ctx.principal, name, messages, ctx.request_id, conversation_id=conversation_id,
+            stream=req.stream, trace=ctx.trace,
+        )  # fmt: skip
         ctx.route = f"{req.model}; agent"
         ctx.deployment = result.deployment
-        usage = {"prompt_tokens": result.prompt_tokens,
-                 "completion_tokens": result.completion_tokens,
-                 "total_tokens": result.prompt_tokens + result.completion_tokens}  # fmt: skip
-        extension = {"agent": {"name": name, "model_calls": result.model_calls,
-                               "tool_calls": result.tool_calls, "output": result.output}}
         created = int(time.time())
+        if result.stream is not None:
+            return _stream(agents.runner.chat, ctx, req, completion_id, created, name, result)
+        extension = _extension(name, result)
         message = {"role": "assistant", "content": result.content}
         if not req.stream:
             return json_response({
                 "id": completion_id, "object": "chat.completion", "created": created,
-                "model": req.model, "usage": usage, "iatros": extension,
+                "model": req.model, "usage": _usage(result), "iatros": extension,
                 "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": "stop"}],
             }, headers=ctx.headers())  # fmt: skip
@@ -222,9 +228,89 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
                 {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}),
         ]  # fmt: skip
         if req.stream_options and req.stream_options.include_usage:
-            chunks.append(event({**base, "choices": [], "usage": usage}))
+            chunks.append(event({**base, "choices": [], "usage": _usage(result)}))
         chunks.append(DONE)
         headers = {**ctx.headers(), "cache-control": "no-cache"}
         return Response(b"".join(chunks), media_type="text/event-stream", headers=headers)
 
     return agent_model
+
+
+def _usage(result: AgentResult) -> dict[str, Any]:
+    return {"prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}  # fmt: skip
+
+
+def _extension(name: str, result: AgentResult) -> dict[str, Any]:
+    """The ``iatros`` object of an agent's answer: what it did, what it cost, its sources."""
+    agent = {"name": name, "model_calls": result.model_calls, "tool_calls": result.tool_calls,
+             "output": result.output, "cost_eur": round(result.cost_eur, 8),
+             "latency_ms": result.latency_ms, "calls": result.calls}  # fmt: skip
+    return {**(result.sources or {}), "agent": agent}
+
+
+def _stream(
+    chat: ChatService, ctx: RequestContext, req: schemas.ChatCompletionRequest,
+    completion_id: str, created: int, name: str, result: AgentResult,
+) -> Response:  # fmt: skip
+    """The agent's final answer as server-sent events, token by token as the model writes
+    it; what the agent did rides on the last chunk (known only then), its sources on the
+    first. A failure mid-stream ends with an error event, never a silent [DONE]. The
+    request is accounted (and its trace ended) when the stream ends, as a chat stream's."""
+    assert result.stream is not None
+    gauge = chat.gateway.metrics.in_flight_gauge(ctx.endpoint)
+    accounted = False
+
+    def account(status: int) -> None:
+        nonlocal accounted
+        if not accounted:
+            accounted = True
+            ctx.status = status
+            gauge.dec()
+            chat.finish(ctx)
+    deltas = result.stream
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+            "model": req.model}  # fmt: skip
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    async def body() -> AsyncIterator[bytes]:
+        first = True
+        tail: dict[str, Any] = {}  # the verification of a grounded answer, known at its end
+        try:
+            async for delta in deltas:
+                if delta.extension is not None:
+                    tail.update(delta.extension)
+                if not (delta.delta or delta.finish_reason):
+                    continue
+                extra: dict[str, Any] = {}
+                if first and result.sources:
+                    extra["iatros"] = dict(result.sources)
+                first = False
+                if delta.finish_reason is not None:
+                    continue  # sent below, with what the agent did
+                choice = {"index": 0, "delta": delta.delta, "logprobs": None,
+                          "finish_reason": None}  # fmt: skip
+                yield event({**base, **extra, "choices": [choice]})
+            done = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+            extension = {**tail, **_extension(name, result)}
+            yield event({**base, "iatros": extension, "choices": [done]})
+            account(200)
+            if include_usage:
+                yield event({**base, "choices": [], "usage": _usage(result)})
+            yield DONE
+        except GatewayError as exc:
+            account(exc.status)
+            yield error_event(exc)
+        except asyncio.CancelledError:
+            account(499)
+            raise
+        finally:
+            account(ctx.status if ctx.status != 200 else 499)
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(aclose())
+
+    headers = {**ctx.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
+    return EventStreamResponse(body(), headers=headers)

@@ -126,14 +126,17 @@ class ChatService:
         registered by the composition root (``gateway/image_refs.py``)."""
 
     async def ask(
-        self, principal: Principal, request: ChatRequest, *, endpoint: str = "chat"
+        self, principal: Principal, request: ChatRequest, *, endpoint: str = "chat",
+        traceparent: str | None = None,
     ) -> tuple[RequestContext, Answer]:
         """Ask and wait for the whole answer, accounted as one request of ``endpoint``.
 
         For callers without a transport of their own (features, the CLI's ``--no-stream``).
+        ``traceparent`` makes the request's trace a child of the caller's span (an
+        agent's ``invoke_agent``).
         """
         ctx = RequestContext(principal=principal, endpoint=endpoint)
-        self.gateway.tracing.begin(ctx)
+        self.gateway.tracing.begin(ctx, traceparent)
         request.stream = False
         try:
             reply = await self.respond(ctx, request)

@@ -199,8 +199,8 @@ class SafetyStep:
                         yield StreamDelta({"content": out})
                     if withheld:
                         break
-                if finish is not None:
-                    break
+                # No break at the finish: OpenAI sends the usage in a chunk after it, and a
+                # stream closed there would be accounted as zero tokens.
             if not withheld and pending:
                 out, withheld = self._release(grounding, pending, policy, total, texts)
                 if out:

@@ -117,9 +117,15 @@ class RequestTrace:
         UPSTREAM_HEADERS.set(None)
         self.recorder.finish(self, ctx)
 
-    def child(self, name: str, kind: str = "internal", **attributes: Any) -> SpanRecord:
+    def child(
+        self, name: str, kind: str = "internal", parent: SpanRecord | None = None,
+        **attributes: Any,
+    ) -> SpanRecord:
+        """A new span under ``parent`` (default: the root; an agent's tool calls nest
+        under its ``invoke_agent`` span)."""
+        parent_id = (parent or self.root).span_id
         record = SpanRecord(
-            new_span_id(), self.root.span_id, name, kind, time.time_ns(), attributes=attributes
+            new_span_id(), parent_id, name, kind, time.time_ns(), attributes=attributes
         )
         self.spans.append(record)
         return record
@@ -199,6 +205,15 @@ def span(trace: RequestTrace | None, name: str, **attributes: Any) -> _Open | _N
     if trace is None:
         return NOTHING
     return _Open(trace.child(name, **attributes))
+
+
+def child_span(
+    trace: RequestTrace | None, parent: SpanRecord | None, name: str, **attributes: Any
+) -> _Open | _Nothing:
+    """Like :func:`span`, under ``parent`` (a span this trace holds) instead of the root."""
+    if trace is None:
+        return NOTHING
+    return _Open(trace.child(name, parent=parent, **attributes))
 
 
 def attempt(trace: RequestTrace | None, deployment: str, call: Any) -> SpanRecord | None:

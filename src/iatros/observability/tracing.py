@@ -74,7 +74,9 @@ _PROVIDER_NAMES = {
     "sentence-transformers": "sentence_transformers",
 }
 """``gen_ai.provider.name`` by provider type (well-known values where the spec has one)."""
-_OPERATIONS = {"chat": "chat", "embeddings": "embeddings"}
+_OPERATIONS = {"chat": "chat", "embeddings": "embeddings", "agent": "chat"}
+"""``gen_ai.operation.name`` by endpoint; an agent's model call (endpoint ``agent``) is a
+chat, under the agent's ``invoke_agent`` span."""
 
 
 @dataclass(frozen=True, slots=True)

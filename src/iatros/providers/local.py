@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from iatros.errors import (
@@ -229,6 +230,7 @@ class LocalProvider(Provider):
                 param=unsupported[0],
                 code="unsupported_parameter",
             )
+        grammar_schema(call.extra.get("response_format"))  # refused here, not mid-queue
         job = _Job(
             prompt=build_prompt(call.messages),
             call=call,
@@ -272,8 +274,15 @@ class LocalProvider(Provider):
                 # Re-evaluate the whole prompt: reusing a cached prefix changes the logits
                 # slightly, and a seeded request must give the same answer every time.
                 llm.reset()
+            schema = grammar_schema(call.extra.get("response_format"))
+            grammar = None
+            if schema is not None:
+                from llama_cpp.llama_grammar import LlamaGrammar
+
+                grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
             stream = llm.create_completion(
                 prompt_tokens,
+                grammar=grammar,
                 max_tokens=min(job.max_tokens, budget),
                 temperature=temperature,
                 top_p=1.0 if call.top_p is None else call.top_p,
@@ -369,8 +378,36 @@ class LocalProvider(Provider):
             await events.aclose()
 
 
-# Extra OpenAI parameters the local model honours (penalties) or that do not apply to it.
-_IGNORED_EXTRAS = frozenset({"stream_options", "frequency_penalty", "presence_penalty"})
+# Extra OpenAI parameters the local model honours (penalties, response_format) or that do
+# not apply to it.
+_IGNORED_EXTRAS = frozenset(
+    {"stream_options", "frequency_penalty", "presence_penalty", "response_format"}
+)
+
+
+def grammar_schema(response_format: Any) -> str | None:
+    """The JSON Schema (as text) a ``response_format`` asks for, or None for plain text.
+
+    A base model this small rarely writes valid JSON by itself; llama.cpp constrains the
+    sampling with a grammar made from the schema, so the answer has the required shape
+    (whether its content is right is another matter). ``json_object`` is any object.
+    """
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return '{"type": "object"}'
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            return orjson.dumps(schema).decode()
+    raise InvalidRequest(
+        "response_format must be text, json_object or json_schema with a 'schema' object",
+        param="response_format",
+    )
 
 
 def factory(name: str, options: dict[str, Any]) -> Provider:

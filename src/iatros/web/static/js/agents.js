@@ -1,6 +1,7 @@
 // Agents: the template gallery (GET /v1/agent-gallery: shipped templates, applied with one click by admins), the
 // tenant's stored templates, and workflow runs with a step timeline (status, latency,
-// tokens, each step's input and output). Runs refresh every 5 s while the view is shown.
+// tokens, cost and each model call's latency, each step's input and output; the run's
+// totals above it). Runs refresh every 5 s while the view is shown.
 
 import { api } from "./api.js";
 import { $, append, clear, h } from "./dom.js";
@@ -52,6 +53,21 @@ function templatesTable() {
       h("td", {}, `v${tpl.version}`), h("td", {}, when(tpl.created_at))))));
 }
 
+// A cost in euros: small agent costs need more than two decimals to be seen at all.
+function eur(value) {
+  if (!value) return "0 EUR";
+  return `${value < 0.01 ? value.toFixed(6) : value.toFixed(4)} EUR`;
+}
+
+// The run's totals above its timeline: tokens, cost, model and tool calls, wall time.
+function totals(run) {
+  const u = run.usage || {};
+  return h("p", { class: "muted", id: "agents-run-totals" },
+    [t("agents.tokens", { n: u.total_tokens ?? 0 }), eur(u.cost_eur),
+      `${u.model_calls ?? 0}x LLM`, `${u.tool_calls ?? 0}x tool`,
+      `${u.wall_ms ?? 0} ms`].join(" · "));
+}
+
 function timeline(run) {
   const steps = run.steps || [];
   const longest = Math.max(1, ...steps.map((s) => s.latency_ms || 0));
@@ -65,7 +81,9 @@ function timeline(run) {
           h("span", { class: "muted" }, t(`agents.step_${step.kind}`)), " — ",
           h("span", {}, t(`agents.status_${step.status}`)),
           step.latency_ms != null ? h("span", { class: "muted" }, ` · ${step.latency_ms} ms`) : null,
-          usage != null ? h("span", { class: "muted" }, ` · ${t("agents.tokens", { n: usage })}`) : null),
+          usage != null ? h("span", { class: "muted" }, ` · ${t("agents.tokens", { n: usage })}`) : null,
+          step.cost_eur != null ? h("span", { class: "muted step-cost" }, ` · ${eur(step.cost_eur)}`) : null,
+          step.calls?.length ? h("span", { class: "muted" }, ` · ${step.calls.map((c) => `${c.latency_ms} ms`).join(" + ")}`) : null),
         h("div", { class: "bar", role: "presentation", style: `width:${width}` }),
         step.error ? h("p", { class: "error" }, step.error) : null,
         step.review_id ? h("p", {}, h("a", { href: "#/reviews" }, t("agents.review", { id: step.review_id }))) : null,
@@ -103,7 +121,7 @@ function render() {
   if (open) {
     append(root, [h("h2", {}, t("agents.run_detail", { id: open.id })),
       open.error ? h("p", { class: "error" }, open.error) : null,
-      timeline(open),
+      totals(open), timeline(open),
       open.output != null ? [h("h3", {}, t("agents.output")), json(open.output)] : null]);
   }
 }
