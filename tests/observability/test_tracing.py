@@ -433,3 +433,28 @@ def test_the_otlp_encoder_writes_what_the_official_classes_read() -> None:
         assert [v.double_value for v in attrs["scores"].array_value.values] == [0.9, 0.1]
         assert attrs["error.type"].string_value == "upstream_error"
         assert retrieval.status.code == 2 and retrieval.status.message == "upstream_error"
+
+
+def test_a_full_batch_wakes_the_exporter_and_only_full_batches_leave_early(
+    receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load, traces go in full batches (one post each), not one post per wake-up."""
+    from iatros.observability.otlp import Encoder, OtlpExporter
+    from iatros.observability.spans import RequestTrace
+
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
+    encoder = Encoder({"service.name": "t"}, "iatros", "0", "https://x/1.37.0")
+    exporter = OtlpExporter(endpoint, {}, encoder)
+    for n in range(1, 7):
+        trace = RequestTrace(n, None, 1, None)  # type: ignore[arg-type]
+        trace.root.end_ns = 2
+        exporter.add(trace)
+    assert receiver.received.wait(10)
+    time.sleep(0.3)  # a partial batch would have left by now
+    spans = [len(r.resource_spans[0].scope_spans[0].spans) for r in receiver.requests]
+    assert spans == [4]
+    exporter.close()  # the schedule's (here: the shutdown's) drain sends the rest
+    spans = [len(r.resource_spans[0].scope_spans[0].spans) for r in receiver.requests]
+    assert spans == [4, 2]
