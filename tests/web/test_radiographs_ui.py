@@ -357,6 +357,12 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
     assert mine[21]["shape"] == "polygon" and len(mine[21]["points"]) == 3
     assert mine[21]["finding"] == "restoration" and mine[21]["source"] == "clinician"
     assert page.evaluate("document.activeElement.id") == "rad-canvas"  # ready for the next
+    page.locator("#rad-ann-list li[data-tooth='46'] [data-action=edit]").focus()
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "rad-finding"
+    page.keyboard.press("Escape")  # closes the form, back to the annotation in the list
+    assert page.locator("#rad-ann-form").is_hidden()
+    assert page.evaluate("document.activeElement.id") == f"rad-ann-{mine[46]['id']}-title"
 
     # -- the AI second opinion: a separate, labelled layer --------------------------------
     assert canvas_colour_pixels(page, AI_PINK) == 0

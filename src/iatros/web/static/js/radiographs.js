@@ -478,6 +478,7 @@ function openForm({ shape, points, annotation }) {
   const form = $("#rad-ann-form");
   state.editing = annotation || null;
   state.pending = annotation ? null : { shape, points };
+  state.returnFocus = annotation ? `rad-ann-${annotation.id}-title` : null;
   const ai = annotation?.source === "ai";
   $("#rad-form-title").textContent = annotation
     ? t(ai ? "rad.edit_ai_title" : "rad.edit_title", { what: annotationTitle(annotation) })
@@ -502,7 +503,11 @@ function closeForm() {
   state.pending = null;
   state.editing = null;
   state.redraw = null;
-  if (wasOpen && state.viewer?.image) $("#rad-canvas").focus();
+  // Back where the form was opened from: the annotation's entry in the list, or the image.
+  const back = state.returnFocus && document.getElementById(state.returnFocus);
+  state.returnFocus = null;
+  if (wasOpen && back) back.focus();
+  else if (wasOpen && state.viewer?.image) $("#rad-canvas").focus();
 }
 
 function toothError(text) {
@@ -771,6 +776,9 @@ export async function init(me) {
   });
   $("#rad-patient-form").addEventListener("submit", (e) => { e.preventDefault(); loadStudies(); });
   $("#rad-ann-form").addEventListener("submit", submitForm);
+  $("#rad-ann-form").addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { e.preventDefault(); closeForm(); }
+  });
   $("#rad-tooth").addEventListener("input", () => toothError(""));
 }
 
@@ -798,7 +806,7 @@ export function reset() {
   Object.assign(state, { patient: "", studies: [], study: null, image: null, annotations: [], selected: null, status: null, redraw: null, pending: null, editing: null });
   if (!state.bound) return;
   state.viewer.clearImage();
-  $("#rad-patient").value = "";
+  for (const id of ["#rad-patient", "#rad-description", "#rad-signer", "#rad-conclusion"]) $(id).value = "";
   clear($("#rad-studies"));
   clear($("#rad-uploads"));
   clear($("#rad-thumbs"));

@@ -399,7 +399,13 @@ export class Viewer {
       this.on.status?.("rad.kb_polygon_short");
       return true;
     }
-    const points = this.draft.points;
+    // A double click also placed its two clicks: drop vertices that repeat the previous one.
+    const points = this.draft.points.filter((p, i, all) => !i || Math.hypot(p[0] - all[i - 1][0], p[1] - all[i - 1][1]) >= 1);
+    if (points.length < 3) {
+      this.draft.points = points;
+      this.on.status?.("rad.kb_polygon_short");
+      return true;
+    }
     this.draft = null;
     this.draw();
     this.on.create?.("polygon", points);
