@@ -43,3 +43,28 @@ def test_documents_fit_a_phone(web_server: RunningServer, new_page: Callable[...
     name_box = row.locator("td, th").first.bounding_box()
     assert name_box is not None and name_box["width"] > 150, name_box  # not a letter per line
     shot(page, "documents-phone", full_page=True)
+
+
+def test_a_new_collection_survives_a_reload_and_can_be_deleted(
+    web_server: RunningServer, new_page: Callable[..., Any]
+) -> None:
+    name = "forms-" + uuid.uuid4().hex[:8]
+    page = new_page()
+    sign_in(page, web_server)
+    page.goto(web_server.url + "/#/documents")
+    page.locator("#collection-name").fill(name)
+    page.locator("#collection-form button[type=submit]").click()
+    page.locator("#docs-collection-title", has_text=name).wait_for()
+    page.reload()
+    entry = page.locator("#collection-list .collection", has_text=name)
+    entry.wait_for()  # on the server now, not only in the page that created it
+    entry.click()
+    page.locator("#collection-delete").click()
+    confirm = page.locator("#collection-actions .confirm-text")
+    assert confirm.inner_text() == f"Delete “{name}” and its 0 documents?"
+    assert page.evaluate("document.activeElement.textContent") == "Delete"
+    page.keyboard.press("Enter")
+    entry.wait_for(state="detached")
+    with web_server.http() as http:
+        names = [c["name"] for c in http.get("/v1/knowledge/collections").json()["data"]]
+    assert name not in names

@@ -63,6 +63,17 @@ class FakeKnowledge:
             body["features"]["knowledge"] = True
             route.fulfill(response=response, json=body)
             return
+        if path == "/v1/knowledge/collections" and method == "POST":
+            name = json.loads(request.post_data or "{}")["name"]
+            created = name not in self.documents
+            self.documents.setdefault(name, [])
+            route.fulfill(status=201 if created else 200, json={"name": name, "documents": 0})
+            return
+        collection = re.fullmatch(r"/v1/knowledge/collections/([^/]+)", path)
+        if collection and method == "DELETE":
+            docs = self.documents.pop(collection.group(1), [])
+            route.fulfill(json={"deleted": collection.group(1), "documents": len(docs)})
+            return
         if path == "/v1/knowledge/collections" and method == "GET":
             data = [
                 {"name": name, "documents": len(docs), "chunks": sum(d["chunks"] for d in docs)}
@@ -248,10 +259,14 @@ def test_documents_upload_progress_errors_and_delete(
     wait_until(lambda: page.locator("#doc-rows tr", has_text="good.md").count() == 0)
     assert len(knowledge.deleted) == 1
 
-    # A new collection exists locally until its first upload.
+    # A new collection is created on the server at once (it vanished on reload before).
     page.locator("#collection-name").fill("new-collection")
     page.locator("#collection-form button[type=submit]").click()
-    assert page.locator("#docs-collection-title").inner_text() == "Collection “new-collection”"
+    wait_until(
+        lambda: page.locator("#docs-collection-title").inner_text()
+        == "Collection “new-collection”"
+    )
+    assert knowledge.documents["new-collection"] == []
     page.locator("#collection-name").fill("bad name!")
     page.locator("#collection-form button[type=submit]").click()
     assert page.locator("#collection-name").get_attribute("aria-invalid") == "true"

@@ -55,6 +55,11 @@ class SearchRequest(BaseModel):
         return value
 
 
+class NewCollection(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(pattern=COLLECTION_PATTERN)
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -81,6 +86,57 @@ def add_knowledge_routes(
             return _json({"object": "list", "data": [c.to_dict() for c in infos]})
 
         return await handle(request, "knowledge", "knowledge:read", work)
+
+    @app.post(
+        "/v1/knowledge/collections",
+        tags=["Knowledge"],
+        summary="Create an empty collection (201; 200 if it exists already)",
+        status_code=201,
+        responses=error_responses(503),
+    )
+    async def create_collection(request: Request, body: NewCollection) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            tenant = ctx.principal.tenant
+            try:
+                created = await require().create_collection(tenant, body.name)
+                infos = await asyncio.to_thread(require().list_collections, tenant)
+            except KnowledgeError as exc:
+                raise knowledge_error(exc) from None
+            if created:
+                gov.audit(
+                    tenant=tenant,
+                    actor=ctx.principal.key_id,
+                    action="knowledge.collection.create",
+                    target=body.name,
+                )
+            info = next(c for c in infos if c.name == body.name)
+            return _json(info.to_dict(), 201 if created else 200)
+
+        return await handle(request, "knowledge", "knowledge:write", work)
+
+    @app.delete(
+        "/v1/knowledge/collections/{name}",
+        tags=["Knowledge"],
+        summary="Delete a collection with all its documents and passages",
+    )
+    async def delete_collection(request: Request, name: CollectionName) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            tenant = ctx.principal.tenant
+            try:
+                removed = await require().delete_collection(tenant, name)
+            except KnowledgeError as exc:
+                raise knowledge_error(exc) from None
+            await forget_answers(tenant, name)
+            gov.audit(
+                tenant=tenant,
+                actor=ctx.principal.key_id,
+                action="knowledge.collection.delete",
+                target=name,
+                details={"documents": removed},
+            )
+            return _json({"deleted": name, "documents": removed})
+
+        return await handle(request, "knowledge", "knowledge:write", work)
 
     @app.get("/v1/knowledge/collections/{name}/documents", tags=["Knowledge"], summary="Documents")
     async def documents(request: Request, name: CollectionName) -> Response:

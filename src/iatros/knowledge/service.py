@@ -202,6 +202,14 @@ class KnowledgeBase:
             await ctx.run(ctx.sync_backend)
         return removed
 
+    async def create_collection(self, tenant: str, collection: str) -> bool:
+        """Create an empty collection; False if it already existed."""
+        check_tenant(tenant)
+        check_collection(collection)
+        ctx = self._ctx
+        async with ctx.write_lock:
+            return await ctx.run(ctx.store.create_collection, tenant, collection)
+
     async def delete_collection(self, tenant: str, collection: str) -> int:
         """Remove a whole collection; returns how many documents went."""
         check_tenant(tenant)

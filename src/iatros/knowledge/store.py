@@ -410,6 +410,18 @@ class MetaStore(IndexFeed):
             )
         return CollectionRef(collection_id, tenant, collection, uid, version + 1), len(keys)
 
+    def create_collection(self, tenant: str, collection: str) -> bool:
+        """Create an empty collection (kept across restarts before its first document);
+        False if it exists already, so creating twice is harmless."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                """INSERT INTO collections (tenant, name, uid, version, created_at, updated_at)
+                   VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT (tenant, name) DO NOTHING""",
+                (tenant, collection, uuid.uuid4().hex[:12], now, now),
+            )
+            return cur.rowcount == 1
+
     def delete_collection(self, tenant: str, collection: str) -> tuple[CollectionRef, int]:
         with self._tx() as db:
             row = db.execute(

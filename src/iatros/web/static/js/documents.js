@@ -15,13 +15,13 @@ const POLL_MS = 600;
 const state = {
   me: null,
   collections: [],
-  pending: new Set(), // names added here, not on the server until a first upload
   selected: null,
   documents: [],
   uploads: [],
   queue: [],
   active: 0,
   deletingId: null,
+  deletingCollection: false,
   bound: false,
 };
 
@@ -38,23 +38,15 @@ async function loadCollections() {
     state.collections = [];
     announce(errorMessage(err), "error");
   }
-  for (const name of state.pending) {
-    if (state.collections.some((c) => c.name === name)) state.pending.delete(name);
-  }
-  const names = allCollections().map((c) => c.name);
+  const names = state.collections.map((c) => c.name);
   if (!names.includes(state.selected)) state.selected = names[0] ?? null;
   renderCollections();
-}
-
-function allCollections() {
-  const pending = [...state.pending].map((name) => ({ name, documents: 0, chunks: 0, pending: true }));
-  return [...state.collections, ...pending];
 }
 
 function renderCollections() {
   const list = $("#collection-list");
   clear(list);
-  const all = allCollections();
+  const all = state.collections;
   if (!all.length) list.append(h("li", { class: "hint" }, t("docs.no_collections")));
   for (const col of all) {
     const isCurrent = col.name === state.selected;
@@ -66,8 +58,8 @@ function renderCollections() {
       },
       h("span", { class: "collection-name" }, col.name),
       h("span", { class: "collection-counts" },
-        col.pending ? t("docs.empty_collection")
-          : `${tn("docs.documents", col.documents)} · ${tn("docs.passages", col.chunks)}`))));
+        col.documents ? `${tn("docs.documents", col.documents)} · ${tn("docs.passages", col.chunks)}`
+          : t("docs.empty_collection")))));
   }
   $("#collection-form").hidden = !canManage();
   renderSelected();
@@ -77,11 +69,63 @@ function renderSelected() {
   const title = $("#docs-collection-title");
   title.textContent = state.selected ? t("docs.collection_named", { name: state.selected }) : t("docs.no_selection");
   $("#upload-area").hidden = !canManage() || !state.selected;
+  renderCollectionActions();
+}
+
+/** Delete the selected collection, with its documents, after an inline confirmation. */
+function renderCollectionActions() {
+  const box = $("#collection-actions");
+  clear(box);
+  const name = state.selected;
+  if (!canManage() || !name) return;
+  if (!state.deletingCollection) {
+    box.append(h("button", {
+      class: "btn btn-small", type: "button", id: "collection-delete",
+      onClick: () => { state.deletingCollection = true; renderCollectionActions(); },
+    }, icon("trash"), t("docs.delete_collection")));
+    return;
+  }
+  const count = state.collections.find((c) => c.name === name)?.documents ?? 0;
+  box.append(
+    h("span", { class: "confirm-text", role: "alert" }, tn("docs.delete_collection_confirm", count, { name })),
+    h("button", { class: "btn btn-danger btn-small", type: "button", onClick: () => removeCollection(name) }, t("docs.delete")),
+    h("button", {
+      class: "btn btn-small", type: "button",
+      onClick: () => { state.deletingCollection = false; renderCollectionActions(); $("#collection-delete")?.focus(); },
+    }, t("chat.cancel")));
+  queueMicrotask(() => box.querySelector(".btn-danger")?.focus());
+}
+
+async function removeCollection(name) {
+  try {
+    await api(`/v1/knowledge/collections/${enc(name)}`, { method: "DELETE" });
+    announce(t("docs.collection_deleted", { name }));
+    if (state.selected === name) state.selected = null;
+  } catch (err) {
+    announce(errorMessage(err), "error");
+  }
+  state.deletingCollection = false;
+  await loadCollections();
+  await loadDocuments();
+  window.dispatchEvent(new CustomEvent("iatros:collections"));
+}
+
+async function createCollection(name) {
+  try {
+    await api("/v1/knowledge/collections", { method: "POST", body: { name } });
+  } catch (err) {
+    announce(errorMessage(err), "error");
+    return;
+  }
+  await loadCollections();
+  await select(name);
+  window.dispatchEvent(new CustomEvent("iatros:collections"));
 }
 
 async function select(name) {
   state.selected = name;
   state.deletingId = null;
+  state.deletingCollection = false;
   renderCollections();
   await loadDocuments();
 }
@@ -90,7 +134,7 @@ async function select(name) {
 
 async function loadDocuments() {
   const name = state.selected;
-  if (!name || state.pending.has(name)) {
+  if (!name) {
     state.documents = [];
     renderDocuments();
     return;
@@ -321,9 +365,8 @@ function bind() {
       return;
     }
     field.removeAttribute("aria-invalid");
-    if (!allCollections().some((c) => c.name === name)) state.pending.add(name);
     field.value = "";
-    select(name);
+    createCollection(name);
   });
 }
 
@@ -349,7 +392,6 @@ export function relabel() {
 export function reset() {
   state.me = null;
   state.collections = [];
-  state.pending.clear();
   state.selected = null;
   state.documents = [];
   state.uploads = [];
