@@ -284,8 +284,12 @@ def test_a_failed_chunk_fails_the_job_with_a_precise_message(
         job = http.get(f"/admin/jobs/{enc['job']['id']}").json()
         edit = http.put(f"/v1/scribe/encounters/{enc['id']}/note",
                         json={"sections": [{"id": "subjective", "statements": []}]})  # fmt: skip
+        exports = [
+            http.get(f"/v1/scribe/encounters/{enc['id']}/{kind}") for kind in ("pdf", "fhir")
+        ]
     assert job["state"] == "dead" and job["error"] == message
-    assert edit.status_code == 409 and edit.json()["error"]["code"] == "note_not_ready"
+    for refused in (edit, *exports):
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "note_not_ready"
 
 
 @needs_espeak

@@ -345,7 +345,7 @@ def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> N
         "/v1/scribe/encounters/{encounter_id}/pdf",
         tags=["Scribe"],
         summary="The note as a PDF (a DRAFT mark until it is signed)",
-        responses=error_responses(400, 401, 403, 404),
+        responses=error_responses(400, 401, 403, 404, 409),
     )
     async def pdf(
         request: Request,
@@ -367,7 +367,7 @@ def add_scribe_routes(app: FastAPI, scribe: ScribeService, handle: Handler) -> N
         "/v1/scribe/encounters/{encounter_id}/fhir",
         tags=["Scribe"],
         summary="The note as an HL7 FHIR R4 document Bundle (PDF in its DocumentReference)",
-        responses=error_responses(400, 401, 403, 404),
+        responses=error_responses(400, 401, 403, 404, 409),
     )
     async def fhir(
         request: Request,

@@ -332,7 +332,7 @@ class EncounterStore:
                     "The note is signed and cannot be edited; amend it to make a new version.",
                     code="note_signed",
                 )
-            _ready(current.status)
+            ready(current.status)
             current.content = self.sealer.seal_json(
                 note, self.aad(row.tenant_id, row.id, f"note:{current.version}")
             )
@@ -348,7 +348,7 @@ class EncounterStore:
                     f"Version {current.version} of this note is already signed.",
                     code="already_signed",
                 )
-            _ready(current.status)
+            ready(current.status)
             aad = self.aad(row.tenant_id, row.id, f"note:{current.version}")
             note = cast(dict[str, Any], self.sealer.open_json(current.content, aad))
             now = utc_now()
@@ -367,7 +367,7 @@ class EncounterStore:
         with self.db.session(tenant) as session:
             row = self.row(session, encounter_id)
             current = self.current(session, row)
-            _ready(current.status)
+            ready(current.status)
             if current.status != "signed":
                 raise Conflict(
                     f"Version {current.version} is still a draft: edit it instead.",
@@ -417,7 +417,7 @@ class EncounterStore:
             return True
 
 
-def _ready(status: str) -> None:
+def ready(status: str) -> None:
     """A note that does not exist yet (transcription pending, failed, cancelled): 409."""
     if status in PENDING:
         what = {
@@ -425,4 +425,4 @@ def _ready(status: str) -> None:
             "failed": "the transcription failed; see the encounter's job error",
             "cancelled": "the transcription was cancelled",
         }[status]
-        raise Conflict(f"There is no note to change yet: {what}.", code="note_not_ready")
+        raise Conflict(f"There is no note yet: {what}.", code="note_not_ready")

@@ -26,7 +26,7 @@ from iatros.clinical.scribe.drafting import DraftContext, NoteDrafter
 from iatros.clinical.scribe.extraction import extract
 from iatros.clinical.scribe.linking import link
 from iatros.clinical.scribe.pending import PendingEncounters
-from iatros.clinical.scribe.records import EncounterStore, EncounterView
+from iatros.clinical.scribe.records import EncounterStore, EncounterView, ready
 from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.scribe.speakers import SpeakerModel
 from iatros.clinical.scribe.templates import NoteTemplate, templates
@@ -310,6 +310,7 @@ class ScribeService:
         self, principal: Principal, encounter_id: str, version: int | None = None
     ) -> tuple[EncounterView, bytes]:
         view = await self.get(principal, encounter_id, version, action="scribe.export.pdf")
+        ready(view.status)  # no PDF of a note a background job has not written yet
         pdf = await asyncio.to_thread(render_pdf, view.as_dict(), self.settings.practice_name)
         return view, pdf
 
@@ -318,6 +319,7 @@ class ScribeService:
     ) -> tuple[EncounterView, dict[str, Any]]:
         """The FHIR document, with the PDF inside its DocumentReference."""
         view = await self.get(principal, encounter_id, version, action="scribe.export.fhir")
+        ready(view.status)
         data = view.as_dict()
 
         def build() -> dict[str, Any]:

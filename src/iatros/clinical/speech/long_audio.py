@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from iatros.clinical.speech.audio import AudioError, speech_seconds
 from iatros.clinical.speech.chunking import Chunk, ChunkPlan, chunk_count, chunks, stitch
@@ -58,18 +59,35 @@ async def transcribe_chunked(
     total = chunk_count(duration_s, plan)
     await progress(0, total)
     it = chunks(data, container, max_duration_s, plan)
+    # One thread decodes and checks every chunk: spread over the default pool's threads,
+    # each would grow its own malloc arena and the memory would not come back.
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scribe-chunks")
+    try:
+        return await _run(transcriber, ctx, it, loop, worker, total, duration_s, container,
+                          language, plan, progress)  # fmt: skip
+    finally:
+        worker.shutdown(wait=False, cancel_futures=True)
+
+
+async def _run(
+    transcriber: Transcriber, ctx: RequestContext, it: Iterator[Chunk],
+    loop: asyncio.AbstractEventLoop, worker: ThreadPoolExecutor, total: int,
+    duration_s: float, container: str, language: str | None, plan: ChunkPlan,
+    progress: Progress,
+) -> Transcription:  # fmt: skip
     kept: list[Segment] = []
     dropped: list[dict[str, object]] = []
     detected = language
     deployment = ""
     done = 0
     while True:
-        chunk = await asyncio.to_thread(_next, it)
+        chunk = await loop.run_in_executor(worker, _next, it)
         if chunk is None:
             break
         end = chunk.start_s + chunk.samples.size / SAMPLE_RATE
         span = f"{_clock(chunk.start_s)} to {_clock(end)}"
-        speech = await asyncio.to_thread(speech_seconds, chunk.samples)
+        speech = await loop.run_in_executor(worker, speech_seconds, chunk.samples)
         if speech >= transcriber.settings.min_speech_s:
             try:
                 result, deployment = await transcriber.transcribe_samples(
