@@ -231,7 +231,17 @@ def test_conversation_memory_keeps_the_last_turns_per_conversation_and_tenant(
     # Another tenant, the same agent name and conversation id: nothing of the first.
     with server.http(other) as http:
         assert _ask(http, "agent:receptionist", "Who am I?", **conv).status_code == 200
-    assert "Tuesday" not in _sent(upstream) and "Any dentist" not in _sent(upstream)
+        assert "Tuesday" not in _sent(upstream) and "Any dentist" not in _sent(upstream)
+        # Forgetting its own conversation leaves the first tenant's alone.
+        assert http.delete("/v1/agents/receptionist/memory/call-7").status_code == 204
+        gone = http.delete("/v1/agents/receptionist/memory/call-7")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "memory_not_found"
+    with server.http() as http:
+        _ask(http, "agent:receptionist", "Still there?", **conv)
+        assert "Any dentist." in _sent(upstream)
+        assert http.delete("/v1/agents/receptionist/memory/call-7").status_code == 204
+        _ask(http, "agent:receptionist", "And now?", **conv)
+        assert "Any dentist." not in _sent(upstream)
 
 
 def test_summary_memory_summarises_older_turns_through_the_chat_service(

@@ -95,6 +95,22 @@ class MemoryStore:
         await asyncio.to_thread(write)
 
 
+    async def forget(self, tenant: str, agent: str, conversation_id: str) -> bool:
+        """Delete what ``agent`` remembers of a conversation; False if it remembered none."""
+
+        def write() -> bool:
+            with self.db.session(tenant) as session:
+                row = session.scalars(select(AgentMemory).where(
+                    AgentMemory.agent == agent, AgentMemory.conversation_id == conversation_id
+                )).first()  # fmt: skip
+                if row is None:
+                    return False
+                session.delete(row)
+                return True
+
+        return await asyncio.to_thread(write)
+
+
 def _exchanges(turns: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Turns grouped as exchanges, each starting at a user message."""
     out: list[list[dict[str, Any]]] = []

@@ -35,7 +35,7 @@ from iatros.api.http import (
 )
 from iatros.api.sse import DONE, EventStreamResponse, error_event, event
 from iatros.api.validation import Identifier, ModelInput, check_json, identifier_path
-from iatros.errors import GatewayError, InvalidRequest
+from iatros.errors import GatewayError, InvalidRequest, NotFound
 from iatros.gateway import RequestContext
 from iatros.gateway.chat import ChatService
 from iatros.store.db import PLATFORM
@@ -132,6 +132,26 @@ def add_agent_routes(app: FastAPI, agents: AgentService, handle: Handler) -> Age
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             return json_response(await agents.store.template(ctx.principal.tenant, name, version))
+
+        return await handle(request, "agents", "agents:run", work)
+
+    @app.delete("/v1/agents/{name}/memory/{conversation_id}", tags=tags, status_code=204,
+                summary="Forget what an agent remembers of a conversation",
+                responses=error_responses(400, 401, 403, 404))  # fmt: skip
+    async def forget_memory(
+        request: Request, name: Annotated[str, identifier_path(64)],
+        conversation_id: Annotated[str, identifier_path(64)],
+    ) -> Response:  # fmt: skip
+        async def work(ctx: RequestContext) -> Response:
+            tenant = ctx.principal.tenant
+            if not await agents.memory.forget(tenant, name, conversation_id):
+                raise NotFound(f"Agent {name!r} remembers nothing of conversation "
+                               f"{conversation_id!r}.", param="conversation_id",
+                               code="memory_not_found")  # fmt: skip
+            agents.governance.audit(tenant=tenant, actor=ctx.principal.key_id,
+                                    action="agents.memory.forget", target=name,
+                                    outcome="deleted")  # fmt: skip
+            return Response(status_code=204)
 
         return await handle(request, "agents", "agents:run", work)
 
