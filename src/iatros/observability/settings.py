@@ -41,8 +41,8 @@ class TracingSettings(_Strict):
     """... and for at most this long."""
     compression: Literal["none", "gzip"] = "none"
     """Of each OTLP export (``OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION`` wins). ``none``, the
-    specification's default: gzip cost about 10 µs of CPU per trace on the gateway,
-    worth it only when the collector is across a slow link."""
+    specification's default: gzip costs the gateway CPU for every trace, worth it only
+    when the collector is across a slow link."""
     semconv: Literal["latest", "v1.36"] = "latest"
     """GenAI semantic conventions to emit: ``latest`` (v1.37+: ``gen_ai.provider.name``,
     content as ``gen_ai.input.messages``/``gen_ai.output.messages``) or ``v1.36`` (the last
