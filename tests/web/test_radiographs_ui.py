@@ -276,6 +276,20 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
     zoomed = page.locator("#rad-zoom-level").inner_text()
     page.mouse.wheel(0, 400)
     wait_until(lambda: page.locator("#rad-zoom-level").inner_text() != zoomed)
+    # pan: arrows on the focused image, then a drag with the Move tool
+    _, tx, ty = view_transform(page)
+    page.locator("#rad-canvas").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    _, tx2, ty2 = view_transform(page)
+    assert tx2 < tx and ty2 < ty  # the image moves so that more of its right/bottom shows
+    x0, y0 = canvas_point(page, WIDTH / 2, HEIGHT / 2)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + 40, y0 + 25, steps=4)
+    page.mouse.up()
+    _, tx3, ty3 = view_transform(page)
+    assert abs(tx3 - tx2 - 40) < 2 and abs(ty3 - ty2 - 25) < 2
     with page.expect_request(re.compile(r"render\.png\?center=\d+&width=\d+")) as windowed:
         page.locator("#rad-ww").focus()
         for _ in range(5):
@@ -357,6 +371,17 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
     assert mine[21]["shape"] == "polygon" and len(mine[21]["points"]) == 3
     assert mine[21]["finding"] == "restoration" and mine[21]["source"] == "clinician"
     assert page.evaluate("document.activeElement.id") == "rad-canvas"  # ready for the next
+    # selecting: from the list (drawn in the selection colour) and by clicking the shape
+    yellow = "r > 240 && g > 200 && b < 40"
+    page.locator(f"#rad-ann-{mine[46]['id']}-title").click()
+    assert page.locator("#rad-ann-list li.selected").get_attribute("data-tooth") == "46"
+    wait_until(lambda: canvas_colour_pixels(page, yellow) > 50)
+    page.locator(f"#rad-ann-{mine[46]['id']}-title").click()  # again: unselected
+    page.locator("#rad-tool-pan").click()
+    page.mouse.click(*canvas_point(page, 540, 360))  # inside the box of 46, off 21
+    page.locator("#rad-ann-list li.selected[data-tooth='46']").wait_for()
+    page.mouse.click(*canvas_point(page, 1100, 100))  # nothing there
+    wait_until(lambda: page.locator("#rad-ann-list li.selected").count() == 0)
     page.locator("#rad-ann-list li[data-tooth='46'] [data-action=edit]").focus()
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "rad-finding"
