@@ -637,3 +637,20 @@ def test_an_unreadable_ai_answer_is_shown_as_raw_text_and_adds_nothing(
     assert page.locator("#rad-ann-list li.rad-ann-ai").count() == 0
     assert api_annotations(rad_server, study["images"][0]["id"]) == []
     assert fake_vision.served == 2  # asked once more after the first unreadable answer
+
+
+def test_the_browser_checks_tooth_numbers_like_the_server(
+    rad_server: RunningServer, new_page: Callable[..., Any]
+) -> None:
+    from iatros.clinical.imaging.findings import valid_tooth
+
+    page = new_page()
+    page.goto(rad_server.url + "/")
+    accepted = page.evaluate(
+        """async () => {
+          const { validTooth } = await import('/static/js/radiographs.js');
+          return [...Array(100).keys()].filter((n) => validTooth(n));
+        }"""
+    )
+    assert accepted == [n for n in range(100) if valid_tooth(n)]
+    assert len(accepted) == 4 * 8 + 4 * 5
