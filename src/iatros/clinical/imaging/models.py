@@ -50,10 +50,12 @@ class RadiographImage(TenantScoped, Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     meta: Mapped[bytes | None] = mapped_column(LargeBinary)
     """Sealed JSON: display parameters, the de-identification report, identifier hashes."""
-    pixels: Mapped[bytes | None] = mapped_column(LargeBinary)
-    """Sealed: the de-identified, masked pixel array (see :mod:`.pixels`)."""
-    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary)
-    preview: Mapped[bytes | None] = mapped_column(LargeBinary)
+    pixels: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    """Sealed: the de-identified, masked pixel array (see :mod:`.pixels`). The three
+    blobs are deferred: loaded only by the code that reads them, not by every listing
+    or progress update (megabytes each for a panoramic)."""
+    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    preview: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """Sealed PNG: the default-window 8-bit rendition (what the analyst and report use)."""
 
 
