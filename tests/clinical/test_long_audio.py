@@ -318,3 +318,30 @@ def test_cancel_a_transcription(upstream_long: RunningServer, fake_whisper: Fake
         after = http.get(f"/v1/scribe/encounters/{eid}").json()
     assert after["status"] == "cancelled" and after["transcript"]["lines"] == []
     assert len(fake_whisper.received) < resp.json()["job"]["chunks_total"]
+
+
+@needs_espeak
+def test_cli_waits_for_the_job_and_reports_a_failure(
+    upstream_long: RunningServer, fake_whisper: FakeWhisper, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from iatros.cli import app
+
+    audio, _ = dialogue_wav(TURNS[:12])
+    recording = tmp_path / "visit.wav"
+    recording.write_bytes(audio)
+    remote = ["--url", upstream_long.url, "--key", ADMIN_KEY]
+    runner = CliRunner()
+    made = runner.invoke(
+        app, ["scribe", "new", "--audio", str(recording), "--language", "en", *remote]
+    )
+    assert made.exit_code == 0, made.output
+    assert "transcribing enc_" in made.output and " draft" in made.output
+    assert "linked statements" in made.output
+    fake_whisper.fail_after, fake_whisper.fail_status = len(fake_whisper.received) + 1, 503
+    failed = runner.invoke(
+        app, ["scribe", "new", "--audio", str(recording), "--language", "en", *remote]
+    )
+    assert failed.exit_code == 1
+    assert "failed: Chunk 2 of" in failed.output and "could not be transcribed" in failed.output
