@@ -378,7 +378,7 @@ def test_upload_annotate_ai_sign_then_report_and_fhir(
     wait_until(lambda: canvas_colour_pixels(page, yellow) > 50)
     page.locator(f"#rad-ann-{mine[46]['id']}-title").click()  # again: unselected
     page.locator("#rad-tool-pan").click()
-    page.mouse.click(*canvas_point(page, 540, 360))  # inside the box of 46, off 21
+    page.mouse.click(*canvas_point(page, 580, 360))  # in 46 and in 21: the smaller, 46
     page.locator("#rad-ann-list li.selected[data-tooth='46']").wait_for()
     page.mouse.click(*canvas_point(page, 1100, 100))  # nothing there
     wait_until(lambda: page.locator("#rad-ann-list li.selected").count() == 0)

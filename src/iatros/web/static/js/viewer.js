@@ -39,6 +39,14 @@ function insidePolygon(p, points) {
   return inside;
 }
 
+function polygonArea(points) {
+  let twice = 0;
+  for (let i = 0, j = points.length - 1; i < points.length; j = i++) {
+    twice += (points[j][0] + points[i][0]) * (points[j][1] - points[i][1]);
+  }
+  return Math.abs(twice) / 2;
+}
+
 /** The box [[x0,y0],[x1,y1]] with its corners ordered. */
 export function normaliseBox(a, b) {
   return [[Math.min(a[0], b[0]), Math.min(a[1], b[1])], [Math.max(a[0], b[0]), Math.max(a[1], b[1])]];
@@ -340,24 +348,30 @@ export class Viewer {
 
   // -- hit testing ------------------------------------------------------------------------
 
+  /**
+   * The annotation under image point p. Where shapes overlap, the smallest wins (a point
+   * before any area), so that a small finding inside a large one can still be picked.
+   */
   hit(p) {
     const tolerance = 8 / this.scale;
+    let best = null;
+    let bestArea = Infinity;
     for (const a of [...this.annotations].reverse()) {
       if (a.status === "rejected" || (a.source === "ai" && !this.showAi)) continue;
       const pts = a.points;
-      if (a.shape === "point" && Math.hypot(p[0] - pts[0][0], p[1] - pts[0][1]) <= tolerance * 1.5) return a.id;
-      if (a.shape === "box") {
+      let area = null;
+      if (a.shape === "point") {
+        if (Math.hypot(p[0] - pts[0][0], p[1] - pts[0][1]) <= tolerance * 1.5) area = 0;
+      } else if (a.shape === "box") {
         const [[x0, y0], [x1, y1]] = normaliseBox(pts[0], pts[1]);
-        if (p[0] >= x0 - tolerance && p[0] <= x1 + tolerance && p[1] >= y0 - tolerance && p[1] <= y1 + tolerance) return a.id;
+        if (p[0] >= x0 - tolerance && p[0] <= x1 + tolerance && p[1] >= y0 - tolerance && p[1] <= y1 + tolerance) area = (x1 - x0) * (y1 - y0);
+      } else if (a.shape === "polygon") {
+        const near = pts.some((q, i) => segmentDistance(p, q, pts[(i + 1) % pts.length]) <= tolerance);
+        if (near || insidePolygon(p, pts)) area = polygonArea(pts);
       }
-      if (a.shape === "polygon") {
-        if (insidePolygon(p, pts)) return a.id;
-        for (let i = 0; i < pts.length; i++) {
-          if (segmentDistance(p, pts[i], pts[(i + 1) % pts.length]) <= tolerance) return a.id;
-        }
-      }
+      if (area !== null && area < bestArea) { best = a.id; bestArea = area; }
     }
-    return null;
+    return best;
   }
 
   // -- building shapes (pointer and keyboard share these) ---------------------------------
