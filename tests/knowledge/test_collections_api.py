@@ -88,3 +88,41 @@ def test_deleting_a_collection_removes_its_documents_for_its_tenant_only(
         gone = http.get("/v1/knowledge/collections/aftercare/documents")
         assert gone.status_code == 404
         assert http.delete("/v1/knowledge/collections/aftercare").status_code == 404
+
+
+def test_a_platform_admin_fills_a_practice_collection_for_its_clinicians(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = server_factory(_config(tmp_path))
+    server.wait_ready()
+    with server.http() as admin:
+        clinician = _key(admin, "clinic-a", role="clinician")
+        _key(admin, "clinic-b")
+        created = admin.post(
+            "/v1/knowledge/collections", params={"tenant": "clinic-a"}, json={"name": "protocols"}
+        )
+        assert created.status_code == 201, created.text
+        resp = admin.post(
+            "/v1/knowledge/collections/protocols/documents",
+            params={"tenant": "clinic-a"},
+            files=[("files", ("hours.md", b"# Hours\n\nOpen Monday to Friday."))],
+        )
+        assert resp.status_code == 202, resp.text
+        job = resp.json()["job_id"]
+        deadline = time.time() + 30
+        while True:
+            state = admin.get(f"/v1/knowledge/jobs/{job}", params={"tenant": "clinic-a"})
+            assert state.status_code == 200, state.text
+            if state.json()["state"] in ("done", "failed"):
+                break
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert _names(admin) == []  # not in the admin's own tenant
+        unknown = admin.get("/v1/knowledge/collections", params={"tenant": "clinic-zz"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "tenant"
+    with server.http(clinician) as http:
+        docs = http.get("/v1/knowledge/collections/protocols/documents").json()["data"]
+        assert [d["name"] for d in docs] == ["hours.md"]
+        assert http.get("/v1/knowledge/collections", params={"tenant": "clinic-a"}).status_code == 200
+        other = http.get("/v1/knowledge/collections", params={"tenant": "clinic-b"})
+        assert other.status_code == 403, other.text

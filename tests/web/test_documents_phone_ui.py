@@ -68,3 +68,41 @@ def test_a_new_collection_survives_a_reload_and_can_be_deleted(
     with web_server.http() as http:
         names = [c["name"] for c in http.get("/v1/knowledge/collections").json()["data"]]
     assert name not in names
+
+
+def test_a_platform_admin_picks_the_practice_whose_documents_to_manage(
+    web_server: RunningServer, new_page: Callable[..., Any]
+) -> None:
+    from tests.web.conftest import create_key
+
+    practice = "practice-" + uuid.uuid4().hex[:6]
+    clinician = create_key(web_server, tenant=practice, role="clinician")
+    name = "leaflets-" + uuid.uuid4().hex[:6]
+    page = new_page()
+    sign_in(page, web_server)
+    page.goto(web_server.url + "/#/documents")
+    picker = page.locator("#docs-tenant")
+    picker.wait_for()
+    wait_until(lambda: practice in page.locator("#docs-tenant option").all_inner_texts())
+    picker.select_option(practice)
+    page.locator("#collection-name").fill(name)
+    page.locator("#collection-form button[type=submit]").click()
+    page.locator("#docs-collection-title", has_text=name).wait_for()
+    page.locator("#file-input").set_input_files(
+        [{"name": "hours.md", "mimeType": "text/markdown", "buffer": b"# Hours\n\nOpen 8 to 6."}]
+    )
+    row = page.locator("#upload-list .upload", has_text="hours.md")
+    wait_until(lambda: row.get_attribute("data-state") in ("done", "error"), timeout=60)
+    assert row.get_attribute("data-state") == "done", row.inner_text()
+    with web_server.http(clinician["key"]) as http:  # the practice's clinicians see it
+        docs = http.get(f"/v1/knowledge/collections/{name}/documents")
+        assert docs.status_code == 200, docs.text
+        assert [d["name"] for d in docs.json()["data"]] == ["hours.md"]
+    with web_server.http() as http:  # and the admin's own tenant does not hold it
+        own = [c["name"] for c in http.get("/v1/knowledge/collections").json()["data"]]
+    assert name not in own
+    page2 = new_page()
+    sign_in(page2, web_server, clinician["key"])
+    page2.goto(web_server.url + "/#/documents")
+    page2.locator("#collection-list .collection", has_text=name).wait_for()
+    assert page2.locator("#docs-tenant-field").is_hidden()

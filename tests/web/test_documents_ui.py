@@ -380,6 +380,7 @@ def test_upload_a_document_and_ask_a_question_that_cites_it(
     page.locator("#nav a[data-view=documents]").click()
     page.locator("#collection-name").fill(collection)
     page.locator("#collection-form button[type=submit]").click()
+    page.locator("#docs-collection-title", has_text=collection).wait_for()  # created
     document = (
         "# Paediatric amoxicillin\n\nFor children, amoxicillin is given at 50 mg/kg/day in two "
         "doses for acute otitis media. <script>window.__pwned=1</script>\n"

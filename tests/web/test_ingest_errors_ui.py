@@ -48,8 +48,10 @@ def test_upload_errors_are_said_in_french(
     page = new_page()
     sign_in(page, web_server, lang="fr")
     page.locator("#nav a[data-view=documents]").click()
-    page.locator("#collection-name").fill("erreurs-" + uuid.uuid4().hex[:8])
+    name = "erreurs-" + uuid.uuid4().hex[:8]
+    page.locator("#collection-name").fill(name)
     page.locator("#collection-form button[type=submit]").click()
+    page.locator("#docs-collection-title", has_text=name).wait_for()  # created
     page.locator("#file-input").set_input_files([f for f, _ in FILES])
     for file, expected in FILES:
         row = page.locator("#upload-list .upload", has_text=file["name"])

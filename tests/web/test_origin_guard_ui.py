@@ -50,6 +50,7 @@ def test_the_app_works_without_a_key_through_the_guard(
     page.locator("#nav a[data-view=documents]").click()
     page.locator("#collection-name").fill("protocols")
     page.locator("#collection-form button[type=submit]").click()
+    page.locator("#docs-collection-title", has_text="protocols").wait_for()  # created
     page.locator("#file-input").set_input_files(
         [{"name": "hours.md", "mimeType": "text/markdown", "buffer": b"# Hours\n\nOpen 8-18."}]
     )

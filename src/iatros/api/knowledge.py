@@ -23,10 +23,12 @@ from iatros.api.http import (
     parse_body,
     read_body,
 )
-from iatros.api.validation import ModelInput, check_json, identifier_path
+from iatros.api.validation import ModelInput, check_json, identifier_path, identifier_query
 from iatros.errors import (
     InvalidRequest,
+    NotFound,
     PayloadTooLarge,
+    PermissionDenied,
 )
 from iatros.gateway import Gateway, RequestContext
 from iatros.gateway.grounding import knowledge_error, knowledge_unavailable
@@ -34,9 +36,17 @@ from iatros.governance.service import Governance
 from iatros.knowledge import KnowledgeBase, KnowledgeError
 from iatros.knowledge.archives import ArchiveLimits, ArchiveTooLarge, check_uploads
 from iatros.knowledge.names import COLLECTION_PATTERN
+from iatros.store.db import PLATFORM
+from iatros.store.models import Tenant
 
 MAX_FILES = 50
 CollectionName = Annotated[str, Path(pattern=COLLECTION_PATTERN)]
+TenantQuery = Annotated[
+    str | None,
+    identifier_query(
+        64, description="Platform admins: the tenant whose knowledge to act on (else their own)"
+    ),
+]
 
 
 class SearchRequest(BaseModel):
@@ -76,13 +86,32 @@ def add_knowledge_routes(
             raise knowledge_unavailable()
         return kb
 
+    def known_tenant(tenant: str) -> bool:
+        with gov.db.session(PLATFORM) as session:
+            return session.get(Tenant, tenant) is not None
+
+    async def acting_tenant(ctx: RequestContext, tenant: str | None) -> str:
+        """Whose knowledge a request acts on: the caller's tenant, or — for a platform
+        admin only — the existing tenant it names, so the admin can fill a practice's
+        collections for its clinicians (an admin's uploads otherwise land in the admin's
+        own tenant, where the practice never sees them)."""
+        if tenant is None or tenant == ctx.principal.tenant:
+            return ctx.principal.tenant
+        if not ctx.principal.platform:
+            raise PermissionDenied("You can only act on your own tenant.")
+        if not await asyncio.to_thread(known_tenant, tenant):
+            raise NotFound(f"No tenant {tenant!r}.", param="tenant")
+        return tenant
+
     async def forget_answers(tenant: str, collection: str) -> None:
         await gw.cache.invalidate(tenant=tenant, collection=collection)
 
     @app.get("/v1/knowledge/collections", tags=["Knowledge"], summary="Your collections")
-    async def collections(request: Request) -> Response:
+    async def collections(request: Request, tenant: TenantQuery = None) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            infos = await asyncio.to_thread(require().list_collections, ctx.principal.tenant)
+            infos = await asyncio.to_thread(
+                require().list_collections, await acting_tenant(ctx, tenant)
+            )
             return _json({"object": "list", "data": [c.to_dict() for c in infos]})
 
         return await handle(request, "knowledge", "knowledge:read", work)
@@ -92,19 +121,22 @@ def add_knowledge_routes(
         tags=["Knowledge"],
         summary="Create an empty collection (201; 200 if it exists already)",
         status_code=201,
-        responses=error_responses(503),
+        responses={200: {"description": "The collection existed already"}}
+        | error_responses(404, 503),
     )
-    async def create_collection(request: Request, body: NewCollection) -> Response:
+    async def create_collection(
+        request: Request, body: NewCollection, tenant: TenantQuery = None
+    ) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            tenant = ctx.principal.tenant
+            owner = await acting_tenant(ctx, tenant)
             try:
-                created = await require().create_collection(tenant, body.name)
-                infos = await asyncio.to_thread(require().list_collections, tenant)
+                created = await require().create_collection(owner, body.name)
+                infos = await asyncio.to_thread(require().list_collections, owner)
             except KnowledgeError as exc:
                 raise knowledge_error(exc) from None
             if created:
                 gov.audit(
-                    tenant=tenant,
+                    tenant=owner,
                     actor=ctx.principal.key_id,
                     action="knowledge.collection.create",
                     target=body.name,
@@ -119,16 +151,18 @@ def add_knowledge_routes(
         tags=["Knowledge"],
         summary="Delete a collection with all its documents and passages",
     )
-    async def delete_collection(request: Request, name: CollectionName) -> Response:
+    async def delete_collection(
+        request: Request, name: CollectionName, tenant: TenantQuery = None
+    ) -> Response:
         async def work(ctx: RequestContext) -> Response:
-            tenant = ctx.principal.tenant
+            owner = await acting_tenant(ctx, tenant)
             try:
-                removed = await require().delete_collection(tenant, name)
+                removed = await require().delete_collection(owner, name)
             except KnowledgeError as exc:
                 raise knowledge_error(exc) from None
-            await forget_answers(tenant, name)
+            await forget_answers(owner, name)
             gov.audit(
-                tenant=tenant,
+                tenant=owner,
                 actor=ctx.principal.key_id,
                 action="knowledge.collection.delete",
                 target=name,
@@ -139,10 +173,14 @@ def add_knowledge_routes(
         return await handle(request, "knowledge", "knowledge:write", work)
 
     @app.get("/v1/knowledge/collections/{name}/documents", tags=["Knowledge"], summary="Documents")
-    async def documents(request: Request, name: CollectionName) -> Response:
+    async def documents(
+        request: Request, name: CollectionName, tenant: TenantQuery = None
+    ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             try:
-                docs = await asyncio.to_thread(require().list_documents, ctx.principal.tenant, name)
+                docs = await asyncio.to_thread(
+                    require().list_documents, await acting_tenant(ctx, tenant), name
+                )
             except KnowledgeError as exc:
                 raise knowledge_error(exc) from None
             return _json({"object": "list", "data": [d.to_dict() for d in docs]})
@@ -157,9 +195,12 @@ def add_knowledge_routes(
         responses=error_responses(503),
         openapi_extra=openapi_upload("files"),
     )
-    async def upload(request: Request, name: CollectionName) -> Response:
+    async def upload(
+        request: Request, name: CollectionName, tenant: TenantQuery = None
+    ) -> Response:
         async def work(ctx: RequestContext) -> Response:
             base = require()
+            owner = await acting_tenant(ctx, tenant)
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > upload_limit:
                 raise PayloadTooLarge(
@@ -183,26 +224,29 @@ def add_knowledge_routes(
             except ArchiveTooLarge as exc:
                 raise PayloadTooLarge(str(exc), param="files", code=exc.code) from None
             try:
-                job_id = await base.submit_upload(ctx.principal.tenant, name, files)
+                job_id = await base.submit_upload(owner, name, files)
             except KnowledgeError as exc:
                 raise knowledge_error(exc) from None
             gov.audit(
-                tenant=ctx.principal.tenant,
+                tenant=owner,
                 actor=ctx.principal.key_id,
                 action="knowledge.upload",
                 target=name,
                 details={"files": len(files)},
             )
-            await forget_answers(ctx.principal.tenant, name)
+            await forget_answers(owner, name)
             return _json({"object": "knowledge.job", "job_id": job_id, "files": len(files)}, 202)
 
         return await handle(request, "knowledge", "knowledge:write", work)
 
     @app.get("/v1/knowledge/jobs/{job_id}", tags=["Knowledge"], summary="An ingestion job")
-    async def job(request: Request, job_id: Annotated[str, identifier_path(64)]) -> Response:
+    async def job(
+        request: Request, job_id: Annotated[str, identifier_path(64)], tenant: TenantQuery = None
+    ) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            owner = await acting_tenant(ctx, tenant)
             try:
-                status = await asyncio.to_thread(require().job_status, ctx.principal.tenant, job_id)
+                status = await asyncio.to_thread(require().job_status, owner, job_id)
             except KnowledgeError as exc:
                 raise knowledge_error(exc) from None
             return _json(status.to_dict())
@@ -218,15 +262,17 @@ def add_knowledge_routes(
         request: Request,
         name: CollectionName,
         document_id: Annotated[str, identifier_path(128)],
+        tenant: TenantQuery = None,
     ) -> Response:
         async def work(ctx: RequestContext) -> Response:
+            owner = await acting_tenant(ctx, tenant)
             try:
-                removed = await require().delete_document(ctx.principal.tenant, name, document_id)
+                removed = await require().delete_document(owner, name, document_id)
             except KnowledgeError as exc:
                 raise knowledge_error(exc) from None
-            await forget_answers(ctx.principal.tenant, name)
+            await forget_answers(owner, name)
             gov.audit(
-                tenant=ctx.principal.tenant,
+                tenant=owner,
                 actor=ctx.principal.key_id,
                 action="knowledge.delete",
                 target=f"{name}/{document_id}",

@@ -13,6 +13,10 @@ deleted or half-written document. Upload jobs share the file
 
 Plain ``sqlite3`` (WAL, one connection per thread) keeps this separate from the main
 ``iatros.db`` and its SQLAlchemy models.
+
+Why this module is long: it is the tenant boundary of the knowledge base, and every
+statement that reads or writes a collection's rows is here, next to the others, so a
+reader checks the tenant filter and the transaction of each in one file.
 """
 
 from __future__ import annotations
@@ -411,16 +415,17 @@ class MetaStore(IndexFeed):
         return CollectionRef(collection_id, tenant, collection, uid, version + 1), len(keys)
 
     def create_collection(self, tenant: str, collection: str) -> bool:
-        """Create an empty collection (kept across restarts before its first document);
-        False if it exists already, so creating twice is harmless."""
-        now = time.time()
+        """An empty collection, kept until deleted; False if it exists (so twice is harmless)."""
+        now, uid = time.time(), uuid.uuid4().hex[:12]
         with self._tx() as db:
-            cur = db.execute(
-                """INSERT INTO collections (tenant, name, uid, version, created_at, updated_at)
+            return (
+                db.execute(
+                    """INSERT INTO collections (tenant, name, uid, version, created_at, updated_at)
                    VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT (tenant, name) DO NOTHING""",
-                (tenant, collection, uuid.uuid4().hex[:12], now, now),
+                    (tenant, collection, uid, now, now),
+                ).rowcount
+                == 1
             )
-            return cur.rowcount == 1
 
     def delete_collection(self, tenant: str, collection: str) -> tuple[CollectionRef, int]:
         with self._tx() as db:

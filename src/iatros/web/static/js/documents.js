@@ -22,17 +22,23 @@ const state = {
   active: 0,
   deletingId: null,
   deletingCollection: false,
+  tenant: "", // a platform admin's pick: whose documents to manage ("" = its own tenant)
   bound: false,
 };
 
 const enc = encodeURIComponent;
+
+/** `path` for the tenant a platform admin picked (its own when none): `?tenant=`. */
+function scoped(path, tenant = state.tenant) {
+  return tenant ? `${path}${path.includes("?") ? "&" : "?"}tenant=${enc(tenant)}` : path;
+}
 const canManage = () => Boolean(state.me?.capabilities?.documents_manage);
 
 // -- collections ----------------------------------------------------------------
 
 async function loadCollections() {
   try {
-    const data = await api("/v1/knowledge/collections");
+    const data = await api(scoped("/v1/knowledge/collections"));
     state.collections = (data.data || []).map((c) => ({ name: c.name, documents: c.documents ?? 0, chunks: c.chunks ?? 0 }));
   } catch (err) {
     state.collections = [];
@@ -98,7 +104,7 @@ function renderCollectionActions() {
 
 async function removeCollection(name) {
   try {
-    await api(`/v1/knowledge/collections/${enc(name)}`, { method: "DELETE" });
+    await api(scoped(`/v1/knowledge/collections/${enc(name)}`), { method: "DELETE" });
     announce(t("docs.collection_deleted", { name }));
     if (state.selected === name) state.selected = null;
   } catch (err) {
@@ -111,10 +117,18 @@ async function removeCollection(name) {
 }
 
 async function createCollection(name) {
+  // Selected at once, so files dropped meanwhile go to it (an upload creates it too).
+  const previous = state.selected;
+  state.selected = name;
+  state.documents = [];
+  renderSelected();
+  renderDocuments();
   try {
-    await api("/v1/knowledge/collections", { method: "POST", body: { name } });
+    await api(scoped("/v1/knowledge/collections"), { method: "POST", body: { name } });
   } catch (err) {
     announce(errorMessage(err), "error");
+    if (state.selected === name) state.selected = previous;
+    renderSelected();
     return;
   }
   await loadCollections();
@@ -140,7 +154,7 @@ async function loadDocuments() {
     return;
   }
   try {
-    const data = await api(`/v1/knowledge/collections/${enc(name)}/documents`);
+    const data = await api(scoped(`/v1/knowledge/collections/${enc(name)}/documents`));
     if (name !== state.selected) return;
     state.documents = data.data || [];
   } catch (err) {
@@ -189,7 +203,7 @@ function renderDocuments() {
 
 async function remove(doc) {
   try {
-    await api(`/v1/knowledge/collections/${enc(state.selected)}/documents/${enc(doc.id)}`, { method: "DELETE" });
+    await api(scoped(`/v1/knowledge/collections/${enc(state.selected)}/documents/${enc(doc.id)}`), { method: "DELETE" });
     announce(t("docs.deleted", { name: doc.name }));
   } catch (err) {
     announce(errorMessage(err), "error");
@@ -205,7 +219,7 @@ async function remove(doc) {
 function addFiles(files) {
   if (!state.selected || !canManage()) return;
   for (const file of files) {
-    const item = { id: uid(), file, name: file.name, collection: state.selected, state: "waiting", progress: 0 };
+    const item = { id: uid(), file, name: file.name, collection: state.selected, tenant: state.tenant, state: "waiting", progress: 0 };
     const ext = file.name.includes(".") ? file.name.slice(file.name.lastIndexOf(".")).toLowerCase() : "";
     if (!EXTENSIONS.includes(ext)) {
       item.state = "error";
@@ -242,7 +256,7 @@ async function run(item) {
   const form = new FormData();
   form.append("files", item.file, item.file.name);
   try {
-    const accepted = await upload(`/v1/knowledge/collections/${enc(item.collection)}/documents`, form, {
+    const accepted = await upload(scoped(`/v1/knowledge/collections/${enc(item.collection)}/documents`, item.tenant), form, {
       onProgress: (ratio) => { item.progress = ratio; renderUpload(item); },
     });
     item.progress = 1;
@@ -268,7 +282,7 @@ function fileReport(job, name) {
 
 async function follow(item) {
   for (;;) {
-    const job = await api(`/v1/knowledge/jobs/${enc(item.jobId)}`);
+    const job = await api(scoped(`/v1/knowledge/jobs/${enc(item.jobId)}`, item.tenant));
     const report = fileReport(job, item.name);
     const fileState = report?.state ?? report?.status;
     if (report && (fileState === "error" || fileState === "failed" || report.error)) {
@@ -354,6 +368,12 @@ function bind() {
     e.preventDefault();
     addFiles([...(e.dataTransfer?.files || [])]);
   });
+  $("#docs-tenant").addEventListener("change", async (e) => {
+    state.tenant = e.target.value;
+    state.selected = null;
+    await loadCollections();
+    await loadDocuments();
+  });
   $("#collection-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const field = $("#collection-name");
@@ -375,7 +395,29 @@ export async function init(me) {
   bind();
 }
 
+/** A platform admin picks whose documents to manage: the tenants that have keys. */
+async function loadTenants() {
+  const field = $("#docs-tenant-field");
+  field.hidden = !state.me?.platform;
+  if (field.hidden) return;
+  const select = $("#docs-tenant");
+  let tenants = [];
+  try {
+    const keys = await api("/admin/keys");
+    tenants = [...new Set((keys.data || []).map((k) => k.tenant))].sort();
+  } catch (err) {
+    announce(errorMessage(err), "error");
+  }
+  const own = state.me.tenant;
+  clear(select);
+  select.append(h("option", { value: "" }, t("docs.tenant_own", { tenant: own })));
+  for (const tenant of tenants.filter((x) => x !== own)) select.append(h("option", { value: tenant }, tenant));
+  select.value = tenants.includes(state.tenant) ? state.tenant : "";
+  state.tenant = select.value;
+}
+
 export async function show() {
+  await loadTenants();
   renderSelected();
   renderUploads();
   await loadCollections();
@@ -391,6 +433,7 @@ export function relabel() {
 
 export function reset() {
   state.me = null;
+  state.tenant = "";
   state.collections = [];
   state.selected = null;
   state.documents = [];
