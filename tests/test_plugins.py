@@ -208,6 +208,7 @@ async def test_a_knowledge_backend_that_cannot_load_is_named(site: Path, tmp_pat
 
 BUILT_IN_TOOLS = (
     "datetime_now",
+    "dental_red_flags",
     "dose_by_weight",
     "http_get",
     "knowledge_search",

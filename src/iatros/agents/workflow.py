@@ -20,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from iatros.agents.expr import MissingValue, holds, resolve
-from iatros.agents.runner import AgentFailed, AgentRunner, Invocation, ToolBox, tool_span
+from iatros.agents.runner import AgentRunner, Invocation
 from iatros.agents.spec import AgentSpec, Step, WorkflowSpec
+from iatros.agents.toolbox import AgentFailed, ToolBox, tool_span
 from iatros.auth import Principal
 from iatros.errors import Conflict
 from iatros.observability.spans import RequestTrace
