@@ -484,3 +484,13 @@ def test_capabilities_follow_the_permission_table(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(roles.PERMISSIONS, "knowledge:write", frozenset({"admin"}))
     assert capabilities("service")["documents_manage"] is False
     assert capabilities("admin")["documents_manage"] is True
+
+
+def test_the_service_worker_precaches_every_module_of_the_app() -> None:
+    """Offline, the shell opens only if every module app.js imports is in the cache."""
+    static = Path(__file__).resolve().parents[2] / "src" / "iatros" / "web" / "static"
+    shell = set(re.findall(r'"(/static/[^"]+)"', (static / "sw.js").read_text()))
+    modules = {f"/static/js/{p.name}" for p in (static / "js").glob("*.js")}
+    languages = {f"/static/i18n/{p.name}" for p in (static / "i18n").glob("*.json")}
+    assert modules | languages <= shell, sorted((modules | languages) - shell)
+    assert all((static / path.removeprefix("/static/")).is_file() for path in shell)
