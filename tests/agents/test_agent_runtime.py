@@ -95,6 +95,25 @@ def test_the_agent_budget_stops_the_next_call_and_the_key_pays_for_every_step(
     assert spent and spent[0]["cost_eur"] > 5.0, rows
 
 
+def test_the_keys_rate_limit_counts_every_model_call_of_an_agent(
+    upstream: FakeUpstream, server_factory: Any, tmp_path: Path
+) -> None:
+    server: RunningServer = server_factory(agent_config(upstream, tmp_path / "d"))
+    upstream.reset(delay_ms=0, scripted=[
+        {"has_tools": True, "last_role": "user",
+         "message": {"tool_calls": [tool_call("datetime_now", {})]}}])  # fmt: skip
+    with server.http() as http:
+        assert apply(http, CLOCK.replace("{LIMITS}", "{}")).status_code == 201
+        r = http.post("/admin/keys", json={"tenant": "default", "role": "clinician", "rpm": 3})
+        assert r.status_code == 201, r.text
+    with server.http(r.json()["key"]) as http:
+        first = _ask(http, "agent:clock", "What time is it?")  # two model calls
+        assert first.status_code == 200 and first.json()["iatros"]["agent"]["model_calls"] == 2
+        second = _ask(http, "agent:clock", "And now?")  # the third passes, the fourth not
+    assert second.status_code == 429, second.text
+    assert second.headers.get("retry-after")
+
+
 TRIAGE_FLOW = """kind: workflow
 name: priced-flow
 agents:
@@ -189,6 +208,18 @@ def test_the_final_answer_streams_token_by_token(
     assert "".join(pieces) == "It is ten past nine." and len(pieces) >= 4
     agent = chunks[-2]["iatros"]["agent"]
     assert agent["model_calls"] == 2 and agent["tool_calls"][0]["name"] == "datetime_now"
+
+    # A streamed answer is remembered once it has been sent whole.
+    upstream.reset(delay_ms=0, token_delay_ms=5, answer="Tuesday at nine is free.")
+    with server.http() as http:
+        spec = RECEPTIONIST.replace("{MEMORY}", "conversation")
+        assert apply(http, spec).status_code == 201
+        body = {"model": "agent:receptionist", "stream": True, "iatros": {"conversation_id": "s1"},
+                "messages": [{"role": "user", "content": "Is Tuesday free?"}]}  # fmt: skip
+        assert "[DONE]" in http.post("/v1/chat/completions", json=body).text
+        _ask(http, "agent:receptionist", "Book it", iatros={"conversation_id": "s1"})
+    assert [m["content"] for m in upstream.requests[-1].body["messages"][1:]] == [
+        "Is Tuesday free?", "Tuesday at nine is free.", "Book it"]
 
 
 RECEPTIONIST = """kind: agent
