@@ -234,6 +234,7 @@ function renderBody(view) {
   const md = h("div", { class: "md" });
   md.append(renderMarkdown(msg.content, { citation: citationFactory(msg), headingOffset: 2 }));
   if (msg.status === "streaming") md.append(h("span", { class: "cursor", "aria-hidden": "true" }));
+  else addCodeCopy(md);
   view.body.append(md);
   if (msg.status === "streaming" && !msg.content) {
     view.body.append(h("p", { class: "thinking" }, t("chat.thinking")));
@@ -575,7 +576,21 @@ async function checkReviews(conv) {
   if (stick) box.scrollTop = box.scrollHeight;
 }
 
-async function copyText(text) {
+/** A copy button on each code block of a finished answer (the code alone, not the answer). */
+function addCodeCopy(md) {
+  for (const pre of md.querySelectorAll("pre")) {
+    const text = pre.textContent;
+    const wrap = h("div", { class: "code-block" });
+    pre.replaceWith(wrap);
+    // A text button, no icon: inside the answer nothing but the model's text is markup-free.
+    wrap.append(pre, h("button", {
+      class: "btn btn-small code-copy", type: "button", "aria-label": t("chat.copy_code"),
+      onClick: () => copyText(text, t("chat.code_copied")),
+    }, t("chat.copy_short")));
+  }
+}
+
+async function copyText(text, done = t("chat.copied")) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
@@ -586,7 +601,7 @@ async function copyText(text) {
     document.execCommand("copy");
     area.remove();
   }
-  announce(t("chat.copied"));
+  announce(done);
 }
 
 async function rate(view, rating, comment = null) {
