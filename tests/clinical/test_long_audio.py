@@ -345,3 +345,56 @@ def test_cli_waits_for_the_job_and_reports_a_failure(
     )
     assert failed.exit_code == 1
     assert "failed: Chunk 2 of" in failed.output and "could not be transcribed" in failed.output
+
+
+@needs_espeak
+def test_the_job_runs_on_the_shared_redis_queue(tmp_path: Path, fake_whisper: FakeWhisper) -> None:
+    """With Redis the job is a Redis Streams job (any instance or ``iatros worker`` may run
+    it); progress, completion and cancellation behave the same."""
+    import uuid
+
+    import redis
+
+    url, prefix = "redis://127.0.0.1:6379/0", f"test:scribe:{uuid.uuid4().hex[:10]}:"
+    fake_whisper.received.clear()
+    config = speech_config(tmp_path)
+    config["providers"]["cloud"] = {"type": "openai", "timeout_s": 5,
+                                    "base_url": fake_whisper.base_url,  # type: ignore[attr-defined]
+                                    "api_key": fake_whisper.key}  # fmt: skip
+    config["deployments"]["cloud-whisper"] = {
+        "provider": "cloud", "model": "whisper-1", "kind": "transcription",
+    }  # fmt: skip
+    config["transcription"] = {"languages": {"en": ["cloud-whisper"]}}
+    config["scribe"] = {"background_after_s": 0, "chunk_s": 20, "chunk_search_s": 4}
+    config.update(redis_url=url, secret_key="s" * 40, jobs={"prefix": prefix, "poll_s": 0.2})
+    settings = load_settings(overrides=config)
+    server = RunningServer(settings, create_app(settings))
+    audio, _ = dialogue_wav(TURNS[:12])
+    try:
+        assert server.app.state.services.jobs.kind == "redis"
+        resp = _post(server, audio)
+        assert resp.status_code == 202, resp.text
+        done = _poll(server, resp.json()["id"], [], limit_s=60)
+        assert done["status"] == "draft" and done["progress"] == 1.0
+        assert len(done["transcript"]["lines"]) == done["job"]["chunks_total"] >= 3
+        assert done["transcript"]["lines"][1]["start"] > 15  # absolute times
+        fake_whisper.delay_s = 1.5
+        second = _post(server, audio).json()
+        with server.http() as http:
+            cancelled = http.post(f"/v1/scribe/encounters/{second['id']}/cancel")
+            assert cancelled.json()["status"] == "cancelled", cancelled.text
+            deadline = time.time() + 20
+            while http.get(f"/admin/jobs/{second['job']['id']}").json()["state"] != "cancelled":
+                assert time.time() < deadline
+                time.sleep(0.2)
+            time.sleep(2)
+            after = http.get(f"/v1/scribe/encounters/{second['id']}").json()
+        assert after["status"] == "cancelled" and after["transcript"]["lines"] == []
+    finally:
+        fake_whisper.delay_s = 0.0
+        server.stop()
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
