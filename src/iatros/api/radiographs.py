@@ -13,7 +13,6 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 import orjson
-from annotated_types import Interval
 from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
@@ -68,13 +67,16 @@ class AnnotationIn(BaseModel):
 
 class AnnotationPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: Annotated[Whole, Interval(ge=1, le=1_000_000)]
+    version: Whole = Field(ge=1, le=1_000_000)
     """The version edited; another one on the server is a 409 ``version_mismatch``."""
-    points: list[Point] | None = Field(None, min_length=1, max_length=500)
-    finding: Finding | None = None
+    # Optional but not nullable (null is refused naming the field): a default of None
+    # that the declared type does not admit, so the schema says "omit it", not "null".
+    points: list[Point] = Field(None, min_length=1, max_length=500)  # type: ignore[arg-type]
+    finding: Finding = None  # type: ignore[assignment]
     tooth: Whole | None = None
+    """null clears the tooth."""
     note: FreeText | None = Field(None, max_length=2000)
-    status: Literal["accepted", "proposed", "rejected"] | None = None
+    status: Literal["accepted", "proposed", "rejected"] = None  # type: ignore[assignment]
 
 
 class SignIn(BaseModel):
