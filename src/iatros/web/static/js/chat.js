@@ -217,7 +217,8 @@ function renderBody(view) {
   const { msg } = view;
   clear(view.body);
   if (msg.role === "user") {
-    view.body.append(h("p", { class: "user-text" }, msg.content));
+    if (view.editing) view.body.append(editForm(view));
+    else view.body.append(h("p", { class: "user-text" }, msg.content));
     return;
   }
   if (msg.role === "reviewer") {
@@ -348,6 +349,21 @@ function renderMeta(view) {
 function renderActions(view) {
   const { msg } = view;
   clear(view.actions);
+  if (msg.role === "user") {
+    if (!state.streaming && !view.editing) {
+      view.actions.append(h("button", {
+        class: "icon-btn msg-edit", type: "button", "aria-label": t("chat.edit"), title: t("chat.edit"),
+        onClick: () => { view.editing = true; renderBody(view); renderActions(view); },
+      }, icon("edit")));
+    }
+    return;
+  }
+  if (msg.role === "assistant" && !state.streaming && isLastAnswer(msg) && msg.status !== "streaming") {
+    view.actions.append(h("button", {
+      class: "icon-btn msg-regenerate", type: "button", "aria-label": t("chat.regenerate"), title: t("chat.regenerate"),
+      onClick: () => regenerate(msg),
+    }, icon("refresh")));
+  }
   if (msg.role !== "assistant" || msg.status === "streaming" || !msg.content) return;
   view.actions.append(h("button", {
     class: "icon-btn", type: "button", "aria-label": t("chat.copy"), title: t("chat.copy"),
@@ -447,6 +463,52 @@ function messageView(msg) {
   renderActions(view);
   renderSources(view);
   return view;
+}
+
+/** The answer a regeneration replaces: the conversation's last message, an assistant's. */
+function isLastAnswer(msg) {
+  const messages = current()?.messages || [];
+  return messages[messages.length - 1] === msg;
+}
+
+/**
+ * Ask the last question again, for a new answer: the old answer and its question leave
+ * the conversation and the question is sent with `refresh` (a cached answer would only
+ * repeat the old one; the new answer replaces it in the cache).
+ */
+function regenerate(msg) {
+  const conv = current();
+  if (!conv || state.streaming) return;
+  const at = conv.messages.indexOf(msg);
+  const question = conv.messages.slice(0, at).reverse().find((m) => m.role === "user");
+  if (!question) return;
+  conv.messages = conv.messages.slice(0, conv.messages.indexOf(question));
+  send(question.content, { cache: "refresh" });
+}
+
+/** Edit a question in place, then resend it: what followed it in the conversation goes. */
+function editForm(view) {
+  const { msg } = view;
+  const area = h("textarea", { class: "edit-text", rows: 3, "aria-label": t("chat.edit_label") });
+  area.value = msg.content;
+  const cancel = () => { view.editing = false; renderBody(view); renderActions(view); };
+  const submit = () => {
+    const text = area.value.trim();
+    const conv = current();
+    if (!text || !conv || state.streaming) return;
+    conv.messages = conv.messages.slice(0, conv.messages.indexOf(msg));
+    send(text);
+  };
+  area.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); cancel(); }
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); submit(); }
+  });
+  queueMicrotask(() => { area.focus(); area.setSelectionRange(area.value.length, area.value.length); });
+  return h("form", { class: "edit-form", onSubmit: (e) => { e.preventDefault(); submit(); } },
+    area,
+    h("div", { class: "edit-actions" },
+      h("button", { class: "btn btn-small", type: "button", onClick: cancel }, t("chat.cancel")),
+      h("button", { class: "btn btn-primary btn-small", type: "submit" }, t("chat.edit_send"))));
 }
 
 const grounded = (msg) => Boolean(msg.collection || msg.routeKnowledge || msg.sources?.length || msg.verification || msg.retrievalMatch !== undefined);
@@ -633,7 +695,7 @@ function nearBottom(box) {
   return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
 }
 
-async function send(text) {
+async function send(text, { cache } = {}) {
   if (state.streaming) return;
   let conv = current();
   if (!conv) {
@@ -673,6 +735,7 @@ async function send(text) {
   };
   const body = { model, messages: [...history, { role: "user", content: text }] };
   body.iatros = {};
+  if (cache) body.iatros.cache = cache;
   if (collection) body.iatros.knowledge = collection;
   const cid = conversationId(conv);
   if (cid) body.iatros.conversation_id = cid;

@@ -85,6 +85,7 @@ export function uid() {
 const ICONS = {
   plus: "M12 5v14M5 12h14",
   edit: "M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4",
+  refresh: "M20 12a8 8 0 1 1-2.34-5.66M20 4v5h-5",
   trash: "M4 7h16M9 7V4h6v3M6 7l1 13h10l1-13M10 11v6M14 11v6",
   copy: "M9 9h11v11H9zM5 15H4V4h11v1",
   up: "M7 11v9H4v-9h3zm0 0l4-8c1.7 0 2.6 1.2 2.2 3L12 10h6.3c1.2 0 2 1.1 1.7 2.2l-1.8 6.4c-.3.9-1 1.4-1.9 1.4H7",
