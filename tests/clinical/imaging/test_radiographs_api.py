@@ -431,3 +431,43 @@ def test_render_parameters_are_checked(radiograph_server: RunningServer, field: 
         resp = http.get(f"/v1/radiographs/images/ri_{'0' * 24}/render.png",
                         params={field: "abc"})  # fmt: skip
         assert resp.status_code == 400 and resp.json()["error"]["param"] == field
+
+
+def test_processing_runs_on_the_shared_redis_queue(tmp_path: Path) -> None:
+    """With Redis the processing job is a Redis Streams job that any instance or ``iatros
+    worker`` may run; the files travel sealed and leave nothing behind in Redis."""
+    import uuid
+
+    import redis
+
+    from iatros.api.app import create_app
+    from iatros.config import load_settings
+    from tests.clinical.imaging.conftest import radiograph_config
+
+    url, prefix = "redis://127.0.0.1:6379/0", f"test:radiographs:{uuid.uuid4().hex[:10]}:"
+    config = radiograph_config(tmp_path / "data", None)
+    config.update(redis_url=url, secret_key="s" * 40, jobs={"prefix": prefix, "poll_s": 0.2})
+    settings = load_settings(overrides=config)
+    server = RunningServer(settings, create_app(settings))
+    client = redis.Redis.from_url(url)
+    seen: list[bytes] = []
+    try:
+        assert server.app.state.services.jobs.kind == "redis"
+        values = anatomy(900, 700, seed=2)
+        data = dicom_bytes(values, patient={"PatientName": "ZEBULON^QUUX", "PatientID": "Q-1"})
+        with server.http() as http:
+            resp = _upload(http, [("a.dcm", data), ("b.png", picture_bytes(values))])
+            assert resp.status_code == 202, resp.text
+            for key in client.scan_iter(match=prefix + "*", count=1000):  # while it is queued
+                if client.type(key) == b"hash":
+                    seen.extend(v for v in client.hgetall(key).values())
+            study = wait_ready(http, resp.json()["id"])
+        assert [i["status"] for i in study["images"]] == ["ready", "ready"]
+        assert any(len(value) > len(data) for value in seen)  # the sealed file was there
+        assert all(b"ZEBULON" not in value and b"Q-1" not in value for value in seen)
+    finally:
+        server.stop()
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
