@@ -826,10 +826,20 @@ function fillModels() {
   const models = state.me.chat_models || [];
   const saved = localStorage.getItem("iatros.model");
   for (const model of models) {
-    select.append(h("option", { value: model.id }, model.logical ? model.id : `${model.id} (${t("chat.deployment")})`));
+    select.append(h("option", { value: model.id, title: model.description || null },
+      model.logical ? model.id : `${model.id} (${t("chat.deployment")})`));
   }
   const preferred = models.find((m) => m.id === saved) || models.find((m) => m.logical) || models[0];
   if (preferred) select.value = preferred.id;
+  describeModel();
+}
+
+/** What the chosen model is for, in the admin's words (the route's `description`). */
+function describeModel() {
+  const chosen = (state.me?.chat_models || []).find((m) => m.id === $("#model-select").value);
+  const line = $("#model-description");
+  line.textContent = chosen?.description || "";
+  line.hidden = !chosen?.description;
 }
 
 export async function loadCollections() {
@@ -894,7 +904,10 @@ function bind() {
     else openDrawer();
   });
   $("#conv-close").addEventListener("click", () => { closeDrawer(); $("#conv-toggle").focus(); });
-  $("#model-select").addEventListener("change", (e) => localStorage.setItem("iatros.model", e.target.value));
+  $("#model-select").addEventListener("change", (e) => {
+    localStorage.setItem("iatros.model", e.target.value);
+    describeModel();
+  });
   window.addEventListener("iatros:collections", () => loadCollections());
   // Back to the tab: look for reviewers' answers again (polling pauses while hidden).
   document.addEventListener("visibilitychange", () => { if (!document.hidden && !$("#view-chat").hidden) startReviewPoll(); });
