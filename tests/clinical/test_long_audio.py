@@ -233,6 +233,16 @@ def test_bad_long_files_are_refused_before_queueing(long_server: RunningServer) 
         assert len(http.get("/v1/scribe/encounters").json()["data"]) == before
 
 
+def test_a_long_silence_fails_its_job_with_no_speech(long_server: RunningServer) -> None:
+    """Speech is looked for chunk by chunk (not before the 202): none at all fails the job."""
+    resp = _post(long_server, silence_wav(50.0))
+    assert resp.status_code == 202, resp.text
+    enc = _poll(long_server, resp.json()["id"], [], limit_s=60)
+    assert enc["status"] == "failed" and enc["job"]["error"]["code"] == "no_speech"
+    assert enc["job"]["error"]["message"].startswith("No speech was found in the 50.0 s")
+    assert enc["transcript"]["lines"] == []
+
+
 def test_too_long_for_the_scribe(tmp_path: Path) -> None:
     server = _server(tmp_path, max_duration_s=30)
     try:

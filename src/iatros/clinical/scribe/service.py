@@ -81,8 +81,12 @@ class ScribeService:
         self.plan = ChunkPlan(settings.chunk_s, settings.chunk_overlap_s, settings.chunk_search_s)
 
     def attach_queue(self, queue: JobQueue) -> None:
-        """Transcribe long recordings as ``scribe.transcribe`` jobs of ``queue``."""
-        queue.register(TRANSCRIBE_JOB, self._run_job, max_attempts=1)
+        """Transcribe long recordings as ``scribe.transcribe`` jobs of ``queue``.
+
+        A failure inside the job is final at once (``PermanentError``: the encounter says
+        why); the attempts left are for a worker that died mid-job, whose job another
+        worker runs again from the start (the encounter is still ``transcribing``)."""
+        queue.register(TRANSCRIBE_JOB, self._run_job, max_attempts=3)
         self.queue = queue
 
     def template(self, name: str | None) -> NoteTemplate:
