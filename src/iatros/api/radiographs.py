@@ -350,3 +350,15 @@ def add_radiograph_routes(app: FastAPI, service: RadiographService, handle: Hand
             return Response(orjson.dumps(bundle), media_type="application/fhir+json")
 
         return await handle(request, ENDPOINT, PERMISSION, work)
+
+    @app.get("/v1/radiographs/studies/{study_id}/sr.dcm", tags=tags,
+             summary="The accepted annotations as a DICOM Comprehensive SR",
+             responses=error_responses(400, 401, 403, 404))  # fmt: skip
+    async def structured_report(request: Request, study_id: StudyId) -> Response:
+        async def work(ctx: RequestContext) -> Response:
+            data = await service.structured_report(ctx.principal, study_id)
+            return Response(data, media_type="application/dicom", headers={
+                "content-disposition": f'attachment; filename="{study_id}-sr.dcm"',
+                "cache-control": "private, no-store"})  # fmt: skip
+
+        return await handle(request, ENDPOINT, PERMISSION, work)

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle as R4BBundle
 from fhirclient.models.bundle import Bundle as ClientBundle
@@ -187,6 +188,26 @@ def test_the_whole_path(radiograph_server: RunningServer) -> None:
                        if e["resource"]["resourceType"] == "ImagingStudy")  # fmt: skip
         assert imaging["series"][0]["instance"][0]["uid"].startswith("2.25.")
 
+        sr = http.get(f"/v1/radiographs/studies/{study['id']}/sr.dcm")
+        assert sr.status_code == 200 and sr.headers["content-type"] == "application/dicom"
+        assert b"DOE" not in sr.content and b"4711" not in sr.content
+        report_sr = pydicom.dcmread(io.BytesIO(sr.content))
+        assert report_sr.Modality == "SR" and report_sr.VerificationFlag == "VERIFIED"
+        found = [item for item in report_sr.ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeValue == "121071"]  # fmt: skip
+        assert sorted(item.ConceptCodeSequence[0].CodeValue for item in found) == [
+            "caries",
+            "caries",
+            "restoration",
+        ]
+        sites = sorted(int(child.ConceptCodeSequence[0].CodeValue) for item in found
+                       for child in item.ContentSequence if child.ValueType == "CODE")  # fmt: skip
+        assert sites == [16, 21, 46]
+        region = found[0].ContentSequence[0]
+        assert region.ValueType == "SCOORD"
+        uid = imaging["series"][0]["instance"][0]["uid"]
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+
         # audited with the patient as a keyed hash; sealed at rest
         for action in ("radiographs.study.create", "radiographs.study.sign",
                        "radiographs.export.pdf"):  # fmt: skip
@@ -270,7 +291,6 @@ def _count(http: httpx.Client) -> int:
 
 def test_bad_uploads_store_nothing(radiograph_server: RunningServer) -> None:
     good = dicom_bytes(anatomy(600, 400))
-    import pydicom
     from pydicom.encaps import encapsulate
 
     ds = pydicom.dcmread(io.BytesIO(good))

@@ -31,7 +31,7 @@ def _uid(study_id: str, kind: str, n: int | str = 0) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"iatros:{study_id}:{kind}:{n}"))
 
 
-def _oid(study_id: str, kind: str, n: int | str = 0) -> str:
+def derived_uid(study_id: str, kind: str, n: int | str = 0) -> str:
     return "2.25." + str(uuid.UUID(_uid(study_id, kind, n)).int)
 
 
@@ -40,7 +40,7 @@ def _instant(value: str) -> str:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat(timespec="seconds")
 
 
-def _tag(header: dict[str, Any], tag: str) -> str | None:
+def header_value(header: dict[str, Any], tag: str) -> str | None:
     value = (header.get(tag) or {}).get("Value")
     return str(value[0]) if value else None
 
@@ -71,17 +71,18 @@ def build_bundle(material: dict[str, Any]) -> dict[str, Any]:
         if image["status"] != "ready":
             continue
         header = material["headers"].get(image["id"]) or {}
-        study_uid = study_uid or _tag(header, "0020000D")
+        study_uid = study_uid or header_value(header, "0020000D")
         modality = image.get("modality") or ("OT" if image["kind"] != "dicom" else "DX")
+        instance = header_value(header, "00080018") or derived_uid(sid, "instance", image["id"])
+        sop_class = header_value(header, "00080016") or SECONDARY_CAPTURE
         series.append({
-            "uid": _tag(header, "0020000E") or _oid(sid, "series", image["id"]),
+            "uid": header_value(header, "0020000E") or derived_uid(sid, "series", image["id"]),
             "number": n,
             "modality": {"system": DCM, "code": modality[:16]},
             "numberOfInstances": 1,
             "instance": [{
-                "uid": _tag(header, "00080018") or _oid(sid, "instance", image["id"]),
-                "sopClass": {"system": "urn:ietf:rfc:3986",
-                             "code": "urn:oid:" + (_tag(header, "00080016") or SECONDARY_CAPTURE)},
+                "uid": instance,
+                "sopClass": {"system": "urn:ietf:rfc:3986", "code": "urn:oid:" + sop_class},
                 "number": 1,
             }],
         })  # fmt: skip
@@ -89,7 +90,7 @@ def build_bundle(material: dict[str, Any]) -> dict[str, Any]:
         "resourceType": "ImagingStudy", "id": ids["imaging"], "status": "available",
         "subject": subject, "started": started,
         "identifier": [{"system": "urn:dicom:uid",
-                        "value": "urn:oid:" + (study_uid or _oid(sid, "study"))}],
+                        "value": "urn:oid:" + (study_uid or derived_uid(sid, "study"))}],
         "numberOfSeries": len(series), "numberOfInstances": len(series),
     }  # fmt: skip
     if series:

@@ -354,6 +354,12 @@ class RadiographService:
         material = await self.export_material(principal, study_id, "radiographs.export.pdf")
         return await asyncio.to_thread(render_report, material)
 
+    async def structured_report(self, principal: Principal, study_id: str) -> bytes:
+        from iatros.clinical.imaging.sr import build_sr
+
+        material = await self.export_material(principal, study_id, "radiographs.export.sr")
+        return await asyncio.to_thread(build_sr, material)
+
     async def fhir(self, principal: Principal, study_id: str) -> dict[str, Any]:
         from iatros.clinical.imaging.fhir import build_bundle
 
