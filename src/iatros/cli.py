@@ -19,6 +19,7 @@ from iatros.cli_agents import agents_app, plugins_app
 from iatros.cli_alerts import alerts_app
 from iatros.cli_common import ConfigOpt, KeyOpt, UrlOpt, _fail, _settings, err, out
 from iatros.cli_experiments import experiments_app, releases_app, rollouts_app
+from iatros.cli_radiographs import radiographs_app
 from iatros.cli_reviews import reviews_app
 from iatros.cli_scribe import scribe_app
 from iatros.cli_worker import jobs_app, worker
@@ -267,6 +268,7 @@ app.add_typer(reviews_app, name="reviews")
 app.add_typer(agents_app, name="agents")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(scribe_app, name="scribe")
+app.add_typer(radiographs_app, name="radiographs")
 app.add_typer(releases_app, name="releases")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(rollouts_app, name="rollouts")

@@ -491,3 +491,34 @@ def test_processing_runs_on_the_shared_redis_queue(tmp_path: Path) -> None:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_cli_drives_the_server(radiograph_server: RunningServer, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from iatros.cli import app
+    from tests.conftest import ADMIN_KEY
+
+    runner = CliRunner()
+    remote = ["--url", radiograph_server.url, "--key", ADMIN_KEY]
+    scan = tmp_path / "pano.dcm"
+    scan.write_bytes(dicom_bytes(anatomy(900, 600, seed=9)))
+    made = runner.invoke(app, ["radiographs", "upload", str(scan), "--patient-id", "p-cli",
+                               "--wait", "--json", *remote])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    start = made.stdout.index('{\n  "id"')
+    study = json.JSONDecoder().raw_decode(made.stdout[start:])[0]
+    assert study["status"] == "ready"
+    shown = runner.invoke(app, ["radiographs", "show", study["id"], *remote])
+    assert study["images"][0]["id"] in shown.output and "900x600" in shown.output
+    listed = runner.invoke(app, ["radiographs", "list", "--patient-id", "p-cli", *remote])
+    assert study["id"] in listed.output
+    pdf = tmp_path / "report.pdf"
+    exported = runner.invoke(app, ["radiographs", "export", study["id"], "-o", str(pdf), *remote])
+    assert exported.exit_code == 0 and pdf.read_bytes().startswith(b"%PDF")
+    bad = tmp_path / "notes.txt"
+    bad.write_bytes(b"not an image")
+    refused = runner.invoke(app, ["radiographs", "upload", str(bad), "--patient-id", "p", *remote])
+    assert refused.exit_code == 1 and "unsupported_media_type" in refused.output
