@@ -115,6 +115,8 @@ class Services:
         with contextlib.suppress(Exception):
             await self.jobs.close()  # first: its handlers use the services below
         with contextlib.suppress(Exception):
+            await self.scribe.close()
+        with contextlib.suppress(Exception):
             await self.agents.close()
         with contextlib.suppress(Exception):
             await self.reviews.close()

@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
             _log.warning("several instances: %s", warning)
         await services.start()
         await services.jobs.start(settings.jobs.workers)
+        services.scribe.start_recovery()  # transcriptions a restart interrupted: re-queued
         await services.agents.start()  # resumes runs a previous process left running
         drain.on_begin(services.jobs.drain)
         drain.install()

@@ -8,10 +8,14 @@ it expects, so a late write of a cancelled job changes nothing.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
+
+from sqlalchemy import select, update
 
 from iatros.clinical.scribe.records import Encounter, EncounterStore, NoteVersion, utc_now
 from iatros.errors import Conflict
+from iatros.store.db import PLATFORM
 
 
 class PendingEncounters:
@@ -109,3 +113,35 @@ class PendingEncounters:
             self._set_state(row, current, "cancelled")
             job = self._transcript(row).get("job") or {}
             return cast(str | None, job.get("id"))
+
+    def stale(self, before: datetime) -> list[tuple[str, str, datetime, dict[str, Any]]]:
+        """Encounters of every tenant still ``transcribing`` and not updated since
+        ``before``: (tenant, id, last update, transcript's job and resume data)."""
+        with self.store.db.session(PLATFORM) as session:
+            rows = session.scalars(
+                select(Encounter).where(
+                    Encounter.status == "transcribing", Encounter.updated_at < before
+                )
+            ).all()
+            out = []
+            for row in rows:
+                transcript = self._transcript(row)
+                found = {"job": transcript.get("job") or {}, "resume": transcript.get("resume")}
+                out.append((row.tenant_id, row.id, row.updated_at, found))
+            return out
+
+    def claim(self, tenant: str, encounter_id: str, seen: datetime) -> bool:
+        """Take a stale encounter for recovery: a compare-and-set on its last update, so
+        that of two instances sweeping at once only one queues it again."""
+        with self.store.db.session(tenant) as session:
+            result = session.execute(
+                update(Encounter)
+                .where(
+                    Encounter.id == encounter_id,
+                    Encounter.tenant_id == tenant,
+                    Encounter.status == "transcribing",
+                    Encounter.updated_at == seen,
+                )
+                .values(updated_at=utc_now())
+            )
+            return bool(getattr(result, "rowcount", 0) == 1)

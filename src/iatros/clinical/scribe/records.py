@@ -111,7 +111,7 @@ class EncounterView:
         return round(float(job.get("chunks_done", 0)) / float(job["chunks_total"]), 4)
 
     def as_dict(self) -> dict[str, Any]:
-        transcript = {k: v for k, v in self.transcript.items() if k != "job"}
+        transcript = {k: v for k, v in self.transcript.items() if k not in ("job", "resume")}
         return {
             "id": self.id,
             "object": "scribe.encounter",

@@ -9,6 +9,11 @@ A long recording (``scribe.background_after_s``) is transcribed in chunks by the
 ``scribe.transcribe`` (:mod:`iatros.jobs`: in process, or any ``iatros worker`` on the
 shared Redis queue): the encounter is ``transcribing`` with its progress until the job
 has the transcript and the draft note, or has failed with the chunk that failed and why.
+
+Why this module is long: it is the one facade of every encounter operation (create from
+audio or text, the background job, edit, sign, amend, export, send), each a few lines of
+orchestration over the modules that do the work (drafting, linking, extraction, pending,
+recovery, export); split, the audit and tenant checks every operation shares would scatter.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from iatros.clinical.scribe.extraction import extract
 from iatros.clinical.scribe.linking import link
 from iatros.clinical.scribe.pending import PendingEncounters
 from iatros.clinical.scribe.records import EncounterStore, EncounterView, ready
+from iatros.clinical.scribe.recovery import TranscriptionRecovery
 from iatros.clinical.scribe.settings import ScribeSettings
 from iatros.clinical.scribe.speakers import SpeakerModel
 from iatros.clinical.scribe.templates import NoteTemplate, templates
@@ -78,6 +84,7 @@ class ScribeService:
         self.pending = PendingEncounters(self.store)
         self.speakers = SpeakerModel(chat, settings.model, settings.speaker_model_max_lines)
         self.queue: JobQueue | None = None
+        self.recovery: TranscriptionRecovery | None = None
         self.plan = ChunkPlan(settings.chunk_s, settings.chunk_overlap_s, settings.chunk_search_s)
 
     def attach_queue(self, queue: JobQueue) -> None:
@@ -88,6 +95,19 @@ class ScribeService:
         worker runs again from the start (the encounter is still ``transcribing``)."""
         queue.register(TRANSCRIBE_JOB, self._run_job, max_attempts=3)
         self.queue = queue
+        self.recovery = TranscriptionRecovery(
+            self.pending, queue, TRANSCRIBE_JOB, stale_after_s=self.settings.stale_after_s,
+            interval_s=self.settings.recovery_interval_s,
+        )  # fmt: skip
+
+    def start_recovery(self) -> None:
+        """Look for interrupted transcriptions now and every ``recovery_interval_s``."""
+        if self.recovery is not None:
+            self.recovery.start()
+
+    async def close(self) -> None:
+        if self.recovery is not None:
+            await self.recovery.close()
 
     def template(self, name: str | None) -> NoteTemplate:
         name = name or self.settings.default_template
@@ -373,6 +393,11 @@ class ScribeService:
         container, duration = long
         patient_id = patient.get("id")
         total = chunk_count(duration, self.plan)
+        resume = {  # what the job needs, kept sealed in the encounter to queue it again
+            "key_id": principal.key_id, "role": principal.role,
+            "capabilities": list(principal.capabilities), "language": language,
+            "filename": filename[:200],
+        }  # fmt: skip
         eid = await asyncio.to_thread(
             self.store.create,
             tenant=principal.tenant,
@@ -385,6 +410,7 @@ class ScribeService:
                 "lines": [], "language": language, "duration_s": round(duration, 2),
                 "container": container,
                 "job": {"id": None, "chunks_done": 0, "chunks_total": total, "error": None},
+                "resume": resume,
             },
             details={"patient": patient, "clinician": clinician or {}},
             note={"template": chosen.id, "title": chosen.label(language or "en"),
@@ -393,11 +419,7 @@ class ScribeService:
             audio_type=container,
             status="transcribing",
         )  # fmt: skip
-        payload = {
-            "encounter": eid, "key_id": principal.key_id, "role": principal.role,
-            "capabilities": list(principal.capabilities), "language": language,
-            "filename": filename[:200],
-        }  # fmt: skip
+        payload = {"encounter": eid, **resume}
         try:
             job_id = await self.queue.enqueue(
                 TRANSCRIBE_JOB, payload, tenant=principal.tenant, idempotency_key=eid

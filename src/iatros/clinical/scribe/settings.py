@@ -48,6 +48,12 @@ class ScribeSettings(BaseModel):
     (``bench/results/scribe-speakers.md``); an open line beats a wrong label."""
     speaker_model_max_lines: int = Field(300, ge=0)
     """At most this many lines are sent to the model (one short request each)."""
+    stale_after_s: float = Field(900.0, gt=0)
+    """A transcribing encounter whose job has not reported for this long (a running job
+    reports at every chunk) is looked into: queued again if the queue lost its job (a
+    restart of the in-process queue), else left to the queue (clinical/scribe/recovery.py)."""
+    recovery_interval_s: float = Field(60.0, ge=0)
+    """How often to look for such encounters (also once at start-up); 0: never."""
 
     @model_validator(mode="after")
     def _search_fits(self) -> ScribeSettings:
