@@ -16,6 +16,7 @@ import orjson
 from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message
@@ -101,6 +102,15 @@ class UploadFields(BaseModel):
 FORM_FIELDS = {"files", "patient_id", "description"}
 
 
+class _InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser, keeping uploaded files in memory.
+
+    Its default spills a file over 1 MB to a temporary file on disk: for radiographs
+    that would put identifiable images on disk in clear before de-identification. The
+    whole body is bounded by ``imaging.max_upload_bytes`` anyway (counted as it streams).
+    """
+
+
 async def read_upload(request: Request, settings: ImagingSettings
                       ) -> tuple[UploadFields, list[tuple[str, bytes]]]:  # fmt: skip
     """The multipart upload, its size counted as it streams (413 as soon as it is too big)."""
@@ -131,10 +141,13 @@ async def read_upload(request: Request, settings: ImagingSettings
                 raise too_large()
         return message
 
-    limited = Request(request.scope, counted)
+    parser = _InMemoryParser(
+        request.headers, Request(request.scope, counted).stream(),
+        max_files=settings.max_files + 1, max_fields=8, max_part_size=64 * 1024,
+    )  # fmt: skip
+    parser.spool_max_size = settings.max_upload_bytes + 1
     try:
-        form = await limited.form(max_files=settings.max_files + 1, max_fields=8,
-                                  max_part_size=64 * 1024)  # fmt: skip
+        form = await parser.parse()
     except PayloadTooLarge:
         raise
     except Exception as exc:
