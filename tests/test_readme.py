@@ -1,12 +1,16 @@
-"""The README's claims that a machine can check: cited results files and route examples.
+"""The claims of the README and the documentation site that a machine can check: cited
+results files, route examples, the README's commands and picture.
 
-Every figure the README quotes must come from a committed results file (DESIGN.md), so a
-citation of ``bench/results/...`` that names no file is a stale claim: the figure next to it
-has lost its source. The same holds for the docstrings in ``src/`` and ``bench/`` that justify
-a choice by a measurement. And the ``x-iatros-route`` examples must be in the format the
-gateway really sends: the grammar below is checked against real responses first, then the
-README's examples against the grammar, so a change of format fails here until the README
-follows.
+The README is one screen; what it used to say lives in the site's pages (``docs/``), so
+the checks read both. Every figure they quote must come from a committed results file
+(DESIGN.md), so a citation of ``bench/results/...`` that names no file is a stale claim: the
+figure next to it has lost its source. The same holds for the docstrings in ``src/`` and
+``bench/`` that justify a choice by a measurement. And the ``x-iatros-route`` examples
+must be in the format the gateway really sends: the grammar below is checked against real
+responses first, then the pages' examples against the grammar, so a change of format
+fails here until the docs follow. The README's two commands must be Makefile targets, its
+links must point at pages that exist, and its picture of the web app (made by
+``tests/web/test_readme_picture.py``) must be committed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from iatros.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningServer, upstream_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md"]
+README = ROOT / "README.md"
+SITE_PAGES = sorted((ROOT / "docs").rglob("*.md"))
+DOCS = [README, ROOT / "bench" / "README.md", *SITE_PAGES]
 SOURCES = sorted((ROOT / "src" / "iatros").rglob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
 
 CITATION = re.compile(r"bench/results/[\w.*<>{},/-]*")
@@ -34,7 +40,8 @@ _TRIED = rf"; tried=(?:{_NAME}(?:>{_NAME})*|none)"
 ROUTE = re.compile(
     rf"(?:direct"
     rf"|{_NAME}(?:; (?:experiment|rollout)={_NAME})?(?:; release={_NAME})?; (?:"
-    rf"strategy=\w+(?:; [^;]+)?; pick={_NAME}(?:; skipped={_NAME}\((?:context|text-only|breaker-[\w-]+)\))?"
+    rf"strategy=\w+(?:; [^;]+)?; pick={_NAME}"
+    rf"(?:; skipped={_NAME}\((?:context|text-only|breaker-[\w-]+)\))?"
     rf"|pinned={_NAME}"
     rf"|cache=(?:exact|semantic)(?:; similarity=\d\.\d{{3}})?"
     rf"|knowledge={_NAME}; escalate"
@@ -80,7 +87,7 @@ def route_examples(markdown: str) -> list[str]:
         if not found:
             continue
         for span in re.findall(r"`([^`\n]+)`", after):
-            if not span.startswith("x-iatros-"):
+            if not span.startswith("x-"):  # header names
                 examples.append(span)
     return examples
 
@@ -169,7 +176,32 @@ def test_the_route_grammar_refuses_other_shapes(route: str) -> None:
     assert not ROUTE.fullmatch(route)
 
 
-def test_the_readme_route_examples_are_in_the_real_format() -> None:
-    examples = route_examples((ROOT / "README.md").read_text())
-    assert examples, "the README shows no x-iatros-route example"
-    assert [e for e in examples if not ROUTE.fullmatch(e)] == []
+def test_the_route_examples_of_the_docs_are_in_the_real_format() -> None:
+    examples = {
+        str(page.relative_to(ROOT)): route_examples(page.read_text())
+        for page in [README, *SITE_PAGES]
+    }
+    assert sum(len(found) for found in examples.values()) >= 5, examples
+    bad = {page: [e for e in found if not ROUTE.fullmatch(e)] for page, found in examples.items()}
+    assert {page: found for page, found in bad.items() if found} == {}
+
+
+def test_the_readme_is_one_screen_with_its_commands_picture_and_links() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 60, "the README is one screen: move the rest to docs/"
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("run", "test"):
+        assert f"make {target}" in text
+        assert re.search(rf"^{target}:", makefile, re.M), target
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "docs/assets/web-app.png" in pictures
+    for picture in pictures:
+        data = (ROOT / picture).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, picture
+    links = [
+        link
+        for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+        if not link.startswith(("http://", "https://"))
+    ]
+    assert any(link.startswith("docs/") for link in links)
+    assert [link for link in links if not (ROOT / link).exists()] == []
