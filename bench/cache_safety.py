@@ -1,6 +1,6 @@
 """The semantic cache's safety figures: near misses and paraphrases through the real MiniLM.
 
-The README quotes the semantic cache's precision and recall on the safety set of
+The docs (explanation/cache.md) quote the semantic cache's precision and recall on the set of
 ``tests/cache/safety_pairs.py`` and how many near misses the similarity alone would let
 through; this script measures them and writes ``bench/results/cache-safety.json`` (and
 ``cache-safety.md``), so every such figure has a file. ``tests/cache/test_safety.py``

@@ -5,7 +5,7 @@ Why Streams and not a library: a consumer group already *is* at-least-once deliv
 entries to a live one after ``lease_s`` of silence, and ``XCLAIM ... JUSTID`` renews a
 claim, so the queue is a few atomic scripts (:mod:`iatros.jobs.scripts`) over a data
 structure Redis maintains, with nothing else to install. The libraries compared
-(taskiq + taskiq-redis, rq, dramatiq; see the README's Scaling section) each brought
+(taskiq + taskiq-redis, rq, dramatiq; see docs/how-to/scale-out.md) each brought
 their own worker process model and still lacked part of what is needed here (tenant
 scoping, progress, cancellation of a running job, an admin-visible dead-letter list).
 

@@ -48,7 +48,7 @@ def sign(secret: bytes, body: bytes, timestamp: int) -> str:
 
 
 def verify_signature(secret: bytes, body: bytes, header: str, *, tolerance_s: int = 300) -> bool:
-    """What a receiver does (used by the tests; published in the README for integrators)."""
+    """What a receiver does (used by the tests; shown to integrators in the safety how-to)."""
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
         timestamp = int(parts["t"])
