@@ -522,3 +522,43 @@ def test_cli_drives_the_server(radiograph_server: RunningServer, tmp_path: Path)
     bad.write_bytes(b"not an image")
     refused = runner.invoke(app, ["radiographs", "upload", str(bad), "--patient-id", "p", *remote])
     assert refused.exit_code == 1 and "unsupported_media_type" in refused.output
+
+
+def test_on_sqlite_and_postgresql(db_url: str, server_factory: Any, tmp_path: Path) -> None:
+    """The store's blobs, deferred columns and tenant filter on both databases."""
+    from tests.clinical.imaging.conftest import radiograph_config
+
+    server = server_factory({**radiograph_config(tmp_path / "d", None), "database_url": db_url})
+    values = anatomy(1000, 700, seed=12)
+    with server.http() as http:
+        resp = _upload(http, [("a.dcm", dicom_bytes(values)), ("b.png", picture_bytes(values))])
+        assert resp.status_code == 202, resp.text
+        study = wait_ready(http, resp.json()["id"])
+        assert [i["status"] for i in study["images"]] == ["ready", "ready"]
+        iid = study["images"][0]["id"]
+        made = http.post(f"/v1/radiographs/images/{iid}/annotations", json={
+            "shape": "polygon", "points": [[10, 10], [90, 15], [50, 80]], "finding": "bone_loss",
+            "tooth": 85, "note": "é ü ✓"}).json()  # fmt: skip
+        edited = http.patch(f"/v1/radiographs/annotations/{made['id']}",
+                            json={"version": 1, "tooth": 84})  # fmt: skip
+        assert edited.json()["tooth"] == 84 and edited.json()["version"] == 2
+        shown = Image.open(
+            io.BytesIO(
+                http.get(f"/v1/radiographs/images/{iid}/render.png?center=1500&width=1000").content
+            )
+        )
+        assert shown.size == (1000, 700)
+        assert (
+            http.post(
+                f"/v1/radiographs/studies/{study['id']}/sign",
+                json={"conclusion": "Bone loss at 84."},
+            ).status_code
+            == 200
+        )
+        bundle = http.get(f"/v1/radiographs/studies/{study['id']}/fhir").json()
+        sites = [e["resource"]["bodySite"]["coding"][0]["code"] for e in bundle["entry"]
+                 if e["resource"]["resourceType"] == "Observation"]  # fmt: skip
+        assert sites == ["84"]
+        key = http.post("/admin/keys", json={"tenant": "clinic-z", "role": "clinician"}).json()
+    with server.http(key["key"]) as other:
+        assert other.get(f"/v1/radiographs/studies/{study['id']}").status_code == 404
