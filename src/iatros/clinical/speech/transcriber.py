@@ -127,17 +127,24 @@ class Transcriber:
                 )
             return [found], "direct"
         key = language if language in self.routes else ANY
+        if language is None and key not in self.routes and len(self.routes) == 1:
+            key = next(iter(self.routes))  # one language configured: audio is in it
         names = self.routes.get(key) or []
         if not names:
+            configured = ", ".join(sorted(k for k in self.routes if k != ANY)) or "none"
+            said = f"language {language!r}" if language else "audio without a language"
             raise InvalidRequest(
-                f"No transcription model is configured for language {language!r}.",
+                f"No transcription model is configured for {said} (configured: {configured}; "
+                "give one of them as language, or list models under transcription.languages "
+                "'*' for any other).",
                 param="language",
                 code="unsupported_language",
             )
         # Deployments whose breaker refuses go last, never away (as for chat).
         health = self.gateway.router.health
         ordered = sorted(names, key=lambda n: not health[n].available())
-        decision = f"transcription; language={language or 'auto'}; pick={ordered[0]}"
+        chosen = language or ("auto" if key == ANY else f"{key} (the only one configured)")
+        decision = f"transcription; language={chosen}; pick={ordered[0]}"
         return [self.deployments[n] for n in ordered], decision
 
     def check(self, data: bytes, filename: str) -> tuple[TranscribeCall, str]:
