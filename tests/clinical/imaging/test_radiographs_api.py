@@ -562,3 +562,22 @@ def test_on_sqlite_and_postgresql(db_url: str, server_factory: Any, tmp_path: Pa
         key = http.post("/admin/keys", json={"tenant": "clinic-z", "role": "clinician"}).json()
     with server.http(key["key"]) as other:
         assert other.get(f"/v1/radiographs/studies/{study['id']}").status_code == 404
+
+
+def test_a_study_whose_job_was_lost_fails_instead_of_processing_forever(
+    radiograph_server: RunningServer,
+) -> None:
+    """The in-process queue loses its jobs in a restart: the study then says so."""
+    with radiograph_server.http() as http:
+        study = wait_ready(http, _upload(http, [("x.png", picture_bytes(anatomy(600, 500)))])
+                           .json()["id"])  # fmt: skip
+        db = Path(radiograph_server.settings.data_dir) / "iatros.db"
+        with sqlite3.connect(db) as conn:  # as a restart mid-processing leaves it
+            conn.execute("UPDATE radiograph_studies SET status = 'processing', job_id = "
+                         "'job_00000000000000000000' WHERE id = ?", (study["id"],))  # fmt: skip
+            conn.execute("UPDATE radiograph_images SET status = 'processing', progress = 0.3 "
+                         "WHERE study_id = ?", (study["id"],))  # fmt: skip
+        after = http.get(f"/v1/radiographs/studies/{study['id']}").json()
+        assert after["status"] == "failed"
+        [image] = after["images"]
+        assert image["status"] == "failed" and "upload the file again" in image["error"]

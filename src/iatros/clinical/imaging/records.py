@@ -204,6 +204,25 @@ class RadiographStore:
             row.signed_by = actor[:32]
             row.updated_at = stamp
 
+    def job_of(self, tenant: str, study_id: str) -> str | None:
+        with self.db.session(tenant) as session:
+            return self._study_row(session, study_id).job_id
+
+    def interrupt(self, tenant: str, study_id: str, reason: str) -> None:
+        """A study whose job is gone: images still processing fail, and the study with them
+        unless some image was done."""
+        with self.db.session(tenant) as session:
+            study = self._study_row(session, study_id)
+            images = session.scalars(
+                select(RadiographImage).where(RadiographImage.study_id == study_id)
+            ).all()
+            stamp = now()
+            for image in images:
+                if image.status == "processing":
+                    image.status, image.error, image.updated_at = "failed", reason[:300], stamp
+            done = any(image.status == "ready" for image in images)
+            study.status, study.updated_at = ("ready" if done else "failed"), stamp
+
     def study_state(self, tenant: str, study_id: str) -> tuple[str, bool]:
         with self.db.session(tenant) as session:
             row = self._study_row(session, study_id)

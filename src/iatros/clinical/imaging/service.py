@@ -34,7 +34,7 @@ from iatros.clinical.scribe.crypto import Sealer
 from iatros.errors import Conflict, InvalidRequest
 from iatros.gateway.chat import ChatService
 from iatros.governance.service import Governance
-from iatros.jobs import JobContext, JobQueue
+from iatros.jobs import JobContext, JobNotFound, JobQueue
 
 if TYPE_CHECKING:
     from iatros.config import Settings
@@ -159,14 +159,35 @@ class RadiographService:
 
     # -- reading ---------------------------------------------------------------------------
 
+    async def _settle(self, tenant: str, study: dict[str, Any]) -> dict[str, Any]:
+        """A study still ``processing`` whose job is gone (the in-process queue lost it in a
+        restart) or dead is marked failed, instead of processing forever."""
+        if study["status"] != "processing":
+            return study
+        job_id = await asyncio.to_thread(self.store.job_of, tenant, study["id"])
+        if job_id is None:  # being enqueued right now
+            return study
+        state: str
+        try:
+            state = (await self.jobs.status(job_id, tenant=tenant)).state
+        except JobNotFound:
+            state = "lost"
+        if state not in ("lost", "dead", "cancelled"):
+            return study
+        reason = f"processing was interrupted (job {state}): upload the file again"
+        await asyncio.to_thread(self.store.interrupt, tenant, study["id"], reason)
+        return await asyncio.to_thread(self.store.study, tenant, study["id"])
+
     async def study(self, principal: Principal, study_id: str) -> dict[str, Any]:
         study = await asyncio.to_thread(self.store.study, principal.tenant, study_id)
+        study = await self._settle(principal.tenant, study)
         self._audit(principal, "radiographs.study.read", study_id, study["patient"])
         return study
 
     async def studies(self, principal: Principal, patient_id: str | None) -> list[dict[str, Any]]:
         ref = self.governance.patient_ref(patient_id) if patient_id else None
         found = await asyncio.to_thread(self.store.studies, principal.tenant, ref)
+        found = [await self._settle(principal.tenant, s) for s in found]
         self._audit(principal, "radiographs.study.list", ref or "*", ref or "*",
                     studies=len(found))  # fmt: skip
         return found
