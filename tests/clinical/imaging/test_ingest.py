@@ -186,3 +186,25 @@ def test_masking_can_be_switched_off() -> None:
     result = process(picture_bytes(made.values), SECRET, ImagingSettings(mask_burned_in_text=False))
     assert result.meta["deidentified"]["burned_in_text"]["regions_masked"] == []
     assert burnedin.detect(pixels.render(made.values, pixels.Display(center=2048, width=4096)))
+
+
+def test_16_bit_png_and_signed_dicom_keep_their_depth() -> None:
+    values = anatomy(700, 500, seed=6)
+    out = io.BytesIO()
+    Image.fromarray(values.astype(np.uint16)).save(out, "PNG")
+    result = process(out.getvalue(), SECRET, SETTINGS)
+    stored = pixels.unpack(result.pixels)
+    assert stored.dtype == np.uint16 and stored.max() > 255  # not squeezed to 8 bits
+    window = result.meta["display"]
+    assert window["width"] > 255
+    signed = (values.astype(np.int32) - 2048).astype(np.int16)
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(anatomy(700, 500), window=(0.0, 4000.0))))
+    ds.PixelRepresentation = 1
+    ds.PixelData = signed.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    result = process(buf.getvalue(), SECRET, SETTINGS)
+    stored = pixels.unpack(result.pixels)
+    assert stored.dtype == np.int16 and stored.min() < 0
+    preview = np.asarray(Image.open(io.BytesIO(result.preview)))
+    assert 0 < preview.mean() < 255
