@@ -106,7 +106,12 @@ def add_knowledge_routes(
     async def forget_answers(tenant: str, collection: str) -> None:
         await gw.cache.invalidate(tenant=tenant, collection=collection)
 
-    @app.get("/v1/knowledge/collections", tags=["Knowledge"], summary="Your collections")
+    @app.get(
+        "/v1/knowledge/collections",
+        tags=["Knowledge"],
+        summary="Your collections",
+        responses=error_responses(404, 503),
+    )
     async def collections(request: Request, tenant: TenantQuery = None) -> Response:
         async def work(ctx: RequestContext) -> Response:
             infos = await asyncio.to_thread(
@@ -192,7 +197,7 @@ def add_knowledge_routes(
         tags=["Knowledge"],
         summary="Upload documents (multipart field 'files'); ingested in the background",
         status_code=202,
-        responses=error_responses(503),
+        responses=error_responses(404, 503),
         openapi_extra=openapi_upload("files"),
     )
     async def upload(
