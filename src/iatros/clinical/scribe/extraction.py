@@ -44,7 +44,9 @@ _FREQUENCY = re.compile(
 )
 _ALLERGY = re.compile(
     r"\b(?:allergic to|allergy to|allergies to|allergique (?:à|au|aux) (?:la |l')?)"
-    r"\s*([a-zé\-]+(?: [a-zé\-]+)?)",
+    # The substance: one word, or two ("latex gloves") unless the second joins a clause.
+    r"\s*([a-zé\-]+(?: (?!(?:but|and|or|so|because|since|which|mais|et|ou|donc|car|qui)\b)"
+    r"[a-zé\-]+)?)",
     re.IGNORECASE,
 )
 _NO_ALLERGY = re.compile(
@@ -93,8 +95,11 @@ def extract(lines: list[Line]) -> dict[str, Any]:
     for line in lines:
         text = digits(line.text)
         allergic = " ".join(m.group(0) for m in _ALLERGY.finditer(text))
+        # Compared as the guard's canonical names: "allergique à la pénicilline" names
+        # penicillin too, though the spellings differ.
+        allergens = set(signature(allergic).drugs) if allergic else set()
         for drug in signature(text).drugs:
-            if drug in allergic.lower():
+            if drug in allergens:
                 continue  # "allergic to penicillin" is an allergy, not a medication
             med = meds.setdefault(
                 drug, {"name": drug, "dose": None, "route": None, "frequency": None, "lines": []}
