@@ -34,7 +34,8 @@ def test_allergens_are_not_medications(
 
 
 def test_a_medication_taken_keeps_its_dose_and_frequency() -> None:
-    found = extract(from_text("[patient] I take amoxicillin 500 mg twice a day, allergic to codeine"))
+    text = "[patient] I take amoxicillin 500 mg twice a day, allergic to codeine"
+    found = extract(from_text(text))
     (med,) = found["medications"]
     assert med["name"] == "amoxicillin" and med["dose"] == {"value": 500.0, "unit": "mg"}
     assert med["frequency"] == "twice a day"
