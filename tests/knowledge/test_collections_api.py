@@ -123,6 +123,7 @@ def test_a_platform_admin_fills_a_practice_collection_for_its_clinicians(
     with server.http(clinician) as http:
         docs = http.get("/v1/knowledge/collections/protocols/documents").json()["data"]
         assert [d["name"] for d in docs] == ["hours.md"]
-        assert http.get("/v1/knowledge/collections", params={"tenant": "clinic-a"}).status_code == 200
+        own = http.get("/v1/knowledge/collections", params={"tenant": "clinic-a"})
+        assert own.status_code == 200
         other = http.get("/v1/knowledge/collections", params={"tenant": "clinic-b"})
         assert other.status_code == 403, other.text

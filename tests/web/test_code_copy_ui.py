@@ -10,7 +10,9 @@ from tests.conftest import RunningServer
 from tests.web.conftest import sign_in
 from tests.web.test_chat_ui import ask, done, unique
 
-ANSWER = "Run this query:\n\n```sql\nSELECT name FROM patients WHERE id = 42;\n```\n\nThen export it."
+ANSWER = (
+    "Run this query:\n\n```sql\nSELECT name FROM patients WHERE id = 42;\n```\n\nThen export it."
+)
 
 
 def test_a_code_block_copies_only_its_code(

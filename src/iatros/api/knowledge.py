@@ -126,8 +126,7 @@ def add_knowledge_routes(
         tags=["Knowledge"],
         summary="Create an empty collection (201; 200 if it exists already)",
         status_code=201,
-        responses={200: {"description": "The collection existed already"}}
-        | error_responses(404, 503),
+        responses={**error_responses(404, 503), 200: {"description": "The collection existed"}},
     )
     async def create_collection(
         request: Request, body: NewCollection, tenant: TenantQuery = None
