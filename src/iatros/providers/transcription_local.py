@@ -65,6 +65,9 @@ class WhisperOptions(BaseModel):
     min_silence_ms: int = Field(500, ge=50)
     preload: bool = False
     """Load every configured model at start instead of on first use."""
+    seed: int = 0
+    """Whisper samples at rising temperatures when a segment decodes badly; a fixed seed
+    before each recording makes those samples, and so the transcript, the same every time."""
 
 
 def _package_dir(package: str, sub: str) -> Path:
@@ -191,6 +194,9 @@ class WhisperProvider(TranscriptionProvider):
     def _run(self, deployment: DeploymentConfig, call: TranscribeCall) -> TranscriptResult:
         model = self._model(deployment.model)
         language = "en" if deployment.model.endswith(".en") else call.language
+        import ctranslate2  # faster-whisper's engine; one executor thread, so the seed holds
+
+        ctranslate2.set_random_seed(self.options.seed)
         pieces, info = model.transcribe(
             call.samples,
             language=language,
