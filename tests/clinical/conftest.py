@@ -42,6 +42,22 @@ def speech_config(data_dir: Path, **extra: Any) -> dict[str, Any]:
     return config
 
 
+def cloud_whisper_config(
+    data_dir: Path, whisper: Any, languages: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """Transcription by the fake OpenAI-compatible Whisper only (no local fallback), so its
+    failures and delays are the transcriber's."""
+    config = speech_config(data_dir)
+    config["providers"]["cloud"] = {
+        "type": "openai", "timeout_s": 5, "base_url": whisper.base_url, "api_key": whisper.key,
+    }  # fmt: skip
+    config["deployments"]["cloud-whisper"] = {
+        "provider": "cloud", "model": "whisper-1", "kind": "transcription",
+    }  # fmt: skip
+    config["transcription"] = {"languages": languages or {"en": ["cloud-whisper"]}}
+    return config
+
+
 @pytest.fixture(scope="module")
 def speech_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     data = tmp_path_factory.mktemp("speech-data")

@@ -12,21 +12,14 @@ import pytest
 
 from iatros.api.app import create_app
 from iatros.config import load_settings
-from tests.clinical.conftest import speech_config
+from tests.clinical.conftest import cloud_whisper_config
 from tests.clinical.fake_whisper import FakeWhisper
 from tests.clinical.speech import needs_espeak, speak
 from tests.conftest import RunningServer
 
 
 def _server(tmp_path: Path, whisper: FakeWhisper, languages: dict[str, list[str]]) -> Any:
-    config = speech_config(tmp_path)
-    config["providers"]["cloud"] = {"type": "openai", "timeout_s": 5,
-                                    "base_url": whisper.base_url,  # type: ignore[attr-defined]
-                                    "api_key": whisper.key}  # fmt: skip
-    config["deployments"]["cloud-whisper"] = {
-        "provider": "cloud", "model": "whisper-1", "kind": "transcription",
-    }  # fmt: skip
-    config["transcription"] = {"languages": languages}
+    config = cloud_whisper_config(tmp_path, whisper, languages)
     settings = load_settings(overrides=config)
     return RunningServer(settings, create_app(settings))
 

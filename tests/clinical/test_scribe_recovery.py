@@ -13,7 +13,7 @@ import pytest
 
 from iatros.api.app import create_app
 from iatros.config import load_settings
-from tests.clinical.conftest import speech_config
+from tests.clinical.conftest import cloud_whisper_config, speech_config
 from tests.clinical.fake_whisper import FakeWhisper
 from tests.clinical.speech import dialogue_wav, needs_espeak
 from tests.clinical.test_long_audio import TURNS, _poll, _post
@@ -21,14 +21,7 @@ from tests.conftest import RunningServer
 
 
 def _upstream_server(tmp_path: Path, fake_whisper: FakeWhisper, **scribe: Any) -> RunningServer:
-    config = speech_config(tmp_path)
-    config["providers"]["cloud"] = {"type": "openai", "timeout_s": 5,
-                                    "base_url": fake_whisper.base_url,  # type: ignore[attr-defined]
-                                    "api_key": fake_whisper.key}  # fmt: skip
-    config["deployments"]["cloud-whisper"] = {
-        "provider": "cloud", "model": "whisper-1", "kind": "transcription",
-    }  # fmt: skip
-    config["transcription"] = {"languages": {"en": ["cloud-whisper"]}}
+    config = cloud_whisper_config(tmp_path, fake_whisper)
     config["scribe"] = {"background_after_s": 0, "chunk_s": 20, "chunk_search_s": 4, **scribe}
     config["jobs"] = {"backend": "memory", "workers": 1}
     settings = load_settings(overrides=config)
